@@ -1,0 +1,210 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, extname, isAbsolute, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import convict from 'convict';
+import YAML from 'yaml';
+import { schema } from './schema.js';
+
+/** Repository root (works from source and from dist/). */
+export const PACKAGE_ROOT = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(resolve(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('focusd: package.json not found above ' + dirname(fileURLToPath(import.meta.url)));
+    dir = up;
+  }
+  return dir;
+})();
+
+export const DEFAULT_MODEL_DIR = resolve(PACKAGE_ROOT, 'models/default');
+
+let formatsAdded = false;
+function addFormats(): void {
+  if (formatsAdded) return;
+  formatsAdded = true;
+  convict.addParser([
+    { extension: 'json', parse: JSON.parse },
+    { extension: ['yml', 'yaml'], parse: YAML.parse },
+  ]);
+  const check = (name: string, ok: (v: unknown) => boolean, msg: string, coerce?: (v: unknown) => unknown) =>
+    convict.addFormat({
+      name,
+      validate(v: unknown) {
+        if (!ok(v)) throw new Error(msg);
+      },
+      ...(coerce ? { coerce } : {}),
+    });
+  const num = (v: unknown) => (typeof v === 'string' && v.trim() !== '' ? Number(v) : v);
+  check('positive-int', (v) => Number.isInteger(v) && (v as number) > 0, 'must be a positive integer', num);
+  check('positive-number', (v) => typeof v === 'number' && Number.isFinite(v) && v > 0, 'must be a positive number', num);
+  check('unit-interval', (v) => typeof v === 'number' && v >= 0 && v <= 1, 'must be a number between 0 and 1', num);
+  check(
+    'identifier',
+    (v) => typeof v === 'string' && /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(v),
+    'must be 1-64 characters of letters, digits, ".", "_" or "-" (it becomes part of MQTT topics)',
+  );
+  check(
+    'zmq-endpoint',
+    (v) => typeof v === 'string' && /^(tcp:\/\/[^:/]+:\d{1,5}|ipc:\/\/.+|inproc:\/\/.+)$/.test(v),
+    'must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///run/focusd/ingest',
+  );
+  check(
+    'mqtt-url',
+    (v) => typeof v === 'string' && (v === 'embedded' || /^(mqtts?|wss?):\/\/[^/]+/.test(v)),
+    'must be "embedded" or a broker URL such as mqtt://127.0.0.1:1883 or mqtts://broker:8883',
+  );
+}
+
+function buildConvict() {
+  addFormats();
+  return convict(schema);
+}
+type Schema = ReturnType<typeof buildConvict>;
+type Props = ReturnType<Schema['getProperties']>;
+
+/** The validated configuration, with derived values resolved. Passed around in the context; never global. */
+export type FocusdConfig = Props & {
+  /** where the config came from, for logs and `check-config`. */
+  source: { file: string | null };
+  resolved: {
+    baseTopic: string;
+    mqttClientId: string;
+    mqttPassword: string;
+    stateDir: string;
+    modelDir: string;
+  };
+};
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super('invalid configuration:\n  ' + problems.join('\n  '));
+    this.name = 'ConfigError';
+  }
+}
+
+export interface LoadOptions {
+  file?: string | null;
+  /** CLI arguments (convict `arg` names, e.g. --scanner-id x). */
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** plain overrides, applied last (tests, the demo). */
+  overrides?: Record<string, unknown>;
+}
+
+/** Loads file → env → args → overrides, validates strictly and runs the cross-field checks. Collects every problem. */
+export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
+  const env = opts.env ?? process.env;
+  const conf = buildConvict();
+  const problems: string[] = [];
+  // convict reads env/args from the options, not from the process, so nothing here touches global state
+  const c = convict(schema, { env: env as Record<string, string>, args: opts.args ?? [] });
+  void conf;
+  const file = opts.file ?? env.FOCUSD_CONFIG ?? null;
+  if (file) {
+    if (!existsSync(file)) throw new ConfigError([`--config: file not found: ${file}`]);
+    const ext = extname(file).toLowerCase();
+    if (!['.json', '.yaml', '.yml'].includes(ext)) throw new ConfigError([`--config: ${file}: must end in .json, .yaml or .yml`]);
+    try {
+      c.loadFile(file);
+    } catch (err) {
+      throw new ConfigError([`--config: ${file}: ${(err as Error).message}`]);
+    }
+  }
+  if (opts.overrides) {
+    for (const [k, v] of Object.entries(opts.overrides)) {
+      try {
+        c.set(k as never, v as never);
+      } catch (err) {
+        problems.push(`${k}: ${(err as Error).message}`);
+      }
+    }
+  }
+  try {
+    c.validate({ allowed: 'strict' });
+  } catch (err) {
+    for (const line of (err as Error).message.split('\n')) if (line.trim()) problems.push(line.trim());
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const p = c.getProperties() as Props;
+  problems.push(...crossFieldProblems(p));
+  const stateDir = p.store.dir || env.STATE_DIRECTORY?.split(':')[0] || resolve(process.cwd(), 'var');
+  const modelDir = p.scoring.model ? resolve(p.scoring.model) : DEFAULT_MODEL_DIR;
+  let mqttPassword = p.mqtt.password;
+  const pwFile =
+    p.mqtt.passwordFile ||
+    (env.CREDENTIALS_DIRECTORY && existsSync(resolve(env.CREDENTIALS_DIRECTORY, 'mqtt-password'))
+      ? resolve(env.CREDENTIALS_DIRECTORY, 'mqtt-password')
+      : '');
+  if (pwFile) {
+    try {
+      mqttPassword = readFileSync(pwFile, 'utf8').split(/\r?\n/)[0] ?? '';
+    } catch (err) {
+      problems.push(`mqtt.passwordFile: cannot read ${pwFile}: ${(err as Error).message}`);
+    }
+  }
+  if (p.scoring.scorer === 'cnn' && !existsSync(resolve(modelDir, 'manifest.json'))) {
+    problems.push(`scoring.model: no manifest.json in ${modelDir}`);
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({
+    ...p,
+    source: { file },
+    resolved: {
+      baseTopic: (p.mqtt.baseTopic || `focusd/${p.scanner.id}`).replace(/\/+$/, ''),
+      mqttClientId: p.mqtt.clientId || `focusd-${p.scanner.id}`,
+      mqttPassword,
+      stateDir: isAbsolute(stateDir) ? stateDir : resolve(stateDir),
+      modelDir,
+    },
+  }) as FocusdConfig;
+}
+
+function crossFieldProblems(p: Props): string[] {
+  const out: string[] = [];
+  const bt = p.mqtt.baseTopic;
+  if (bt && (/[+#]/.test(bt) || bt.startsWith('/') || bt.includes('//')))
+    out.push(`mqtt.baseTopic: "${bt}" must not contain + or #, start with / or contain empty levels`);
+  const tls = p.mqtt.tls;
+  if ((tls.cert && !tls.key) || (!tls.cert && tls.key)) out.push('mqtt.tls.cert / mqtt.tls.key: a client certificate needs both cert and key');
+  for (const [k, f] of Object.entries({ 'mqtt.tls.ca': tls.ca, 'mqtt.tls.cert': tls.cert, 'mqtt.tls.key': tls.key, 'mqtt.passwordFile': p.mqtt.passwordFile }))
+    if (f && !existsSync(f)) out.push(`${k}: file not found: ${f}`);
+  const secure = /^(mqtts|wss):/.test(p.mqtt.url);
+  if ((tls.ca || tls.cert) && !secure) out.push(`mqtt.url: TLS files are set (mqtt.tls.*) but the URL "${p.mqtt.url}" is not mqtts:// or wss://`);
+  if (p.mqtt.url === 'embedded' && (p.mqtt.username || p.mqtt.passwordFile || tls.cert))
+    out.push('mqtt.url: the embedded broker has no authentication; credentials (mqtt.username, mqtt.passwordFile, mqtt.tls.cert) need an external broker URL');
+  if (p.mqtt.topics.action.qos === 0)
+    out.push('mqtt.topics.action.qos: must be 1 or 2, the action outbox waits for the broker acknowledgement');
+  if (p.scoring.engine.device === 'gpu' && p.scoring.engine.type === 'onnx')
+    out.push('scoring.engine.device: "gpu" is a tfjs device; for onnx use cuda or tensorrt');
+  if ((p.scoring.engine.device === 'cuda' || p.scoring.engine.device === 'tensorrt') && p.scoring.engine.type === 'tfjs')
+    out.push(`scoring.engine.device: "${p.scoring.engine.device}" is an onnx execution provider; for tfjs use gpu`);
+  if (p.tissue.maxOd <= p.tissue.odThreshold) out.push('tissue.maxOd: must be larger than tissue.odThreshold');
+  if (p.ingest.maxMessageBytes < 1024) out.push('ingest.maxMessageBytes: must be at least 1024');
+  if (p.mqtt.embedded.port === 0 && p.mqtt.url === 'embedded') out.push('mqtt.embedded.port: must be set when mqtt.url is embedded');
+  return out;
+}
+
+/** Schema with docs and defaults, for `focusd check-config --schema` and the README reference. */
+export function describeSchema(): Array<{ key: string; doc: string; default: unknown; env?: string; arg?: string; format: string }> {
+  const out: Array<{ key: string; doc: string; default: unknown; env?: string; arg?: string; format: string }> = [];
+  const walk = (node: Record<string, unknown>, prefix: string) => {
+    for (const [k, v] of Object.entries(node)) {
+      const key = prefix ? `${prefix}.${k}` : k;
+      const o = v as Record<string, unknown>;
+      if (o && typeof o === 'object' && 'doc' in o && 'default' in o) {
+        const fmt = o.format;
+        out.push({
+          key,
+          doc: String(o.doc),
+          default: o.sensitive ? '(secret)' : o.default,
+          ...(o.env ? { env: String(o.env) } : {}),
+          ...(o.arg ? { arg: `--${String(o.arg)}` } : {}),
+          format: Array.isArray(fmt) ? fmt.join(' | ') : typeof fmt === 'function' ? fmt.name.toLowerCase() : String(fmt),
+        });
+      } else if (o && typeof o === 'object') walk(o, key);
+    }
+  };
+  walk(schema as unknown as Record<string, unknown>, '');
+  return out;
+}

@@ -1,0 +1,63 @@
+// scanner, log, http, shutdown, store: the daemon's own settings.
+export const core = {
+  scanner: {
+    id: {
+      doc: 'Identifier of the scanner this daemon serves; used in topics, logs and history. Tiles from another scanner id are still scored but logged as foreign.',
+      format: 'identifier',
+      default: 'axioscan-1',
+      env: 'FOCUSD_SCANNER_ID',
+      arg: 'scanner-id',
+    },
+  },
+  log: {
+    level: {
+      doc: 'Log level (error, warn, info, debug).',
+      format: ['error', 'warn', 'info', 'debug'],
+      default: 'info',
+      env: 'FOCUSD_LOG_LEVEL',
+      arg: 'log-level',
+    },
+    format: {
+      doc: 'Log format: json (one JSON object per line, for journald), pretty (human readable), auto (pretty on a TTY, else json).',
+      format: ['auto', 'json', 'pretty'],
+      default: 'auto',
+      env: 'FOCUSD_LOG_FORMAT',
+    },
+  },
+  http: {
+    port: {
+      doc: 'Port of the HTTP status endpoint (GET /status, /healthz, /metrics); 0 disables it.',
+      format: 'port',
+      default: 0,
+      env: 'FOCUSD_HTTP_PORT',
+    },
+    host: {
+      doc: 'Address the HTTP status endpoint binds to.',
+      format: String,
+      default: '127.0.0.1',
+      env: 'FOCUSD_HTTP_HOST',
+    },
+  },
+  shutdown: {
+    drainTimeoutMs: {
+      doc: 'On SIGTERM, how long to wait for queued tiles to be scored and published before stopping anyway. Keep it below systemd TimeoutStopSec (30 s in systemd/focusd.service).',
+      format: 'positive-int',
+      default: 20000,
+      env: 'FOCUSD_DRAIN_TIMEOUT_MS',
+    },
+  },
+  store: {
+    dir: {
+      doc: 'Directory of the state database (history, action outbox). Empty: $STATE_DIRECTORY when systemd sets it, else ./var.',
+      format: String,
+      default: '',
+      env: 'FOCUSD_STATE_DIR',
+    },
+    historyRetentionDays: {
+      doc: 'Tile history older than this many days is deleted.',
+      format: 'positive-int',
+      default: 90,
+      env: 'FOCUSD_HISTORY_RETENTION_DAYS',
+    },
+  },
+};

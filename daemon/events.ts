@@ -1,0 +1,29 @@
+import { EventEmitter } from 'node:events';
+import type { Action, IncomingTile, Rejection, TileOutcome } from './types.js';
+
+/** Everything the daemon's parts tell each other, typed. Listeners must not throw. */
+export interface DaemonEvents {
+  'tile:received': [tile: IncomingTile];
+  'tile:scored': [outcome: TileOutcome];
+  'tile:rejected': [rejection: Rejection];
+  'action': [action: Action];
+  'action:expired': [action: Action];
+  'engine:fallback': [info: { requested: string; chosen: string; reason: string }];
+  'status:changed': [];
+}
+
+export class TypedEmitter<E extends { [K in keyof E]: unknown[] }> {
+  private readonly ee = new EventEmitter();
+  constructor() {
+    this.ee.setMaxListeners(50);
+  }
+  on<K extends keyof E & string>(event: K, listener: (...args: E[K]) => void): () => void {
+    this.ee.on(event, listener as (...a: unknown[]) => void);
+    return () => this.ee.off(event, listener as (...a: unknown[]) => void);
+  }
+  emit<K extends keyof E & string>(event: K, ...args: E[K]): void {
+    this.ee.emit(event, ...args);
+  }
+}
+
+export type DaemonEmitter = TypedEmitter<DaemonEvents>;
