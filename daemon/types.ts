@@ -48,6 +48,8 @@ export interface ModelInfo {
   sha256: string;
   /** engine actually running, e.g. "onnxruntime/cpu", "tfjs/wasm", "classical". */
   engine: string;
+  /** µm per pixel the scorer expects (the model bundle's input pixel size); tiles of other sizes are rescaled. */
+  pixelSizeUm?: number;
 }
 
 /** Coarse per-patch focus map of one tile: row-major, null where a cell holds no tissue patch. */
@@ -93,7 +95,8 @@ export type RejectReason =
   | 'unknown_pixel_type'
   | 'skipped_overload'
   | 'shutting_down'
-  | 'scoring_failed';
+  | 'scoring_failed'
+  | 'paused';
 
 export interface Rejection {
   reason: RejectReason;

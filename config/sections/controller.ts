@@ -14,5 +14,81 @@ export const controller = {
       default: 300,
       env: 'FOCUSD_ACTION_TTL_S',
     },
+    signConfidence: {
+      doc: "Use the model's sign of defocus when its sign_confidence is at least this; below it the sign is found by a probe re-acquisition at z + |defocus|.",
+      format: 'unit-interval',
+      default: 0.8,
+    },
+    drift: {
+      consecutive: {
+        doc: 'Sustained drift: this many consecutive tissue tiles of a slide out of focus in the same direction.',
+        format: 'positive-int',
+        default: 3,
+      },
+      window: {
+        doc: 'Sustained drift, second rule: number of recent tissue tiles of a slide looked at.',
+        format: 'positive-int',
+        default: 10,
+      },
+      share: {
+        doc: 'Sustained drift, second rule: share of the recent window out of focus in the same direction (needs a full window).',
+        format: 'unit-interval',
+        default: 0.6,
+      },
+      cooldownTiles: {
+        doc: 'After a z_offset, this many tiles of the slide must arrive (and the drift window refills with tiles taken after it) before another z_offset; the tiles in flight still show the old error.',
+        format: 'positive-int',
+        default: 5,
+      },
+      hysteresisUm: {
+        doc: 'A correction opposite in sign to the previous one of the slide needs the drift to exceed the tolerance by this many µm more (no chattering around the tolerance).',
+        format: Number,
+        default: 0.5,
+      },
+    },
+    limits: {
+      deadBandUm: {
+        doc: 'No z_offset smaller than this many µm is sent.',
+        format: Number,
+        default: 0.5,
+      },
+      maxStepUm: {
+        doc: 'Largest z change of one command (µm); larger corrections are clamped and marked clamped.',
+        format: 'positive-number',
+        default: 3,
+      },
+      maxCumulativeUm: {
+        doc: 'Largest total z_offset correction per slide (µm); beyond it the controller refuses and logs a warning.',
+        format: 'positive-number',
+        default: 10,
+      },
+      maxReacquirePerTile: {
+        doc: 'Most re-acquisitions requested for one tile (probes included).',
+        format: 'positive-int',
+        default: 2,
+      },
+      maxActionsPerMinute: {
+        doc: 'Most actions per slide in any 60 s; further ones are refused and logged.',
+        format: 'positive-int',
+        default: 30,
+      },
+    },
+    surface: {
+      minPointsPlane: {
+        doc: 'Tiles with a known best-focus z needed before the focus surface (plane) is fitted.',
+        format: 'positive-int',
+        default: 4,
+      },
+      minPointsQuadratic: {
+        doc: 'Tiles needed before the focus surface becomes quadratic in x and y.',
+        format: 'positive-int',
+        default: 12,
+      },
+      maxPoints: {
+        doc: 'Most recent tiles per slide the focus surface is fitted to.',
+        format: 'positive-int',
+        default: 400,
+      },
+    },
   },
 };

@@ -50,6 +50,18 @@ export const mqtt = {
       key: { doc: 'PEM private key of the client certificate; needs tls.cert.', format: String, default: '', env: 'FOCUSD_MQTT_KEY' },
       rejectUnauthorized: { doc: 'Verify the broker certificate.', format: Boolean, default: true },
     },
+    protocolVersion: {
+      doc: 'MQTT protocol version: 5 (request/response control with correlation data and response topic as MQTT 5 properties) or 4 (MQTT 3.1.1; control requests carry response_topic/correlation_id in the JSON body). The embedded broker (aedes) speaks only 3.1.1, so mqtt.url=embedded always uses 4.',
+      format: [4, 5],
+      default: 5,
+      env: 'FOCUSD_MQTT_PROTOCOL_VERSION',
+    },
+    connectTimeoutMs: { doc: 'Timeout of one connection attempt (TCP + CONNACK); start-up keeps retrying every reconnectMs until connected or aborted.', format: 'positive-int', default: 10000 },
+    maxOfflineQueue: {
+      doc: 'Most QoS 1/2 messages (status, error, control responses) MQTT.js may hold in memory while the broker is unreachable; beyond it messages are counted as publish failures and logged. QoS 0 messages (tile, stats) are not queued offline, they are counted as failures. Actions never depend on this queue: they wait in the SQLite outbox.',
+      format: 'positive-int',
+      default: 1000,
+    },
     keepaliveS: { doc: 'MQTT keepalive in seconds.', format: 'positive-int', default: 30 },
     reconnectMs: { doc: 'Delay between reconnect attempts.', format: 'positive-int', default: 2000 },
     statsIntervalS: { doc: 'Seconds between stats messages; 0 disables them.', format: 'nat', default: 10, env: 'FOCUSD_STATS_INTERVAL_S' },
@@ -59,6 +71,7 @@ export const mqtt = {
       action: topicOpts('action', 1, false, 're-acquisition and z-offset commands; QoS 1 so the outbox waits for PUBACK'),
       error: topicOpts('error', 1, false, 'rejected messages and skipped tiles'),
       stats: topicOpts('stats', 0, true, 'periodic counters'),
+      control: topicOpts('control response', 1, false, 'answers to control requests; requests are subscribed with this QoS too'),
     },
   },
 };

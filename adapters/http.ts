@@ -1,0 +1,78 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Component } from '../daemon/lifecycle.js';
+import type { Context } from '../daemon/context.js';
+
+/** GET /status (JSON), /healthz (200 when ready, 503 otherwise), /metrics (Prometheus text). Disabled when http.port = 0. */
+export class HttpStatus implements Component {
+  readonly name = 'http';
+  private server: Server | null = null;
+
+  constructor(
+    private readonly ctx: Context,
+    private readonly deps: { status: () => Record<string, unknown>; ready: () => boolean },
+  ) {}
+
+  get port(): number | null {
+    const a = this.server?.address() as AddressInfo | null | undefined;
+    return a ? a.port : null;
+  }
+
+  async start(): Promise<void> {
+    const { port, host } = this.ctx.config.http;
+    if (port === 0) return;
+    const server = createServer((req, res) => {
+      const send = (code: number, body: string, type = 'application/json') => {
+        res.writeHead(code, { 'content-type': type, 'cache-control': 'no-store' });
+        res.end(body);
+      };
+      try {
+        if (req.method !== 'GET') return send(405, JSON.stringify({ error: 'method not allowed' }));
+        const path = (req.url ?? '/').split('?')[0];
+        if (path === '/status') return send(200, JSON.stringify(this.deps.status(), null, 2));
+        if (path === '/healthz') return send(this.deps.ready() ? 200 : 503, JSON.stringify({ ready: this.deps.ready() }));
+        if (path === '/metrics') return send(200, this.prometheus(), 'text/plain; version=0.0.4');
+        send(404, JSON.stringify({ error: 'not found', paths: ['/status', '/healthz', '/metrics'] }));
+      } catch (err) {
+        this.ctx.logger.error('http handler failed', { error: (err as Error).stack });
+        send(500, JSON.stringify({ error: (err as Error).message }));
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    this.ctx.logger.info(`http status on http://${host}:${this.port}/status`);
+  }
+
+  private prometheus(): string {
+    const m = this.ctx.metrics;
+    const lines: string[] = [];
+    const metric = (name: string, type: string, help: string, samples: Array<[string, number]>) => {
+      lines.push(`# HELP focusd_${name} ${help}`, `# TYPE focusd_${name} ${type}`);
+      for (const [labels, v] of samples) lines.push(`focusd_${name}${labels} ${v}`);
+    };
+    metric('tiles_received_total', 'counter', 'Tiles received over ZeroMQ.', [['', m.received]]);
+    metric('tiles_scored_total', 'counter', 'Tiles scored, by verdict.', Object.entries(m.verdicts).map(([k, v]) => [`{verdict="${k}"}`, v]));
+    metric('tiles_skipped_total', 'counter', 'Tiles not scored (overload or paused).', [['', m.skipped]]);
+    metric('messages_rejected_total', 'counter', 'Rejected messages, by reason.', [...m.rejected].map(([k, v]) => [`{reason="${k}"}`, v]));
+    metric('actions_total', 'counter', 'Actions decided by the controller.', [['', m.actions]]);
+    metric('publish_failures_total', 'counter', 'MQTT publishes that failed.', [['', m.publishFailures]]);
+    metric('queue_depth', 'gauge', 'Tiles admitted to the pipeline.', [['', m.queueDepth]]);
+    const p = m.latency.percentiles([50, 95, 99]);
+    metric('latency_ms', 'gauge', 'Receive-to-verdict latency over the recent window.', Object.entries(p).filter(([, v]) => v !== null).map(([k, v]) => [`{quantile="0.${k.slice(1)}"}`, v as number]));
+    return lines.join('\n') + '\n';
+  }
+
+  async stop(): Promise<void> {
+    const s = this.server;
+    this.server = null;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((r) => s.close(() => r()));
+  }
+}

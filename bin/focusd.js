@@ -1,0 +1,12 @@
+#!/usr/bin/env node
+// Entry point of the `focusd` executable; the TypeScript sources are compiled to dist/ by `npm ci` (prepare).
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const main = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+if (!existsSync(main)) {
+  process.stderr.write('focusd: dist/ is missing; run `npm run build` (npm ci does it) first\n');
+  process.exit(70);
+}
+const { main: run } = await import(main);
+process.exitCode = await run(process.argv.slice(2));

@@ -1,0 +1,28 @@
+import { describeSchema } from '../config/load.js';
+
+export interface SplitArgs {
+  configFile: string | null;
+  /** options that belong to the config schema (convict `arg`s), passed through to loadConfig. */
+  configArgs: string[];
+  /** everything else, for the command's own parser. */
+  rest: string[];
+}
+
+/** Separates --config and schema options (e.g. --scanner-id) from a command's own options. */
+export function splitConfigArgs(argv: string[]): SplitArgs {
+  const known = new Set(describeSchema().flatMap((k) => (k.arg ? [k.arg] : [])));
+  const out: SplitArgs = { configFile: null, configArgs: [], rest: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    if (name === '--config' || name === '-c') {
+      out.configFile = inline ?? argv[++i] ?? null;
+      if (!out.configFile) throw new Error('--config needs a file');
+    } else if (known.has(name)) {
+      const value = inline ?? argv[++i];
+      if (value === undefined) throw new Error(`${name} needs a value`);
+      out.configArgs.push(name, value);
+    } else out.rest.push(a);
+  }
+  return out;
+}

@@ -1,0 +1,47 @@
+import { parseArgs } from 'node:util';
+import { ConfigError, describeSchema, loadConfig } from '../config/load.js';
+import { splitConfigArgs } from './args.js';
+
+/** Exit codes: 0 valid, 78 (EX_CONFIG) invalid, 64 usage. */
+export async function checkConfigMain(argv: string[]): Promise<number> {
+  let split;
+  try {
+    split = splitConfigArgs(argv);
+  } catch (err) {
+    process.stderr.write(`focusd check-config: ${(err as Error).message}\n`);
+    return 64;
+  }
+  const { values } = parseArgs({
+    args: split.rest,
+    options: { print: { type: 'boolean', default: false }, schema: { type: 'boolean', default: false }, help: { type: 'boolean' } },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write('usage: focusd check-config [--config FILE] [--print] [--schema]\n');
+    return 0;
+  }
+  if (values.schema) {
+    process.stdout.write(JSON.stringify(describeSchema(), null, 2) + '\n');
+    return 0;
+  }
+  try {
+    const config = loadConfig({ file: split.configFile, args: split.configArgs });
+    process.stdout.write(`configuration OK${config.source.file ? ` (${config.source.file})` : ' (defaults and environment)'}\n`);
+    if (values.print) process.stdout.write(JSON.stringify(redact(config), null, 2) + '\n');
+    return 0;
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`configuration invalid: ${err.problems.length} problem(s)\n`);
+      for (const p of err.problems) process.stderr.write(`  ${p}\n`);
+      return 78;
+    }
+    throw err;
+  }
+}
+
+/** Config for printing: secrets replaced. */
+export function redact(config: object): object {
+  return JSON.parse(
+    JSON.stringify(config, (k, v) => (/(password|secret|key)$/i.test(k) && typeof v === 'string' && v !== '' && k !== 'key' ? '***' : v)),
+  );
+}

@@ -1,0 +1,47 @@
+import { checkConfigMain } from './check-config.js';
+import { demoMain } from './demo.js';
+import { runMain } from './run.js';
+import { scoreMain } from './score.js';
+
+const USAGE = `usage: focusd <command> [options]
+
+commands:
+  run           run the daemon (systemd: Type=notify)         focusd run --config /etc/focusd/focusd.yaml
+  check-config  validate a configuration, name every problem  focusd check-config --config FILE [--print] [--schema]
+  score         score image files offline, one JSON line each focusd score [--format json|csv] PATH...
+  replay        send tiles to a daemon as a scanner would     focusd replay --help
+  demo          daemon + embedded broker + a sample scan      focusd demo
+  calibrate     fit the model to this instrument's focus stack focusd calibrate STACK_DIR --out DIR
+
+Configuration: --config FILE (JSON or YAML) or FOCUSD_CONFIG, environment FOCUSD_*, and the options named in
+\`focusd check-config --schema\`. See README.md.`;
+
+type Command = (argv: string[]) => Promise<number>;
+
+const commands: Record<string, Command> = {
+  run: runMain,
+  'check-config': checkConfigMain,
+  score: scoreMain,
+  demo: demoMain,
+  replay: async (argv) => (await import('../tools/replay.js')).replayMain(argv),
+  calibrate: async (argv) => (await import('../tools/calibrate.js')).calibrateMain(argv),
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    process.stdout.write(USAGE + '\n');
+    return cmd ? 0 : 64;
+  }
+  if (cmd === '--version') {
+    const { DAEMON_VERSION } = await import('../daemon/daemon.js');
+    process.stdout.write(DAEMON_VERSION + '\n');
+    return 0;
+  }
+  const command = commands[cmd];
+  if (!command) {
+    process.stderr.write(`focusd: unknown command "${cmd}"\n\n${USAGE}\n`);
+    return 64;
+  }
+  return command(rest);
+}

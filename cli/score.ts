@@ -1,0 +1,124 @@
+import { readFile } from 'node:fs/promises';
+import { extname } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from '../config/load.js';
+import type { Context } from '../daemon/context.js';
+import { TypedEmitter, type DaemonEvents } from '../daemon/events.js';
+import { createLogger } from '../daemon/logger.js';
+import { Metrics } from '../daemon/metrics.js';
+import { decide } from '../daemon/pipeline.js';
+import type { TileFormat, TileHeader } from '../daemon/types.js';
+import { decodeTile } from '../imaging/decode.js';
+import { createScorer } from '../models/index.js';
+import { splitConfigArgs } from './args.js';
+
+const FORMATS: Record<string, TileFormat> = { '.png': 'png', '.jpg': 'jpeg', '.jpeg': 'jpeg', '.tif': 'tiff', '.tiff': 'tiff' };
+const CSV_COLUMNS = ['file', 'defocus_um', 'verdict', 'tissue_fraction', 'uncertainty_um', 'sign_confidence', 'patches', 'model', 'error'] as const;
+
+/**
+ * `focusd score PATH...`: scores image files offline with the configured scorer (the shipped model by default).
+ * One JSON line (or CSV row) per file, in the order given; a file that cannot be read or decoded gets a line
+ * with `error` and the exit code is 1, the other files are still scored.
+ */
+export async function scoreMain(argv: string[]): Promise<number> {
+  let split, values, files: string[];
+  try {
+    split = splitConfigArgs(argv);
+    const parsed = parseArgs({
+      args: split.rest,
+      allowPositionals: true,
+      options: {
+        format: { type: 'string', default: 'json' },
+        'pixel-size': { type: 'string' },
+        help: { type: 'boolean' },
+      },
+    });
+    values = parsed.values;
+    files = parsed.positionals;
+  } catch (err) {
+    process.stderr.write(`focusd score: ${(err as Error).message}\n`);
+    return 64;
+  }
+  if (values.help || files.length === 0) {
+    process.stdout.write('usage: focusd score [--format json|csv] [--pixel-size UM] [--scorer cnn|classical] [--model DIR] PATH...\n');
+    return values.help ? 0 : 64;
+  }
+  if (values.format !== 'json' && values.format !== 'csv') {
+    process.stderr.write(`focusd score: --format must be json or csv, not ${values.format}\n`);
+    return 64;
+  }
+  let config;
+  try {
+    config = loadConfig({ file: split.configFile, args: split.configArgs });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`focusd score: ${err.message}\n`);
+      return 78;
+    }
+    throw err;
+  }
+  const ctx: Context = {
+    config,
+    // logs go to stderr so stdout stays machine-readable
+    logger: createLogger({ level: config.log.level === 'info' ? 'warn' : config.log.level, format: 'pretty', stream: process.stderr }),
+    metrics: new Metrics(),
+    events: new TypedEmitter<DaemonEvents>(),
+    runtime: { toleranceUm: config.decision.toleranceUm, dryRun: true, paused: false },
+  };
+  const scorer = createScorer(ctx);
+  await scorer.start(new AbortController().signal);
+  const pixelSize = values['pixel-size'] ? Number(values['pixel-size']) : null;
+  if (pixelSize !== null && !(pixelSize > 0)) {
+    process.stderr.write('focusd score: --pixel-size must be a positive number (µm per pixel)\n');
+    return 64;
+  }
+  const out = process.stdout;
+  if (values.format === 'csv') out.write(CSV_COLUMNS.join(',') + '\n');
+  let failed = 0;
+  try {
+    for (const [i, file] of files.entries()) {
+      let row: Record<string, unknown>;
+      try {
+        const format = FORMATS[extname(file).toLowerCase()];
+        if (!format) throw new Error(`unsupported file type "${extname(file)}" (png, jpeg, tiff)`);
+        const payload = await readFile(file);
+        const header: TileHeader = {
+          v: 1, scanner: 'offline', slide: 'offline', scan: 'offline', seq: i,
+          tile: { index: i, row: 0, col: i }, stage_um: { x: 0, y: 0, z: 0 },
+          // without --pixel-size the tile is assumed to be at the model's own pixel size
+          pixel_size_um: pixelSize ?? scorer.info.pixelSizeUm ?? 0.22,
+          objective: 'unknown', acquired_at: new Date().toISOString(), attempt: 0, format,
+        };
+        const tile = await decodeTile({ header, payload, receivedAt: performance.now() }, { maxPixels: config.ingest.maxPixels });
+        const s = await scorer.score(tile);
+        row = {
+          file,
+          defocus_um: s.defocus_um === null ? null : round(s.defocus_um),
+          verdict: decide(s, config.decision.toleranceUm),
+          tissue_fraction: round(s.tissue_fraction, 4),
+          uncertainty_um: s.uncertainty_um === null ? null : round(s.uncertainty_um),
+          sign_confidence: s.sign_confidence === null ? null : round(s.sign_confidence, 3),
+          patches: s.patches,
+          model: `${s.model.name}@${s.model.version}`,
+          focus_map: s.focus_map,
+        };
+      } catch (err) {
+        failed++;
+        row = { file, defocus_um: null, verdict: null, tissue_fraction: null, model: `${scorer.info.name}@${scorer.info.version}`, error: (err as Error).message };
+      }
+      if (values.format === 'csv') out.write(CSV_COLUMNS.map((c) => csvCell(row[c])).join(',') + '\n');
+      else out.write(JSON.stringify(row) + '\n');
+    }
+  } finally {
+    await scorer.stop();
+  }
+  return failed > 0 ? 1 : 0;
+}
+
+const round = (v: number, d = 3) => Math.round(v * 10 ** d) / 10 ** d;
+
+function csvCell(v: unknown): string {
+  if (v === null || v === undefined) return '';
+  const s = String(v);
+  return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}

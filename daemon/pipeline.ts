@@ -1,0 +1,196 @@
+import type { Component } from './lifecycle.js';
+import type { Context } from './context.js';
+import { tileMeta } from './logger.js';
+import type { Scorer } from '../models/scorer.js';
+import type {
+  DecodedTile,
+  IncomingTile,
+  Rejection,
+  RejectReason,
+  ScoreResult,
+  TileOutcome,
+  TileReply,
+  TileSink,
+  Verdict,
+} from './types.js';
+
+export type DecodeFn = (tile: IncomingTile, opts: { maxPixels: number }) => Promise<DecodedTile>;
+
+/** An error that already knows which rejection reason it is (imaging/decode.ts throws these). */
+interface CodedError extends Error {
+  reason?: RejectReason;
+}
+
+export interface PipelineDeps {
+  scorer: Scorer;
+  decode: DecodeFn;
+}
+
+/** The verdict rule: the one place tolerance is applied. */
+export function decide(score: ScoreResult, toleranceUm: number): Verdict {
+  if (score.defocus_um === null) return 'no_tissue';
+  return Math.abs(score.defocus_um) <= toleranceUm ? 'in_focus' : 'out_of_focus';
+}
+
+/** Counting semaphore; waiters are served in order. */
+class Slots {
+  private used = 0;
+  private readonly waiters: Array<() => void> = [];
+  constructor(private readonly size: number) {}
+  get inUse(): number {
+    return this.used;
+  }
+  get free(): boolean {
+    return this.used < this.size;
+  }
+  async acquire(): Promise<void> {
+    if (this.used < this.size) {
+      this.used++;
+      return;
+    }
+    await new Promise<void>((r) => this.waiters.push(r));
+  }
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next();
+    else this.used--;
+  }
+}
+
+/**
+ * Bounded pipeline: admit → decode (parallel, bounded) → score (one tile at a time; the engine batches its patches
+ * and uses its own threads) → decide → emit 'tile:scored'. Order of scoring follows order of admission.
+ */
+export class Pipeline implements Component, TileSink {
+  readonly name = 'pipeline';
+  private admission!: Slots;
+  private decodeSlots!: Slots;
+  private scoreChain: Promise<unknown> = Promise.resolve();
+  private admitted = 0;
+  private accepting = false;
+  private spaceWaiters: Array<() => void> = [];
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly ctx: Context, private readonly deps: PipelineDeps) {}
+
+  async start(): Promise<void> {
+    const p = this.ctx.config.pipeline;
+    this.admission = new Slots(p.queueSize);
+    this.decodeSlots = new Slots(p.decodeConcurrency);
+    this.accepting = true;
+  }
+
+  /** Stops admitting; tiles already admitted are still scored (see drain). */
+  async stop(): Promise<void> {
+    this.accepting = false;
+    // anyone waiting for space gets released; submit() then answers shutting_down
+    for (const w of this.spaceWaiters.splice(0)) w();
+  }
+
+  get depth(): number {
+    return this.admitted;
+  }
+
+  ready(): Promise<void> {
+    if (!this.accepting || this.ctx.config.pipeline.overflow === 'skip' || this.admission.free) return Promise.resolve();
+    return new Promise((r) => this.spaceWaiters.push(r));
+  }
+
+  /** Resolves when nothing is admitted any more, or after timeoutMs; returns how many tiles were still in flight. */
+  async drain(timeoutMs: number): Promise<number> {
+    this.accepting = false;
+    for (const w of this.spaceWaiters.splice(0)) w();
+    if (this.admitted === 0) return 0;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      new Promise<void>((r) => this.idleWaiters.push(r)),
+      new Promise<void>((r) => (timer = setTimeout(r, timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    return this.admitted;
+  }
+
+  reject(rejection: Rejection): void {
+    const { metrics, logger, events } = this.ctx;
+    if (rejection.reason === 'skipped_overload' || rejection.reason === 'paused') metrics.skipped++;
+    else metrics.reject(rejection.reason);
+    const h = (rejection.received.header ?? {}) as Record<string, unknown>;
+    logger.warn(`tile rejected: ${rejection.reason}: ${rejection.detail}`, { ...tileMeta(h), reason: rejection.reason });
+    events.emit('tile:rejected', rejection);
+  }
+
+  async submit(tile: IncomingTile): Promise<TileReply> {
+    const { metrics, runtime } = this.ctx;
+    metrics.received++;
+    this.ctx.events.emit('tile:received', tile);
+    const refuse = (reason: RejectReason, detail: string): TileReply => {
+      const r: Rejection = { reason, detail, received: { header: tile.header, frames: 2, bytes: [-1, tile.payload.length] } };
+      this.reject(r);
+      return { ok: false, ...r };
+    };
+    if (!this.accepting) return refuse('shutting_down', 'focusd is stopping; the tile was not scored');
+    if (runtime.paused) return refuse('paused', 'scoring is paused (control request); the tile was not scored');
+    if (!this.admission.free && this.ctx.config.pipeline.overflow === 'skip')
+      return refuse('skipped_overload', `scoring is behind: ${this.admitted} tiles queued (pipeline.queueSize), overflow=skip`);
+
+    await this.admission.acquire();
+    this.admitted++;
+    metrics.queueDepth = this.admitted;
+    try {
+      return await this.process(tile, refuse);
+    } finally {
+      this.admitted--;
+      metrics.queueDepth = this.admitted;
+      this.admission.release();
+      const w = this.spaceWaiters.shift();
+      if (w) w();
+      if (this.admitted === 0) for (const r of this.idleWaiters.splice(0)) r();
+    }
+  }
+
+  private async process(tile: IncomingTile, refuse: (r: RejectReason, d: string) => TileReply): Promise<TileReply> {
+    const { ctx } = this;
+    let decoded: DecodedTile;
+    await this.decodeSlots.acquire();
+    try {
+      decoded = await this.deps.decode(tile, { maxPixels: ctx.config.ingest.maxPixels });
+    } catch (err) {
+      const e = err as CodedError;
+      return refuse(e.reason ?? 'decode_failed', e.message);
+    } finally {
+      this.decodeSlots.release();
+    }
+    // one tile at a time through the scorer, in admission order
+    const scored = this.scoreChain.then(() => this.deps.scorer.score(decoded));
+    this.scoreChain = scored.catch(() => undefined);
+    let score: ScoreResult;
+    ctx.metrics.inFlight++;
+    try {
+      score = await scored;
+    } catch (err) {
+      ctx.logger.error('scoring failed', { ...tileMeta(tile.header), error: (err as Error).stack ?? String(err) });
+      return refuse('scoring_failed', (err as Error).message);
+    } finally {
+      ctx.metrics.inFlight--;
+    }
+    const verdict = decide(score, ctx.runtime.toleranceUm);
+    const outcome: TileOutcome = {
+      header: tile.header,
+      verdict,
+      score,
+      latency_ms: Math.round((performance.now() - tile.receivedAt) * 100) / 100,
+    };
+    ctx.metrics.scored++;
+    ctx.metrics.verdicts[verdict]++;
+    ctx.metrics.latency.add(outcome.latency_ms);
+    // out-of-focus tiles at info, the rest at debug: a day of scanning is ~10^6 tiles
+    ctx.logger.log(verdict === 'out_of_focus' ? 'info' : 'debug', `tile ${verdict}`, {
+      ...tileMeta(tile.header),
+      defocus_um: score.defocus_um === null ? null : Math.round(score.defocus_um * 100) / 100,
+      tissue: Math.round(score.tissue_fraction * 1000) / 1000,
+      latency_ms: outcome.latency_ms,
+    });
+    ctx.events.emit('tile:scored', outcome);
+    return { ok: true, ...outcome };
+  }
+}
