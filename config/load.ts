@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import convict from 'convict';
+import cron from 'node-cron';
 import YAML from 'yaml';
 import { schema } from './schema.js';
 
@@ -44,6 +45,11 @@ function addFormats(): void {
     'must be 1-64 characters of letters, digits, ".", "_" or "-" (it becomes part of MQTT topics)',
   );
   check(
+    'cron-or-empty',
+    (v) => typeof v === 'string' && (v === '' || cron.validate(v)),
+    'must be a cron expression such as "0 2 * * *" (minute hour day month weekday), or empty',
+  );
+  check(
     'zmq-endpoint',
     (v) => typeof v === 'string' && /^(tcp:\/\/[^:/]+:\d{1,5}|ipc:\/\/.+|inproc:\/\/.+)$/.test(v),
     'must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///run/focusd/ingest',
@@ -72,6 +78,7 @@ export type FocusdConfig = Props & {
     mqttPassword: string;
     stateDir: string;
     modelDir: string;
+    reportDir: string;
   };
 };
 
@@ -156,6 +163,7 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
       mqttPassword,
       stateDir: isAbsolute(stateDir) ? stateDir : resolve(stateDir),
       modelDir,
+      reportDir: p.reports.dir ? resolve(p.reports.dir) : resolve(stateDir, 'reports'),
     },
   }) as FocusdConfig;
 }
@@ -181,6 +189,13 @@ function crossFieldProblems(p: Props): string[] {
     out.push(`scoring.engine.device: "${p.scoring.engine.device}" is an onnx execution provider; for tfjs use gpu`);
   if (p.tissue.maxOd <= p.tissue.odThreshold) out.push('tissue.maxOd: must be larger than tissue.odThreshold');
   if (p.ingest.maxMessageBytes < 1024) out.push('ingest.maxMessageBytes: must be at least 1024');
+  if (p.reports.timezone) {
+    try {
+      new Intl.DateTimeFormat('en', { timeZone: p.reports.timezone });
+    } catch {
+      out.push(`reports.timezone: "${p.reports.timezone}" is not an IANA time zone`);
+    }
+  }
   if (p.mqtt.embedded.port === 0 && p.mqtt.url === 'embedded') out.push('mqtt.embedded.port: must be set when mqtt.url is embedded');
   return out;
 }

@@ -23,6 +23,10 @@ export interface TileHeader {
   height?: number;
   pixel_type?: PixelType;
   stride?: number;
+  /** raw 16-bit types: data bits per sample (12 for a 12-bit camera in a 16-bit container); default 16. */
+  significant_bits?: number;
+  /** vendor fields (docs/protocol.md): passed through, never interpreted. */
+  [vendor: `x_${string}`]: unknown;
 }
 
 /** A tile as it came off the socket, header validated, payload not yet decoded. */

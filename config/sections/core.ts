@@ -2,7 +2,7 @@
 export const core = {
   scanner: {
     id: {
-      doc: 'Identifier of the scanner this daemon serves; used in topics, logs and history. Tiles from another scanner id are still scored but logged as foreign.',
+      doc: 'Identifier of the scanner this daemon serves; used in topics, logs and history.',
       format: 'identifier',
       default: 'axioscan-1',
       env: 'FOCUSD_SCANNER_ID',
