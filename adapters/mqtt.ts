@@ -1,0 +1,514 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import AjvModule, { type ValidateFunction } from 'ajv';
+import mqtt, { type IClientOptions, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { PACKAGE_ROOT } from '../config/load.js';
+import type { Context } from '../daemon/context.js';
+import type { SurfacePrediction } from '../daemon/focus-surface.js';
+import type { Component } from '../daemon/lifecycle.js';
+import { tileMeta } from '../daemon/logger.js';
+import type { ActionPublisher } from '../daemon/outbox.js';
+import type { Action, Rejection, TileHeader, TileOutcome } from '../daemon/types.js';
+
+/**
+ * MQTT side of focusd (docs/mqtt.md). Topics under config.resolved.baseTopic:
+ *   status (retained, last will), tile, action (via the outbox), error, stats, control/request → control/response.
+ * Every payload carries `schema` (docs/schemas/<name>.schema.json). Publish failures are counted in
+ * ctx.metrics.publishFailures and logged; nothing is dropped silently.
+ */
+
+export const SCHEMA_IDS = {
+  status: 'focusd/status/1',
+  tile: 'focusd/tile/1',
+  action: 'focusd/action/1',
+  error: 'focusd/error/1',
+  stats: 'focusd/stats/1',
+  controlRequest: 'focusd/control-request/1',
+  controlResponse: 'focusd/control-response/1',
+} as const;
+
+export type TopicName = 'status' | 'tile' | 'action' | 'error' | 'stats' | 'control';
+
+export function topicsFor(base: string) {
+  return {
+    status: `${base}/status`,
+    tile: `${base}/tile`,
+    action: `${base}/action`,
+    error: `${base}/error`,
+    stats: `${base}/stats`,
+    request: `${base}/control/request`,
+    response: `${base}/control/response`,
+  };
+}
+
+/** What control requests may do to the running daemon. The daemon wiring passes one (createControlApi). */
+export interface ControlApi {
+  pause(): void;
+  resume(): void;
+  setTolerance(um: number): void;
+  setDryRun(on: boolean): void;
+  /** The effective configuration with secrets redacted. */
+  getConfig(): Record<string, unknown>;
+  /** null when the slide is unknown. */
+  getSlideSummary(slide: string, scanner?: string): unknown | null;
+}
+
+/** The usual ControlApi: runtime switches in ctx.runtime, summaries from the store. */
+export function createControlApi(ctx: Context, store: { slideSummary(slide: string, scanner?: string): unknown | null }): ControlApi {
+  const changed = () => ctx.events.emit('status:changed');
+  return {
+    pause() {
+      ctx.runtime.paused = true;
+      changed();
+    },
+    resume() {
+      ctx.runtime.paused = false;
+      changed();
+    },
+    setTolerance(um) {
+      ctx.runtime.toleranceUm = um;
+      changed();
+    },
+    setDryRun(on) {
+      ctx.runtime.dryRun = on;
+      changed();
+    },
+    getConfig: () => redactConfig(ctx.config as unknown as Record<string, unknown>),
+    getSlideSummary: (slide, scanner) => store.slideSummary(slide, scanner),
+  };
+}
+
+const SECRET_KEY = /pass(word)?$|secret|token/i;
+
+/** Deep copy with every password-like value replaced (mqtt.password, resolved.mqttPassword, ...). */
+export function redactConfig(v: Record<string, unknown>): Record<string, unknown> {
+  const walk = (x: unknown, key: string): unknown => {
+    if (SECRET_KEY.test(key) && !/file$/i.test(key)) return x === '' || x === null || x === undefined ? x : '(redacted)';
+    if (Array.isArray(x)) return x.map((e) => walk(e, ''));
+    if (x && typeof x === 'object') return Object.fromEntries(Object.entries(x).map(([k, e]) => [k, walk(e, k)]));
+    return x;
+  };
+  return walk(v, '') as Record<string, unknown>;
+}
+
+export interface MqttDeps {
+  /** engine, model, version, pattern, endpoint...: merged into status and stats messages. */
+  statusProvider: () => Record<string, unknown>;
+  control: ControlApi;
+  /** focus-surface prediction for a tile (Controller.predict); tile messages carry it. */
+  predict?: (h: TileHeader) => SurfacePrediction | null;
+  /** broker URL override; default config.mqtt.url, or the embedded broker's address when that is "embedded". */
+  url?: string;
+}
+
+/** The JSON of one tile message. */
+export function tileMessage(o: TileOutcome, toleranceUm: number, predicted: SurfacePrediction | null): Record<string, unknown> {
+  const h = o.header;
+  const s = o.score;
+  return {
+    schema: SCHEMA_IDS.tile,
+    scanner: h.scanner,
+    slide: h.slide,
+    scan: h.scan,
+    seq: h.seq,
+    tile: h.tile,
+    attempt: h.attempt,
+    stage_um: h.stage_um,
+    acquired_at: h.acquired_at,
+    verdict: o.verdict,
+    defocus_um: s.defocus_um,
+    uncertainty_um: s.uncertainty_um,
+    sign_confidence: s.sign_confidence,
+    tissue_fraction: s.tissue_fraction,
+    patches: s.patches,
+    focus_map: s.focus_map,
+    latency_ms: Math.round(o.latency_ms * 100) / 100,
+    model: s.model,
+    tolerance_um: toleranceUm,
+    predicted,
+    at: new Date().toISOString(),
+  };
+}
+
+/** Logs at most one line per topic and interval while failures repeat (the counter keeps every one). */
+const FAILURE_LOG_INTERVAL_MS = 10_000;
+
+export class MqttAdapter implements Component, ActionPublisher {
+  readonly name = 'mqtt';
+  private client: MqttClient | null = null;
+  private readonly offs: (() => void)[] = [];
+  private readonly connectListeners = new Set<() => void>();
+  private statsTimer: NodeJS.Timeout | null = null;
+  private validateRequest: ValidateFunction | null = null;
+  private offlineQueued = 0;
+  private wasConnected = false;
+  private lastConnectError = '';
+  private readonly failureLog = new Map<string, { at: number; suppressed: number }>();
+  private stopping = false;
+  private topicNames: ReturnType<typeof topicsFor>;
+
+  constructor(private readonly ctx: Context, private readonly deps: MqttDeps) {
+    this.topicNames = topicsFor(ctx.config.resolved.baseTopic);
+  }
+
+  get topics(): ReturnType<typeof topicsFor> {
+    return this.topicNames;
+  }
+
+  get connected(): boolean {
+    return this.client?.connected === true;
+  }
+
+  get url(): string {
+    if (this.deps.url) return this.deps.url;
+    const m = this.ctx.config.mqtt;
+    if (m.url !== 'embedded') return m.url;
+    const h = m.embedded.host;
+    return `mqtt://${h.includes(':') ? `[${h}]` : h}:${m.embedded.port}`;
+  }
+
+  /** MQTT 5 unless the broker is the embedded aedes (3.1.1 only). */
+  get protocolVersion(): 4 | 5 {
+    return this.ctx.config.mqtt.url === 'embedded' && !this.deps.url ? 4 : (this.ctx.config.mqtt.protocolVersion as 4 | 5);
+  }
+
+  onConnect(listener: () => void): () => void {
+    this.connectListeners.add(listener);
+    return () => this.connectListeners.delete(listener);
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    const { config, logger } = this.ctx;
+    const m = config.mqtt;
+    const Ajv = AjvModule.default;
+    const ajv = new Ajv({ allErrors: true, strict: false });
+    this.validateRequest = ajv.compile(JSON.parse(readFileSync(resolve(PACKAGE_ROOT, 'docs/schemas/control-request.schema.json'), 'utf8')));
+    const opts: IClientOptions = {
+      clientId: config.resolved.mqttClientId,
+      protocolVersion: this.protocolVersion,
+      clean: true,
+      keepalive: m.keepaliveS,
+      reconnectPeriod: m.reconnectMs,
+      connectTimeout: m.connectTimeoutMs,
+      // QoS 0 (tile, stats) is not queued while offline; it is counted as a failure instead (see publish())
+      queueQoSZero: false,
+      // we subscribe ourselves on every connect
+      resubscribe: false,
+      will: {
+        topic: this.topics.status,
+        payload: Buffer.from(JSON.stringify(this.statusPayload('offline', 'connection_lost'))),
+        qos: m.topics.status.qos as 0 | 1 | 2,
+        retain: m.topics.status.retain,
+      },
+    };
+    if (m.username) opts.username = m.username;
+    if (config.resolved.mqttPassword) opts.password = config.resolved.mqttPassword;
+    if (m.tls.ca) opts.ca = readFileSync(m.tls.ca);
+    if (m.tls.cert) opts.cert = readFileSync(m.tls.cert);
+    if (m.tls.key) opts.key = readFileSync(m.tls.key);
+    opts.rejectUnauthorized = m.tls.rejectUnauthorized;
+
+    const client = mqtt.connect(this.url, opts);
+    this.client = client;
+    client.on('connect', () => this.onConnected());
+    client.on('close', () => {
+      if (this.wasConnected && !this.stopping) logger.warn('MQTT connection lost; reconnecting', { url: this.url, every_ms: m.reconnectMs });
+      this.wasConnected = false;
+    });
+    client.on('error', (err) => {
+      // repeated identical errors while the broker is down are logged once
+      if (err.message !== this.lastConnectError) logger.error('MQTT error', { url: this.url, err: err.message });
+      this.lastConnectError = err.message;
+    });
+    client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
+
+    this.offs.push(this.ctx.events.on('tile:scored', (o) => this.publishTile(o)));
+    this.offs.push(this.ctx.events.on('tile:rejected', (r) => this.publishRejection(r)));
+    this.offs.push(this.ctx.events.on('status:changed', () => this.connected && void this.publishStatus()));
+
+    await new Promise<void>((res, rej) => {
+      if (client.connected) return res();
+      const onAbort = () => {
+        client.off('connect', onConnect);
+        rej(signal.reason instanceof Error ? signal.reason : new Error(`MQTT: start aborted before connecting to ${this.url}`));
+      };
+      const onConnect = () => {
+        signal.removeEventListener('abort', onAbort);
+        res();
+      };
+      client.once('connect', onConnect);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+
+    if (m.statsIntervalS > 0) {
+      this.statsTimer = setInterval(() => void this.publishStats(), m.statsIntervalS * 1000);
+      this.statsTimer.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    for (const off of this.offs.splice(0)) off();
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    const client = this.client;
+    this.client = null;
+    if (!client) return;
+    const bound = this.ctx.config.mqtt.connectTimeoutMs;
+    if (client.connected) {
+      // a graceful stop replaces the retained online status with offline; the broker then drops the will
+      await withTimeout(this.send(client, 'status', this.topics.status, this.statusPayload('offline', 'stopped')), bound).catch(() => undefined);
+      const ended = await withTimeout(client.endAsync(false), bound).then(() => true, () => false);
+      if (ended) return;
+    }
+    await client.endAsync(true).catch(() => undefined);
+  }
+
+  /** Drops the TCP connection without DISCONNECT, as a crash would: the broker publishes the last will. For tests. */
+  simulateConnectionLoss(): void {
+    this.client?.stream.destroy();
+  }
+
+  // ---- ActionPublisher (daemon/outbox.ts) ------------------------------------------------------------------
+
+  publishAction(a: Action): Promise<void> {
+    const client = this.client;
+    if (!client) return Promise.reject(new Error('MQTT adapter is not started'));
+    return this.send(client, 'action', this.topics.action, { schema: SCHEMA_IDS.action, ...a });
+  }
+
+  publishExpired(a: Action): Promise<void> {
+    const client = this.client;
+    if (!client) return Promise.reject(new Error('MQTT adapter is not started'));
+    return this.send(client, 'error', this.topics.error, {
+      schema: SCHEMA_IDS.error,
+      scanner: this.ctx.config.scanner.id,
+      at: new Date().toISOString(),
+      reason: 'action_expired',
+      detail: `${a.type} ${a.id} for slide ${a.slide} tile ${a.tile.index} expired at ${a.expires_at} before the broker acknowledged it; not sent`,
+      action: { schema: SCHEMA_IDS.action, ...a },
+    });
+  }
+
+  // ---- publishing ------------------------------------------------------------------------------------------
+
+  statusPayload(state: 'online' | 'offline', reason?: string): Record<string, unknown> {
+    let provided: Record<string, unknown> = {};
+    try {
+      provided = this.deps.statusProvider();
+    } catch (err) {
+      this.ctx.logger.error('MQTT: status provider failed', { err: (err as Error).message });
+    }
+    return {
+      ...provided,
+      schema: SCHEMA_IDS.status,
+      state,
+      scanner: this.ctx.config.scanner.id,
+      at: new Date().toISOString(),
+      pid: process.pid,
+      runtime: { ...this.ctx.runtime },
+      ...(reason ? { reason } : {}),
+    };
+  }
+
+  statsPayload(): Record<string, unknown> {
+    let provided: Record<string, unknown> = {};
+    try {
+      provided = this.deps.statusProvider();
+    } catch (err) {
+      this.ctx.logger.error('MQTT: status provider failed', { err: (err as Error).message });
+    }
+    const interval = this.ctx.config.mqtt.statsIntervalS;
+    return {
+      engine: provided.engine ?? null,
+      model: provided.model ?? null,
+      version: provided.version,
+      ...this.ctx.metrics.snapshot(),
+      schema: SCHEMA_IDS.stats,
+      scanner: this.ctx.config.scanner.id,
+      at: new Date().toISOString(),
+      interval_s: interval,
+      tiles_per_s: this.ctx.metrics.takeRate(),
+      runtime: { ...this.ctx.runtime },
+    };
+  }
+
+  publishStatus(): Promise<void> {
+    return this.fire('status', this.topics.status, this.statusPayload('online'));
+  }
+
+  publishStats(): Promise<void> {
+    return this.fire('stats', this.topics.stats, this.statsPayload());
+  }
+
+  private publishTile(o: TileOutcome): void {
+    let predicted: SurfacePrediction | null = null;
+    try {
+      predicted = this.deps.predict?.(o.header) ?? null;
+    } catch (err) {
+      this.ctx.logger.error('MQTT: focus-surface prediction failed', { err: (err as Error).message, ...tileMeta(o.header) });
+    }
+    void this.fire('tile', this.topics.tile, tileMessage(o, this.ctx.runtime.toleranceUm, predicted));
+  }
+
+  private publishRejection(r: Rejection): void {
+    void this.fire('error', this.topics.error, {
+      schema: SCHEMA_IDS.error,
+      scanner: this.ctx.config.scanner.id,
+      at: new Date().toISOString(),
+      reason: r.reason,
+      detail: r.detail,
+      received: r.received,
+    });
+  }
+
+  /** Fire and forget: failures are counted and logged inside send(). */
+  private fire(name: TopicName, topic: string, payload: object, extra?: IClientPublishOptions): Promise<void> {
+    const client = this.client;
+    if (!client) {
+      this.failed(name, new Error('MQTT adapter is not started'));
+      return Promise.resolve();
+    }
+    return this.send(client, name, topic, payload, extra).catch(() => undefined);
+  }
+
+  /** Publishes with the topic's QoS/retain; resolves on PUBACK (QoS ≥ 1) or when written (QoS 0). */
+  private send(client: MqttClient, name: TopicName, topic: string, payload: object, extra: IClientPublishOptions = {}): Promise<void> {
+    const t = this.ctx.config.mqtt.topics[name];
+    const qos = t.qos as 0 | 1 | 2;
+    if (!client.connected) {
+      if (qos === 0) return Promise.reject(this.failed(name, new Error('broker not connected (QoS 0 is not queued offline)')));
+      if (this.offlineQueued >= this.ctx.config.mqtt.maxOfflineQueue)
+        return Promise.reject(this.failed(name, new Error(`broker not connected and ${this.offlineQueued} messages already queued (mqtt.maxOfflineQueue)`)));
+    }
+    const offline = !client.connected;
+    if (offline) this.offlineQueued++;
+    const body = JSON.stringify(payload);
+    return new Promise<void>((res, rej) => {
+      client.publish(topic, body, { qos, retain: t.retain, ...extra }, (err) => {
+        if (offline) this.offlineQueued--;
+        if (err) return rej(this.failed(name, err));
+        this.ctx.metrics.published++;
+        res();
+      });
+    });
+  }
+
+  private failed(name: string, err: Error): Error {
+    this.ctx.metrics.publishFailures++;
+    const now = Date.now();
+    const f = this.failureLog.get(name);
+    if (!f || now - f.at >= FAILURE_LOG_INTERVAL_MS) {
+      this.ctx.logger.error(`MQTT publish on ${name} failed`, { err: err.message, failures_total: this.ctx.metrics.publishFailures, suppressed: f?.suppressed ?? 0 });
+      this.failureLog.set(name, { at: now, suppressed: 0 });
+    } else f.suppressed++;
+    return err;
+  }
+
+  private onConnected(): void {
+    const client = this.client;
+    if (!client) return;
+    this.wasConnected = true;
+    this.lastConnectError = '';
+    this.ctx.logger.info('MQTT connected', { url: this.url, protocol: this.protocolVersion, baseTopic: this.ctx.config.resolved.baseTopic });
+    // online on every (re)connect: the retained status may have been replaced by the will meanwhile
+    void this.publishStatus();
+    client.subscribe(this.topics.request, { qos: this.ctx.config.mqtt.topics.control.qos as 0 | 1 | 2 }, (err) => {
+      if (err) this.ctx.logger.error('MQTT: cannot subscribe to control requests', { topic: this.topics.request, err: err.message });
+    });
+    for (const l of this.connectListeners) {
+      try {
+        l();
+      } catch (err) {
+        this.ctx.logger.error('MQTT: connect listener failed', { err: (err as Error).message });
+      }
+    }
+  }
+
+  // ---- control requests ------------------------------------------------------------------------------------
+
+  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    if (topic !== this.topics.request) return;
+    const props = packet.properties ?? {};
+    let responseTopic = props.responseTopic;
+    const correlationData = props.correlationData;
+    let correlationId: string | undefined;
+    let command: string | null = null;
+    const answer = (body: Record<string, unknown>) => {
+      const target = responseTopic ?? this.topics.response;
+      const extra: IClientPublishOptions = correlationData && this.protocolVersion === 5 ? { properties: { correlationData } } : {};
+      void this.fire('control', target, {
+        schema: SCHEMA_IDS.controlResponse,
+        command,
+        scanner: this.ctx.config.scanner.id,
+        at: new Date().toISOString(),
+        ...(correlationId !== undefined ? { correlation_id: correlationId } : {}),
+        ...body,
+      }, extra);
+    };
+    const fail = (reason: 'bad_json' | 'invalid_request' | 'not_found' | 'failed', detail: string) => {
+      this.ctx.logger.warn('MQTT control request refused', { reason, detail, command });
+      answer({ ok: false, error: { reason, detail } });
+    };
+    let req: Record<string, unknown>;
+    try {
+      req = JSON.parse(payload.toString('utf8'));
+    } catch (err) {
+      return fail('bad_json', `request is not JSON: ${(err as Error).message}; received ${payload.length} bytes`);
+    }
+    if (req && typeof req === 'object' && !Array.isArray(req)) {
+      if (typeof req.correlation_id === 'string') correlationId = req.correlation_id;
+      if (typeof req.command === 'string') command = req.command;
+      if (!responseTopic && typeof req.response_topic === 'string' && req.response_topic && !/[+#]/.test(req.response_topic))
+        responseTopic = req.response_topic;
+    }
+    if (!this.validateRequest!(req)) {
+      const detail = (this.validateRequest!.errors ?? [])
+        .filter((e) => e.keyword !== 'if')
+        .map((e) => `${e.instancePath || '(request)'} ${e.message}${e.params && 'allowedValues' in e.params ? ': ' + (e.params.allowedValues as string[]).join(', ') : ''}${e.params && 'additionalProperty' in e.params ? ': ' + String(e.params.additionalProperty) : ''}`)
+        .join('; ');
+      return fail('invalid_request', `invalid control request: ${detail}`);
+    }
+    const c = this.deps.control;
+    try {
+      switch (req.command) {
+        case 'pause':
+          c.pause();
+          break;
+        case 'resume':
+          c.resume();
+          break;
+        case 'set_tolerance':
+          c.setTolerance(req.tolerance_um as number);
+          break;
+        case 'set_dry_run':
+          c.setDryRun(req.dry_run as boolean);
+          break;
+        case 'get_config':
+          return answer({ ok: true, result: c.getConfig() });
+        case 'get_slide_summary': {
+          const s = c.getSlideSummary(req.slide as string, req.scanner as string | undefined);
+          if (s === null || s === undefined) return fail('not_found', `no tiles recorded for slide ${String(req.slide)}`);
+          return answer({ ok: true, result: s });
+        }
+        case 'get_status':
+          return answer({ ok: true, result: { ...this.statusPayload('online'), metrics: this.ctx.metrics.snapshot() } });
+      }
+    } catch (err) {
+      return fail('failed', `${String(req.command)} failed: ${(err as Error).message}`);
+    }
+    this.ctx.logger.info('MQTT control request applied', { command, runtime: this.ctx.runtime });
+    answer({ ok: true, result: { runtime: { ...this.ctx.runtime } } });
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let t: NodeJS.Timeout;
+  return Promise.race([
+    p,
+    new Promise<T>((_, rej) => {
+      t = setTimeout(() => rej(new Error(`timed out after ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(t));
+}

@@ -1,0 +1,335 @@
+import { mkdirSync } from 'node:fs';
+import { resolve } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Context } from '../daemon/context.js';
+import type { Component } from '../daemon/lifecycle.js';
+import type { Action, TileOutcome, Verdict } from '../daemon/types.js';
+
+/**
+ * The daemon's state in one SQLite file (WAL) under config.resolved.stateDir:
+ *  - tiles:   every verdict with metadata and a focus-map summary (input of the nightly drift reports),
+ *  - actions: every command the controller decided, with its delivery status,
+ *  - outbox:  commands not yet acknowledged by the broker (daemon/outbox.ts); survives crashes.
+ */
+export const STORE_FILE = 'focusd.sqlite';
+const PRUNE_EVERY_MS = 60 * 60 * 1000;
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+export type ActionStatus = 'queued' | 'sent' | 'expired';
+
+export interface SlideSummary {
+  scanner: string;
+  slide: string;
+  tiles: number;
+  /** tiles at attempt 0 (first acquisitions). */
+  first_acquisitions: number;
+  reacquired: number;
+  verdicts: Record<Verdict, number>;
+  out_of_focus_rate: number | null;
+  mean_defocus_um: number | null;
+  mean_abs_defocus_um: number | null;
+  max_abs_defocus_um: number | null;
+  mean_latency_ms: number | null;
+  first_at: string | null;
+  last_at: string | null;
+  actions: { reacquire: number; z_offset: number; dry_run: number; expired: number; pending: number; z_offset_total_um: number };
+}
+
+export interface DriftStats {
+  scanner: string;
+  slide: string;
+  tiles: number;
+  with_tissue: number;
+  out_of_focus: number;
+  out_of_focus_rate: number | null;
+  mean_defocus_um: number | null;
+  mean_abs_defocus_um: number | null;
+  p95_abs_defocus_um: number | null;
+  /** least-squares slope of signed defocus over time; drift in µm per hour. */
+  drift_um_per_h: number | null;
+  z_offsets: number;
+  z_offset_total_um: number;
+  from: string;
+  to: string;
+}
+
+export interface StoreDeps {
+  /** database file; default <stateDir>/focusd.sqlite. */
+  file?: string;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS tiles (
+  id INTEGER PRIMARY KEY,
+  at INTEGER NOT NULL,
+  scanner TEXT NOT NULL, slide TEXT NOT NULL, scan TEXT NOT NULL,
+  seq INTEGER NOT NULL, tile_index INTEGER NOT NULL, tile_row INTEGER NOT NULL, tile_col INTEGER NOT NULL, attempt INTEGER NOT NULL,
+  x_um REAL NOT NULL, y_um REAL NOT NULL, z_um REAL NOT NULL,
+  verdict TEXT NOT NULL, defocus_um REAL, uncertainty_um REAL, sign_confidence REAL,
+  tissue_fraction REAL NOT NULL, patches INTEGER NOT NULL, latency_ms REAL NOT NULL,
+  model TEXT NOT NULL, model_version TEXT NOT NULL, engine TEXT NOT NULL,
+  map_rows INTEGER, map_cols INTEGER, map_cells INTEGER, map_min_um REAL, map_max_um REAL, map_mean_um REAL
+);
+CREATE INDEX IF NOT EXISTS tiles_slide ON tiles (scanner, slide);
+CREATE INDEX IF NOT EXISTS tiles_at ON tiles (at);
+CREATE TABLE IF NOT EXISTS actions (
+  id TEXT PRIMARY KEY,
+  at INTEGER NOT NULL,
+  scanner TEXT NOT NULL, slide TEXT NOT NULL, type TEXT NOT NULL, z_offset_um REAL NOT NULL, dry_run INTEGER NOT NULL,
+  status TEXT NOT NULL, status_at INTEGER NOT NULL, payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_slide ON actions (scanner, slide);
+CREATE INDEX IF NOT EXISTS actions_at ON actions (at);
+CREATE TABLE IF NOT EXISTS outbox (
+  n INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  expires_at INTEGER NOT NULL,
+  payload TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0
+);
+`;
+
+export class Store implements Component {
+  readonly name = 'store';
+  private db: Database.Database | null = null;
+  private off: (() => void) | null = null;
+  private pruneTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly ctx: Context, private readonly deps: StoreDeps = {}) {}
+
+  get file(): string {
+    return this.deps.file ?? resolve(this.ctx.config.resolved.stateDir, STORE_FILE);
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    mkdirSync(resolve(this.file, '..'), { recursive: true });
+    const db = new Database(this.file);
+    this.db = db;
+    // WAL: readers (reports, control requests) never block the writer; NORMAL sync is durable across process crashes
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.pragma('busy_timeout = 5000');
+    db.exec(SCHEMA);
+    const pruned = this.prune();
+    const pending = this.outboxCount();
+    this.ctx.logger.info('store opened', { file: this.file, pruned_tiles: pruned, outbox_pending: pending });
+    this.off = this.ctx.events.on('tile:scored', (o) => {
+      try {
+        this.recordTile(o);
+      } catch (err) {
+        // history is not worth crashing the daemon for, but it is never lost silently
+        this.ctx.logger.error('store: cannot record tile', { err: (err as Error).message, slide: o.header.slide, seq: o.header.seq });
+      }
+    });
+    this.pruneTimer = setInterval(() => {
+      try {
+        this.prune();
+      } catch (err) {
+        this.ctx.logger.error('store: prune failed', { err: (err as Error).message });
+      }
+    }, PRUNE_EVERY_MS);
+    this.pruneTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.off?.();
+    this.off = null;
+    if (this.pruneTimer) clearInterval(this.pruneTimer);
+    this.pruneTimer = null;
+    if (this.db?.open) this.db.close();
+    this.db = null;
+  }
+
+  private get conn(): Database.Database {
+    if (!this.db?.open) throw new Error('store is not open');
+    return this.db;
+  }
+
+  /** Deletes tile and finished-action history older than store.historyRetentionDays; returns the tiles deleted. */
+  prune(now = Date.now()): number {
+    const cutoff = now - this.ctx.config.store.historyRetentionDays * DAY_MS;
+    const r = this.conn.prepare('DELETE FROM tiles WHERE at < ?').run(cutoff);
+    this.conn.prepare("DELETE FROM actions WHERE at < ? AND status != 'queued'").run(cutoff);
+    return r.changes;
+  }
+
+  recordTile(o: TileOutcome, at = Date.now()): void {
+    const h = o.header;
+    const s = o.score;
+    const cells = (s.focus_map?.defocus_um ?? []).filter((v): v is number => typeof v === 'number');
+    this.conn
+      .prepare(
+        `INSERT INTO tiles (at, scanner, slide, scan, seq, tile_index, tile_row, tile_col, attempt, x_um, y_um, z_um, verdict,
+          defocus_um, uncertainty_um, sign_confidence, tissue_fraction, patches, latency_ms, model, model_version, engine,
+          map_rows, map_cols, map_cells, map_min_um, map_max_um, map_mean_um)
+         VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+      )
+      .run(
+        at, h.scanner, h.slide, h.scan, h.seq, h.tile.index, h.tile.row, h.tile.col, h.attempt, h.stage_um.x, h.stage_um.y, h.stage_um.z,
+        o.verdict, s.defocus_um, s.uncertainty_um, s.sign_confidence, s.tissue_fraction, s.patches, o.latency_ms,
+        s.model.name, s.model.version, s.model.engine,
+        s.focus_map?.rows ?? null, s.focus_map?.cols ?? null, s.focus_map ? cells.length : null,
+        cells.length ? Math.min(...cells) : null, cells.length ? Math.max(...cells) : null,
+        cells.length ? cells.reduce((a, b) => a + b, 0) / cells.length : null,
+      );
+  }
+
+  // ---- outbox (daemon/outbox.ts) -------------------------------------------------------------------------
+
+  /** Writes an action to the outbox and the action history in one transaction. False when the id is already known. */
+  outboxPut(a: Action): boolean {
+    const payload = JSON.stringify(a);
+    const tx = this.conn.transaction(() => {
+      const r = this.conn
+        .prepare('INSERT OR IGNORE INTO actions (id, at, scanner, slide, type, z_offset_um, dry_run, status, status_at, payload) VALUES (?,?,?,?,?,?,?,?,?,?)')
+        .run(a.id, Date.parse(a.created_at), a.scanner, a.slide, a.type, a.z_offset_um, a.dry_run ? 1 : 0, 'queued', Date.now(), payload);
+      if (r.changes === 0) return false;
+      this.conn.prepare('INSERT INTO outbox (id, expires_at, payload) VALUES (?,?,?)').run(a.id, Date.parse(a.expires_at), payload);
+      return true;
+    });
+    return tx();
+  }
+
+  /** Pending actions in the order they were decided. */
+  outboxPending(limit = 1000): Action[] {
+    const rows = this.conn.prepare('SELECT payload FROM outbox ORDER BY n LIMIT ?').all(limit) as { payload: string }[];
+    return rows.map((r) => JSON.parse(r.payload) as Action);
+  }
+
+  outboxCount(): number {
+    return (this.conn.prepare('SELECT count(*) AS c FROM outbox').get() as { c: number }).c;
+  }
+
+  outboxAttempt(id: string): void {
+    this.conn.prepare('UPDATE outbox SET attempts = attempts + 1 WHERE id = ?').run(id);
+  }
+
+  /** Removes an action from the outbox (acknowledged or expired) and records its final status. */
+  outboxDone(id: string, status: Exclude<ActionStatus, 'queued'>): void {
+    const tx = this.conn.transaction(() => {
+      this.conn.prepare('DELETE FROM outbox WHERE id = ?').run(id);
+      this.conn.prepare('UPDATE actions SET status = ?, status_at = ? WHERE id = ?').run(status, Date.now(), id);
+    });
+    tx();
+  }
+
+  actionStatus(id: string): ActionStatus | null {
+    const r = this.conn.prepare('SELECT status FROM actions WHERE id = ?').get(id) as { status: ActionStatus } | undefined;
+    return r?.status ?? null;
+  }
+
+  // ---- queries ----------------------------------------------------------------------------------------------
+
+  /** Everything known about one slide; null when no tile of it was recorded. */
+  slideSummary(slide: string, scanner = this.ctx.config.scanner.id): SlideSummary | null {
+    const t = this.conn
+      .prepare(
+        `SELECT count(*) AS tiles, sum(attempt = 0) AS first, sum(attempt > 0) AS re,
+           sum(verdict = 'in_focus') AS inf, sum(verdict = 'out_of_focus') AS oof, sum(verdict = 'no_tissue') AS nt,
+           avg(defocus_um) AS mean, avg(abs(defocus_um)) AS mabs, max(abs(defocus_um)) AS maxabs, avg(latency_ms) AS lat,
+           min(at) AS first_at, max(at) AS last_at
+         FROM tiles WHERE scanner = ? AND slide = ?`,
+      )
+      .get(scanner, slide) as Record<string, number | null>;
+    if (!t.tiles) return null;
+    const a = this.conn
+      .prepare(
+        `SELECT sum(type = 'reacquire' AND dry_run = 0) AS re, sum(type = 'z_offset' AND dry_run = 0) AS z, sum(dry_run = 1) AS dry,
+           sum(status = 'expired') AS exp, sum(status = 'queued') AS pend,
+           coalesce(sum(CASE WHEN type = 'z_offset' AND dry_run = 0 AND status != 'expired' THEN z_offset_um END), 0) AS ztot
+         FROM actions WHERE scanner = ? AND slide = ?`,
+      )
+      .get(scanner, slide) as Record<string, number | null>;
+    const withTissue = (t.inf ?? 0) + (t.oof ?? 0);
+    const r2 = (v: number | null) => (v === null ? null : Math.round(v * 1000) / 1000);
+    return {
+      scanner,
+      slide,
+      tiles: t.tiles ?? 0,
+      first_acquisitions: t.first ?? 0,
+      reacquired: t.re ?? 0,
+      verdicts: { in_focus: t.inf ?? 0, out_of_focus: t.oof ?? 0, no_tissue: t.nt ?? 0 },
+      out_of_focus_rate: withTissue ? r2((t.oof ?? 0) / withTissue) : null,
+      mean_defocus_um: r2(t.mean ?? null),
+      mean_abs_defocus_um: r2(t.mabs ?? null),
+      max_abs_defocus_um: r2(t.maxabs ?? null),
+      mean_latency_ms: r2(t.lat ?? null),
+      first_at: t.first_at ? new Date(t.first_at).toISOString() : null,
+      last_at: t.last_at ? new Date(t.last_at).toISOString() : null,
+      actions: {
+        reacquire: a.re ?? 0,
+        z_offset: a.z ?? 0,
+        dry_run: a.dry ?? 0,
+        expired: a.exp ?? 0,
+        pending: a.pend ?? 0,
+        z_offset_total_um: r2(a.ztot ?? 0) ?? 0,
+      },
+    };
+  }
+
+  /** Per scanner and slide drift statistics of the tiles recorded in [fromMs, toMs): the nightly report's input. */
+  driftStats(fromMs: number, toMs: number, scanner?: string): DriftStats[] {
+    const rows = this.conn
+      .prepare(
+        `SELECT scanner, slide, at, verdict, defocus_um FROM tiles
+         WHERE at >= ? AND at < ? AND (? IS NULL OR scanner = ?) ORDER BY scanner, slide, at`,
+      )
+      .all(fromMs, toMs, scanner ?? null, scanner ?? null) as { scanner: string; slide: string; at: number; verdict: Verdict; defocus_um: number | null }[];
+    const zs = this.conn
+      .prepare(
+        `SELECT scanner, slide, count(*) AS n, coalesce(sum(z_offset_um), 0) AS total FROM actions
+         WHERE type = 'z_offset' AND dry_run = 0 AND status != 'expired' AND at >= ? AND at < ? GROUP BY scanner, slide`,
+      )
+      .all(fromMs, toMs) as { scanner: string; slide: string; n: number; total: number }[];
+    const groups = new Map<string, typeof rows>();
+    for (const r of rows) {
+      const k = `${r.scanner}\u0000${r.slide}`;
+      let g = groups.get(k);
+      if (!g) groups.set(k, (g = []));
+      g.push(r);
+    }
+    const r3 = (v: number) => Math.round(v * 1000) / 1000;
+    const out: DriftStats[] = [];
+    for (const g of groups.values()) {
+      const first = g[0]!;
+      const d = g.filter((r) => r.defocus_um !== null);
+      const abs = d.map((r) => Math.abs(r.defocus_um!)).sort((a, b) => a - b);
+      let slope: number | null = null;
+      if (d.length >= 2) {
+        const t0 = d[0]!.at;
+        const xs = d.map((r) => (r.at - t0) / 3_600_000);
+        const ys = d.map((r) => r.defocus_um!);
+        const mx = xs.reduce((a, b) => a + b, 0) / xs.length;
+        const my = ys.reduce((a, b) => a + b, 0) / ys.length;
+        let sxy = 0;
+        let sxx = 0;
+        for (let i = 0; i < xs.length; i++) {
+          sxy += (xs[i]! - mx) * (ys[i]! - my);
+          sxx += (xs[i]! - mx) ** 2;
+        }
+        slope = sxx > 0 ? r3(sxy / sxx) : null;
+      }
+      const oof = g.filter((r) => r.verdict === 'out_of_focus').length;
+      const withTissue = g.filter((r) => r.verdict !== 'no_tissue').length;
+      const z = zs.find((r) => r.scanner === first.scanner && r.slide === first.slide);
+      out.push({
+        scanner: first.scanner,
+        slide: first.slide,
+        tiles: g.length,
+        with_tissue: withTissue,
+        out_of_focus: oof,
+        out_of_focus_rate: withTissue ? r3(oof / withTissue) : null,
+        mean_defocus_um: d.length ? r3(d.reduce((a, r) => a + r.defocus_um!, 0) / d.length) : null,
+        mean_abs_defocus_um: abs.length ? r3(abs.reduce((a, b) => a + b, 0) / abs.length) : null,
+        p95_abs_defocus_um: abs.length ? r3(abs[Math.min(abs.length - 1, Math.ceil(0.95 * abs.length) - 1)]!) : null,
+        drift_um_per_h: slope,
+        z_offsets: z?.n ?? 0,
+        z_offset_total_um: r3(z?.total ?? 0),
+        from: new Date(fromMs).toISOString(),
+        to: new Date(toMs).toISOString(),
+      });
+    }
+    return out;
+  }
+}
