@@ -1,0 +1,229 @@
+// ZeroMQ ingest edge (wire protocol v1, docs/protocol.md): binds PULL or ROUTER, validates each message cheaply
+// (protocol/header.ts) and hands tiles to the TileSink; in router mode every message gets exactly one JSON reply.
+import * as zmq from 'zeromq';
+import type { Component } from '../daemon/lifecycle.js';
+import type { Context } from '../daemon/context.js';
+import { tileMeta } from '../daemon/logger.js';
+import type { Rejection, TileReply, TileSink } from '../daemon/types.js';
+import { parseMessage } from '../protocol/header.js';
+
+/**
+ * libzmq's ZMQ_MAXMSGSIZE (per frame) drops the sender's connection without telling anyone, so it is only the hard
+ * memory guard: set to this multiple of ingest.maxMessageBytes. Messages between the two limits are received and
+ * rejected as message_too_large (counted, reported, answered); only a frame beyond the hard guard is dropped silently
+ * by libzmq (the disconnect is logged).
+ */
+export const HARD_LIMIT_FACTOR = 2;
+
+/** How long close() may keep flushing queued replies to the network (ZMQ_LINGER). */
+const REPLY_LINGER_MS = 1000;
+
+type IngestSocket = zmq.Pull | zmq.Router;
+
+export class ZmqIngest implements Component {
+  readonly name = 'zmq-ingest';
+  private socket: IngestSocket | null = null;
+  private loop: Promise<void> | null = null;
+  private stopping = false;
+  private stopSignal: AbortController | null = null;
+  /** replies go out one at a time: a zeromq v6 socket refuses a send while another is pending (EBUSY). */
+  private sendChain: Promise<void> = Promise.resolve();
+  /** submitted tiles whose reply (router) is not sent yet. */
+  private outstanding = 0;
+
+  constructor(private readonly ctx: Context, private readonly sink: TileSink) {}
+
+  /** Endpoint actually bound (a tcp port 0 / wildcard resolved), or null before start. */
+  get boundEndpoint(): string | null {
+    return this.socket && !this.socket.closed ? this.socket.lastEndpoint : null;
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    const cfg = this.ctx.config.ingest;
+    const router = cfg.pattern === 'router';
+    const common = {
+      receiveHighWaterMark: cfg.highWaterMark,
+      maxMessageSize: cfg.maxMessageBytes * HARD_LIMIT_FACTOR,
+      linger: router ? REPLY_LINGER_MS : 0,
+    };
+    // mandatory + sendTimeout 0: a reply to a vanished peer (EHOSTUNREACH) or to one that does not read its replies
+    // (EAGAIN at its HWM) fails at once and is logged, instead of vanishing silently or stalling other peers' replies
+    const sock: IngestSocket = router ? new zmq.Router({ ...common, mandatory: true, sendTimeout: 0 }) : new zmq.Pull(common);
+    this.socket = sock;
+    this.stopping = false;
+    this.stopSignal = new AbortController();
+    this.watchConnections(sock);
+    await sock.bind(cfg.endpoint);
+    signal.throwIfAborted();
+    this.ctx.logger.info(`ingest bound ${this.boundEndpoint} (${cfg.pattern})`, {
+      endpoint: this.boundEndpoint,
+      pattern: cfg.pattern,
+      highWaterMark: cfg.highWaterMark,
+      maxMessageBytes: cfg.maxMessageBytes,
+    });
+    this.loop = this.receiveLoop(sock, router);
+  }
+
+  /**
+   * Stops reading and closes the socket. Messages already in the socket's receive queue are taken out first and
+   * rejected as shutting_down (counted, and answered in router mode) rather than dropped unseen; replies already
+   * produced are flushed for up to REPLY_LINGER_MS. Safe after a failed or partial start, and idempotent.
+   */
+  async stop(): Promise<void> {
+    const sock = this.socket;
+    if (!sock) return;
+    this.stopping = true;
+    this.stopSignal?.abort();
+    if (!sock.closed) {
+      // the loop keeps receiving while stopping; give it a few turns to empty what libzmq already holds
+      for (let i = 0; i < 100 && this.loop && this.readable(sock); i++) await new Promise((r) => setImmediate(r));
+      await this.sendChain;
+      if (this.outstanding > 0) {
+        this.ctx.logger.warn(`ingest closing with ${this.outstanding} tiles unanswered; their senders will time out`);
+      }
+      sock.close();
+    }
+    // close() makes the pending receive() reject, which ends the loop
+    await this.loop;
+    this.loop = null;
+  }
+
+  private readable(sock: IngestSocket): boolean {
+    try {
+      return sock.readable;
+    } catch {
+      return false;
+    }
+  }
+
+  private async receiveLoop(sock: IngestSocket, router: boolean): Promise<void> {
+    const { logger } = this.ctx;
+    for (;;) {
+      // back-pressure: do not take the next message off the socket until the pipeline has room; meanwhile libzmq's
+      // queue fills to the HWM, then TCP flow control stops the sender (its send() blocks)
+      if (!this.stopping) await this.waitReady();
+      if (sock.closed) return;
+      let frames: Buffer[];
+      try {
+        frames = (await sock.receive()) as Buffer[];
+      } catch (err) {
+        // a receive pending when close() is called rejects (EAGAIN); a receive after close rejects with EBADF
+        if (sock.closed) return;
+        logger.error(`ingest receive failed: ${(err as Error).message}`, { code: (err as { code?: string }).code });
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
+      const receivedAt = performance.now();
+      try {
+        this.handle(frames, receivedAt, router);
+      } catch (err) {
+        // a bug in handling one message must not take the ingest down
+        logger.error(`ingest failed to handle a message: ${(err as Error).stack ?? String(err)}`);
+      }
+    }
+  }
+
+  private async waitReady(): Promise<void> {
+    const abort = this.stopSignal!.signal;
+    if (abort.aborted) return;
+    let onAbort: (() => void) | undefined;
+    try {
+      await Promise.race([this.sink.ready(), new Promise<void>((r) => abort.addEventListener('abort', (onAbort = () => r()), { once: true }))]);
+    } catch (err) {
+      this.ctx.logger.error(`pipeline ready() failed: ${(err as Error).message}`);
+    } finally {
+      if (onAbort) abort.removeEventListener('abort', onAbort);
+    }
+  }
+
+  private handle(frames: Buffer[], receivedAt: number, router: boolean): void {
+    const { logger, config } = this.ctx;
+    let envelope: Buffer[] = [];
+    let body = frames;
+    if (router) {
+      // [routing id, (empty delimiter from REQ, or a DEALER that mimics REQ), header, payload]; an empty frame is
+      // never a valid header, so an empty second frame is always the delimiter
+      const delimited = frames.length >= 2 && frames[1]!.length === 0;
+      envelope = frames.slice(0, delimited ? 2 : 1);
+      body = frames.slice(envelope.length);
+    }
+    const rejected = (rejection: Rejection) => {
+      logger.debug(`ingest rejected a message: ${rejection.reason}`, {
+        ...tileMeta((rejection.received.header ?? {}) as Record<string, unknown>),
+        reason: rejection.reason,
+        frames: rejection.received.frames,
+        bytes: rejection.received.bytes,
+      });
+      this.sink.reject(rejection);
+      if (router) this.reply(envelope, { ok: false, ...rejection });
+    };
+
+    const parsed = parseMessage(body, { maxMessageBytes: config.ingest.maxMessageBytes, maxPixels: config.ingest.maxPixels }, receivedAt);
+    if (!parsed.ok) return rejected(parsed.rejection);
+    if (this.stopping) {
+      return rejected({
+        reason: 'shutting_down',
+        detail: 'focusd is stopping; the tile was not scored, send it again after restart',
+        received: { header: parsed.tile.header, frames: body.length, bytes: body.map((f) => f.length) },
+      });
+    }
+    const tile = parsed.tile;
+    this.outstanding++;
+    this.sink
+      .submit(tile)
+      .then(
+        (reply) => {
+          if (router) this.reply(envelope, reply);
+        },
+        (err: unknown) => {
+          // the TileSink contract says submit never rejects; if it does, say so loudly and still answer
+          logger.error(`pipeline submit failed: ${(err as Error).stack ?? String(err)}`, tileMeta(tile.header));
+          if (router) {
+            const detail = `internal error: ${(err as Error).message ?? String(err)}`;
+            this.reply(envelope, { ok: false, reason: 'scoring_failed', detail, received: { header: tile.header, frames: 2, bytes: body.map((f) => f.length) } });
+          }
+        },
+      )
+      .finally(() => this.outstanding--);
+  }
+
+  private reply(envelope: Buffer[], reply: TileReply): void {
+    const sock = this.socket;
+    if (!sock) return;
+    const header = reply.ok ? reply.header : (reply.received.header as Record<string, unknown> | undefined);
+    const msg = [...envelope, JSON.stringify(reply)];
+    this.sendChain = this.sendChain.then(async () => {
+      try {
+        if (sock.closed) throw Object.assign(new Error('socket closed'), { code: 'EBADF' });
+        await (sock as zmq.Router).send(msg);
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        const why =
+          code === 'EHOSTUNREACH'
+            ? 'the sender disconnected'
+            : code === 'EAGAIN'
+              ? 'the sender is not reading its replies (its receive queue is full)'
+              : code === 'EBADF'
+                ? 'the ingest socket is closed'
+                : (err as Error).message;
+        this.ctx.logger.warn(`reply not delivered: ${why}`, {
+          ...tileMeta(header ?? {}),
+          code,
+          reply: reply.ok ? reply.verdict : reply.reason,
+        });
+      }
+    });
+  }
+
+  private watchConnections(sock: IngestSocket): void {
+    const { logger } = this.ctx;
+    // a peer that exceeds the hard frame limit (ZMQ_MAXMSGSIZE) is disconnected by libzmq with no other trace
+    sock.events.on('disconnect', (e) =>
+      logger.info(`ingest peer disconnected (${e.address}); if unexpected, a frame may have exceeded ${this.ctx.config.ingest.maxMessageBytes * HARD_LIMIT_FACTOR} bytes`),
+    );
+    sock.events.on('accept', (e) => logger.debug(`ingest peer connected (${e.address})`));
+    sock.events.on('handshake:error:protocol', (e) => logger.warn(`ingest peer protocol error (${e.address}): ${e.error.message}`));
+    sock.events.on('handshake:error:other', (e) => logger.warn(`ingest peer handshake failed (${e.address}): ${e.error.message}`));
+  }
+}

@@ -1,0 +1,221 @@
+// Tile payload → 8-bit interleaved RGB (DecodedTile). Encoded formats go through sharp/libvips; raw pixel buffers are
+// converted here in tight loops, because a 1600x1200 tile arrives every few ten milliseconds.
+import sharp from 'sharp';
+import type { DecodedTile, IncomingTile, PixelType, RejectReason, TileFormat } from '../daemon/types.js';
+import { BYTES_PER_PIXEL, rawStride } from '../protocol/header.js';
+
+/** A tile that cannot become pixels; `reason` is the stable rejection code (the pipeline reports it as is). */
+export class DecodeError extends Error {
+  constructor(readonly reason: RejectReason, message: string) {
+    super(message);
+    this.name = 'DecodeError';
+  }
+}
+
+export interface DecodeOptions {
+  /** width*height limit; encoded images are checked from their header before any pixel is decoded. */
+  maxPixels: number;
+}
+
+/**
+ * Decodes one tile to tightly packed 8-bit RGB.
+ *
+ * Encoded (png/jpeg/tiff, first page): converted to sRGB; grey is replicated to three channels; 16-bit samples keep
+ * their top 8 bits (libvips' cast, v >> 8); an alpha channel is flattened onto white, because a transparent pixel
+ * carries no specimen and white is what empty glass looks like in brightfield (so it reads as "no tissue", not as dark
+ * tissue). Raw: see decodeRaw.
+ */
+export async function decodeTile(tile: IncomingTile, opts: DecodeOptions): Promise<DecodedTile> {
+  const h = tile.header;
+  if (h.format === 'raw') {
+    const { width, height, rgb } = decodeRaw(tile.payload, {
+      width: h.width!,
+      height: h.height!,
+      pixelType: h.pixel_type!,
+      stride: rawStride(h),
+      significantBits: h.significant_bits ?? 16,
+      maxPixels: opts.maxPixels,
+    });
+    return { header: h, width, height, rgb, receivedAt: tile.receivedAt };
+  }
+  const { width, height, rgb } = await decodeEncoded(tile.payload, h.format, opts.maxPixels);
+  return { header: h, width, height, rgb, receivedAt: tile.receivedAt };
+}
+
+const MAGIC: Record<Exclude<TileFormat, 'raw'>, (b: Buffer) => boolean> = {
+  png: (b) => b.length >= 8 && b.readUInt32BE(0) === 0x89504e47 && b.readUInt32BE(4) === 0x0d0a1a0a,
+  jpeg: (b) => b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff,
+  // classic TIFF (II*\0, MM\0*) and BigTIFF (II+\0, MM\0+)
+  tiff: (b) => b.length >= 4 && ((b[0] === 0x49 && b[1] === 0x49 && (b[2] === 0x2a || b[2] === 0x2b) && b[3] === 0) || (b[0] === 0x4d && b[1] === 0x4d && b[2] === 0 && (b[3] === 0x2a || b[3] === 0x2b))),
+};
+
+async function decodeEncoded(payload: Buffer, format: Exclude<TileFormat, 'raw'>, maxPixels: number) {
+  // libvips sniffs the format itself; checking the declared one catches a sender that mislabels its payload
+  if (!MAGIC[format](payload)) {
+    const actual = (Object.keys(MAGIC) as Array<keyof typeof MAGIC>).find((f) => MAGIC[f](payload));
+    throw new DecodeError(
+      'decode_failed',
+      `payload is not ${format}${actual ? ` (it looks like ${actual})` : ''}: starts with ${payload.subarray(0, 8).toString('hex') || '(empty)'}`,
+    );
+  }
+  try {
+    // failOn 'error' rather than the default 'warning': libtiff warns about vendor tags it does not know (ZEN writes
+    // some), which must not reject the tile; truncated PNG/JPEG/TIFF data are errors and still fail.
+    const { data, info } = await sharp(payload, { limitInputPixels: maxPixels, failOn: 'error', sequentialRead: true })
+      .flatten({ background: { r: 255, g: 255, b: 255 } })
+      .toColourspace('srgb')
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3 || data.length !== info.width * info.height * 3) {
+      throw new DecodeError('decode_failed', `${format} decoded to ${info.channels} channels (${data.length} bytes), expected 3`);
+    }
+    return { width: info.width, height: info.height, rgb: data };
+  } catch (err) {
+    if (err instanceof DecodeError) throw err;
+    const msg = String((err as Error).message ?? err).split('\n')[0]!.trim();
+    // sharp's wording for limitInputPixels (checked from the image header, before the pixels are inflated)
+    if (/exceeds pixel limit/i.test(msg)) throw new DecodeError('too_many_pixels', `${format} image exceeds ${maxPixels} pixels (ingest.maxPixels): ${msg}`);
+    throw new DecodeError('decode_failed', `${format} payload could not be decoded: ${msg}`);
+  }
+}
+
+export interface RawLayout {
+  width: number;
+  height: number;
+  pixelType: PixelType;
+  /** bytes from one row to the next (>= width * bytes per pixel). */
+  stride: number;
+  /** 16-bit types: data bits per sample (8..16). */
+  significantBits: number;
+  maxPixels: number;
+}
+
+/**
+ * Raw pixels → packed 8-bit RGB. GRAY8 is replicated, BGR is swapped to RGB, row padding (stride) is skipped.
+ * 16-bit samples are little-endian and map to min(255, v >> (significantBits - 8)): plain v >> 8 for full 16-bit data,
+ * v >> 4 for a 12-bit camera writing into a 16-bit container (whose top bits are zero and would otherwise come out
+ * nearly black). One lookup table per call; no allocation per pixel.
+ */
+export function decodeRaw(payload: Buffer, l: RawLayout): { width: number; height: number; rgb: Buffer } {
+  const { width: w, height: h, pixelType, stride } = l;
+  const bpp = BYTES_PER_PIXEL[pixelType];
+  if (bpp === undefined) throw new DecodeError('unknown_pixel_type', `pixel_type ${String(pixelType)} is not supported`);
+  if (!(w > 0 && h > 0)) throw new DecodeError('decode_failed', `raw size ${w}x${h} is empty`);
+  if (w * h > l.maxPixels) throw new DecodeError('too_many_pixels', `${w}x${h} = ${w * h} pixels, limit is ${l.maxPixels}`);
+  if (stride < w * bpp) throw new DecodeError('decode_failed', `stride ${stride} < width * ${bpp} bytes`);
+  if (payload.length !== stride * h) {
+    throw new DecodeError('payload_size_mismatch', `raw ${pixelType} ${w}x${h} stride ${stride} needs ${stride * h} bytes, got ${payload.length}`);
+  }
+  const row = w * 3;
+  const packedIn = stride === w * bpp;
+
+  if (pixelType === 'RGB24' && packedIn) {
+    // already the target layout: a view, no copy (the payload buffer is owned by this tile alone)
+    return { width: w, height: h, rgb: payload.subarray(0, row * h) };
+  }
+  const outBuf = Buffer.allocUnsafe(row * h);
+  // plain Uint8Array views keep every kernel monomorphic (Buffer and Uint8Array element access are different ICs)
+  const src = new Uint8Array(payload.buffer, payload.byteOffset, payload.length);
+  const out = new Uint8Array(outBuf.buffer, outBuf.byteOffset, outBuf.length);
+  switch (pixelType) {
+    case 'RGB24':
+      for (let y = 0; y < h; y++) out.set(src.subarray(y * stride, y * stride + row), y * row);
+      break;
+    case 'BGR24':
+      bgr24(src, out, w, h, stride);
+      break;
+    case 'GRAY8':
+      gray8(src, out, w, h, stride);
+      break;
+    case 'GRAY16':
+      gray16(src, out, w, h, stride, lut16(l.significantBits));
+      break;
+    case 'RGB48':
+      rgb48(src, out, w, h, stride, lut16(l.significantBits), 0);
+      break;
+    case 'BGR48':
+      rgb48(src, out, w, h, stride, lut16(l.significantBits), 4);
+      break;
+  }
+  return { width: w, height: h, rgb: outBuf };
+}
+
+function bgr24(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: number): void {
+  const row = w * 3;
+  for (let y = 0; y < h; y++) {
+    let s = y * stride;
+    let d = y * row;
+    const end = d + row;
+    while (d < end) {
+      out[d] = src[s + 2]!;
+      out[d + 1] = src[s + 1]!;
+      out[d + 2] = src[s]!;
+      d += 3;
+      s += 3;
+    }
+  }
+}
+
+function gray8(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: number): void {
+  const row = w * 3;
+  for (let y = 0; y < h; y++) {
+    let s = y * stride;
+    let d = y * row;
+    const end = d + row;
+    while (d < end) {
+      const v = src[s++]!;
+      out[d] = v;
+      out[d + 1] = v;
+      out[d + 2] = v;
+      d += 3;
+    }
+  }
+}
+
+/** little-endian 16-bit grey through the lookup table. */
+function gray16(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: number, lut: Uint8Array): void {
+  const row = w * 3;
+  for (let y = 0; y < h; y++) {
+    let s = y * stride;
+    let d = y * row;
+    const end = d + row;
+    while (d < end) {
+      const v = lut[src[s]! | (src[s + 1]! << 8)]!;
+      out[d] = v;
+      out[d + 1] = v;
+      out[d + 2] = v;
+      d += 3;
+      s += 2;
+    }
+  }
+}
+
+/** little-endian 16-bit RGB (r = 0) or BGR (r = 4, byte offset of red within the 6-byte pixel). */
+function rgb48(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: number, lut: Uint8Array, r: number): void {
+  const row = w * 3;
+  const b = 4 - r;
+  for (let y = 0; y < h; y++) {
+    let s = y * stride;
+    let d = y * row;
+    const end = d + row;
+    while (d < end) {
+      out[d] = lut[src[s + r]! | (src[s + r + 1]! << 8)]!;
+      out[d + 1] = lut[src[s + 2]! | (src[s + 3]! << 8)]!;
+      out[d + 2] = lut[src[s + b]! | (src[s + b + 1]! << 8)]!;
+      d += 3;
+      s += 6;
+    }
+  }
+}
+
+/** 16-bit sample → 8-bit: min(255, v >> (bits - 8)). */
+function lut16(significantBits: number): Uint8Array {
+  const bits = Math.min(16, Math.max(8, Math.trunc(significantBits)));
+  const shift = bits - 8;
+  const lut = new Uint8Array(65536);
+  for (let v = 0; v < 65536; v++) {
+    const x = v >> shift;
+    lut[v] = x > 255 ? 255 : x;
+  }
+  return lut;
+}

@@ -1,0 +1,52 @@
+// Decode throughput of one 1600x1200 tile per payload kind (raw pixel types, PNG, JPEG, TIFF).
+// Run: npx tsx scripts/bench-decode.ts [iterations]
+import sharp from 'sharp';
+import { decodeTile } from '../imaging/decode.js';
+import type { IncomingTile, PixelType, TileFormat, TileHeader } from '../daemon/types.js';
+import { BYTES_PER_PIXEL } from '../protocol/header.js';
+
+const W = 1600;
+const H = 1200;
+const iters = Number(process.argv[2] ?? 50);
+
+const base: TileHeader = {
+  v: 1, scanner: 'bench', slide: 's', scan: 'c', seq: 0, tile: { index: 0, row: 0, col: 0 },
+  stage_um: { x: 0, y: 0, z: 0 }, pixel_size_um: 0.22, objective: '20x', acquired_at: new Date().toISOString(), attempt: 0, format: 'raw',
+};
+
+// textured content so the encoders do not collapse it
+const rgb = Buffer.alloc(W * H * 3);
+for (let i = 0; i < rgb.length; i++) rgb[i] = (i * 2654435761) >>> 24;
+
+function rawPayload(pt: PixelType, pad: number): Buffer {
+  const bpp = BYTES_PER_PIXEL[pt];
+  const stride = W * bpp + pad;
+  const b = Buffer.alloc(stride * H);
+  for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) b[y * stride + x * bpp] = rgb[(y * W + x) * 3]!;
+  return b;
+}
+
+async function time(name: string, tile: IncomingTile, bytes: number) {
+  for (let i = 0; i < 10; i++) await decodeTile(tile, { maxPixels: 40e6 });
+  const t0 = performance.now();
+  for (let i = 0; i < iters; i++) await decodeTile(tile, { maxPixels: 40e6 });
+  const ms = (performance.now() - t0) / iters;
+  console.log(`${name.padEnd(18)} ${(bytes / 1e6).toFixed(2).padStart(6)} MB  ${ms.toFixed(2).padStart(7)} ms/tile  ${(1000 / ms).toFixed(0).padStart(5)} tiles/s`);
+}
+
+console.log(`decodeTile, ${W}x${H}, ${iters} iterations, node ${process.version}`);
+for (const pt of ['GRAY8', 'GRAY16', 'RGB24', 'BGR24', 'RGB48', 'BGR48'] as PixelType[]) {
+  for (const pad of [0, 64]) {
+    const payload = rawPayload(pt, pad);
+    const header: TileHeader = { ...base, width: W, height: H, pixel_type: pt, ...(pad ? { stride: W * BYTES_PER_PIXEL[pt] + pad } : {}) };
+    await time(`raw ${pt}${pad ? ' +stride' : ''}`, { header, payload, receivedAt: 0 }, payload.length);
+  }
+}
+const img = () => sharp(rgb, { raw: { width: W, height: H, channels: 3 } });
+const encoded: Array<[string, TileFormat, Buffer]> = [
+  ['png', 'png', await img().png().toBuffer()],
+  ['png 16-bit', 'png', await img().toColourspace('rgb16').png().toBuffer()],
+  ['jpeg q90', 'jpeg', await img().jpeg({ quality: 90 }).toBuffer()],
+  ['tiff', 'tiff', await img().tiff().toBuffer()],
+];
+for (const [name, format, payload] of encoded) await time(name, { header: { ...base, format }, payload, receivedAt: 0 }, payload.length);
