@@ -539,7 +539,7 @@ function renderScene(o: Required<Pick<SynthOptions, 'width' | 'height' | 'seed' 
     addValueNoise(T, w, h, 70 * um, 0.3, rnd);
     addValueNoise(T, w, h, 25 * um, 0.12, rnd);
     const edge = Math.floor(rnd() * 4);
-    const band = 0.028 * (edge < 2 ? w : h);
+    const band = 0.02 * (edge < 2 ? w : h);
     const wob = new Float32Array(n);
     if (kind === 'rim') addValueNoise(wob, w, h, 40 * um, 0.35, rnd);
     for (let y = 0; y < h; y++) {
@@ -583,7 +583,7 @@ function renderScene(o: Required<Pick<SynthOptions, 'width' | 'height' | 'seed' 
         const nx = cx + px * Math.cos(ang) - py * Math.sin(ang);
         const ny = cy + px * Math.sin(ang) + py * Math.cos(ang);
         const na = (2.6 + rnd() * 1.2) * um;
-        stampEllipse(H, w, h, nx, ny, na, na * (0.6 + rnd() * 0.3), th, (pale ? 0.45 : 0.85) * (0.8 + rnd() * 0.4), fine);
+        stampEllipse(H, w, h, nx, ny, na, na * (0.6 + rnd() * 0.3), th, (pale ? 0.4 : 0.6) * (0.8 + rnd() * 0.4), fine);
       }
     }
     // interstitial nuclei
@@ -592,7 +592,7 @@ function renderScene(o: Required<Pick<SynthOptions, 'width' | 'height' | 'seed' 
       const cx = rnd() * w, cy = rnd() * h;
       if (T[Math.floor(cy) * w + Math.floor(cx)]! < 0.5) continue;
       const a = (2.2 + rnd() * 1.8) * um;
-      stampEllipse(H, w, h, cx, cy, a, a * (0.45 + rnd() * 0.5), rnd() * Math.PI, (pale ? 0.4 : 0.8) * (0.7 + rnd() * 0.6), fine);
+      stampEllipse(H, w, h, cx, cy, a, a * (0.45 + rnd() * 0.5), rnd() * Math.PI, (pale ? 0.35 : 0.55) * (0.7 + rnd() * 0.6), fine);
     }
     // stroma fibres
     const nFib = Math.round(area / 350);
@@ -650,7 +650,7 @@ function renderScene(o: Required<Pick<SynthOptions, 'width' | 'height' | 'seed' 
         const m = 1 - smoothstep(width / 2 - 8 * um, width / 2 + 8 * um, d);
         if (m <= 0) continue;
         const i = y * w + x;
-        const c = 1.4 * m * streak[i]!;
+        const c = 1.9 * m * streak[i]!;
         od[0][i] = c * col[0];
         od[1][i] = c * col[1];
         od[2][i] = c * col[2];

@@ -54,6 +54,13 @@ export const scoring = {
         default: 0.25,
       },
     },
+    classical: {
+      calibration: {
+        doc: 'JSON file with the classical focus-measure calibration table (measure → |defocus| µm). Empty: models/classical/calibration.json.',
+        format: String,
+        default: '',
+      },
+    },
   },
   tissue: {
     minFraction: {
@@ -76,6 +83,36 @@ export const scoring = {
       doc: 'Optical density above which a pixel is opaque (pen marks, dust clumps, folds) and not counted as tissue.',
       format: 'positive-number',
       default: 2.2,
+    },
+    inkHueMin: {
+      doc: 'Saturated pixels with an HSV hue (degrees) from tissue.inkHueMin to tissue.inkHueMax are marker ink, not stain (H&E and PAS are pink, magenta, purple or violet-blue), and count as opaque.',
+      format: 'nat',
+      default: 60,
+    },
+    inkHueMax: {
+      doc: 'Upper end of the ink hue range, see tissue.inkHueMin.',
+      format: 'nat',
+      default: 228,
+    },
+    glassMin: {
+      doc: 'Lowest 8-bit brightness taken as empty glass (I0 of the optical density): I0 per channel is the tile 99.5th percentile, but at least this, so a tile fully covered by tissue is not read as glass.',
+      format: 'int',
+      default: 225,
+    },
+    cellPx: {
+      doc: 'Side of one cell of the tissue mask grid, in tile pixels.',
+      format: 'positive-int',
+      default: 16,
+    },
+    opaqueMarginCells: {
+      doc: 'Cells within this many cells of an opaque cell (pen mark, dust clump) are not tissue, so the soft edges of pen marks are not counted.',
+      format: 'nat',
+      default: 3,
+    },
+    opaqueCellFraction: {
+      doc: 'A cell is opaque when at least this share of its pixels is above tissue.maxOd.',
+      format: 'unit-interval',
+      default: 0.5,
     },
   },
   decision: {
