@@ -1,7 +1,7 @@
 // Helpers of the MQTT / controller / outbox / store tests: a real context, scripted tiles, schema validation,
 // a private Mosquitto process for outage tests, and a subscriber that collects messages.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -95,7 +95,7 @@ export function outcome(t: TileSpec): TileOutcome {
 
 const Ajv = AjvModule.default;
 const addFormats = addFormatsModule.default;
-const ajv = new Ajv({ allErrors: true, strict: true });
+const ajv = new Ajv({ allErrors: true, strict: true, strictRequired: false });
 addFormats(ajv);
 const SCHEMA_DIR = resolve(import.meta.dirname, '../../docs/schemas');
 const validators = new Map<string, ReturnType<typeof ajv.compile>>();
@@ -138,7 +138,7 @@ export class Collector {
   static async connect(url: string, topics: string[], opts: IClientOptions = {}): Promise<Collector> {
     const client = await mqtt.connectAsync(url, { protocolVersion: 5, reconnectPeriod: 100, ...opts });
     const c = new Collector(client);
-    await client.subscribeAsync(topics, { qos: 1 });
+    if (topics.length) await client.subscribeAsync(topics, { qos: 1 });
     return c;
   }
 
@@ -193,6 +193,8 @@ export class PrivateMosquitto {
   async start(): Promise<void> {
     if (!this.port) this.port = await freePort();
     const conf = join(this.dir, 'mosquitto.conf');
+    // mosquitto started as root drops to its own user, which must still write the persistence file here
+    chmodSync(this.dir, 0o777);
     // persistence: the subscriber's session and its queued QoS 1 messages survive the restart
     writeFileSync(
       conf,
