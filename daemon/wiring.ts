@@ -1,0 +1,40 @@
+import { EmbeddedBroker } from '../adapters/embedded-broker.js';
+import { createControlApi, MqttAdapter } from '../adapters/mqtt.js';
+import { Store } from '../adapters/store.js';
+import type { Context } from './context.js';
+import { Controller } from './controller.js';
+import type { Component } from './lifecycle.js';
+import { Outbox } from './outbox.js';
+import { DriftReporter } from './reports.js';
+
+/** The MQTT side of the daemon, built in start order: store → embedded broker → mqtt → outbox → controller → reports. */
+export interface MqttSide {
+  components: Component[];
+  store: Store;
+  broker: EmbeddedBroker;
+  mqtt: MqttAdapter;
+  outbox: Outbox;
+  controller: Controller;
+  reports: DriftReporter;
+}
+
+export interface MqttSideDeps {
+  /** the daemon's status (engine, model, version, ingest endpoint/pattern...): merged into status and stats messages. */
+  status: () => Record<string, unknown>;
+  /** unused here; the pipeline reads ctx.runtime.paused itself. */
+  pipeline?: unknown;
+}
+
+export function buildMqttSide(ctx: Context, deps: MqttSideDeps): MqttSide {
+  const store = new Store(ctx);
+  const broker = new EmbeddedBroker(ctx);
+  const controller = new Controller(ctx);
+  const mqtt = new MqttAdapter(ctx, {
+    statusProvider: deps.status,
+    control: createControlApi(ctx, store),
+    predict: (h) => controller.predict(h),
+  });
+  const outbox = new Outbox(ctx, { store, publisher: mqtt });
+  const reports = new DriftReporter(ctx, store);
+  return { components: [store, broker, mqtt, outbox, controller, reports], store, broker, mqtt, outbox, controller, reports };
+}
