@@ -1,3 +1,6 @@
+import { execFileSync } from 'node:child_process';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EmbeddedBroker } from '../adapters/embedded-broker.js';
@@ -7,7 +10,7 @@ import { Controller } from '../daemon/controller.js';
 import type { Component } from '../daemon/lifecycle.js';
 import { Outbox } from '../daemon/outbox.js';
 import { freePort, MOSQUITTO_URL, uniqueId } from './helpers/net.js';
-import { assertSchema, Collector, makeCtx, outcome, sleep, tempDir, until } from './helpers/mqtt-side.js';
+import { assertSchema, Collector, makeCtx, outcome, PrivateMosquitto, sleep, tempDir, until } from './helpers/mqtt-side.js';
 
 const running: Component[] = [];
 const collectors: Collector[] = [];
@@ -239,5 +242,59 @@ describe('embedded broker (aedes)', () => {
     const err = await new Promise<Error>((res) => c.once('error', res));
     c.end(true);
     expect(err.message).toMatch(/ECONNREFUSED/);
+  });
+});
+
+describe('TLS with client certificate and password (private Mosquitto)', () => {
+  it('connects over mqtts with CA, client cert/key and a password file; a wrong password never connects', async () => {
+    const dir = tempDir('focusd-tls-');
+    chmodSync(dir, 0o755);
+    const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+    ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=focusd-test-ca');
+    for (const [name, cn] of [['server', '127.0.0.1'], ['client', 'focusd']] as const) {
+      ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
+      writeFileSync(join(dir, `${name}.ext`), name === 'server' ? 'subjectAltName=IP:127.0.0.1\n' : 'extendedKeyUsage=clientAuth\n');
+      ssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`);
+    }
+    execFileSync('mosquitto_passwd', ['-b', '-c', join(dir, 'passwd'), 'focusd', 's3cret-pw'], { stdio: 'ignore' });
+    for (const f of ['ca.crt', 'server.crt', 'server.key', 'passwd']) chmodSync(join(dir, f), 0o644);
+    writeFileSync(join(dir, 'pw'), 's3cret-pw\n');
+    writeFileSync(join(dir, 'bad-pw'), 'wrong\n');
+    const mosq = new PrivateMosquitto({
+      scheme: 'mqtts',
+      listenerLines: [`cafile ${dir}/ca.crt`, `certfile ${dir}/server.crt`, `keyfile ${dir}/server.key`, 'require_certificate true'],
+      globalLines: ['allow_anonymous false', `password_file ${dir}/passwd`],
+    });
+    await mosq.start();
+    try {
+      const base = uniqueId('focusd-tls');
+      const tls = { 'mqtt.tls.ca': join(dir, 'ca.crt'), 'mqtt.tls.cert': join(dir, 'client.crt'), 'mqtt.tls.key': join(dir, 'client.key'), 'mqtt.username': 'focusd' };
+      const ctx = makeCtx({ 'mqtt.url': mosq.url, 'mqtt.baseTopic': base, 'mqtt.clientId': uniqueId('c'), 'mqtt.reconnectMs': 100, 'mqtt.passwordFile': join(dir, 'pw'), ...tls });
+      expect(ctx.config.resolved.mqttPassword).toBe('s3cret-pw');
+      const a = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }) });
+      await a.start(new AbortController().signal);
+      running.push(a);
+      const sub = await Collector.connect(mosq.url, [a.topics.status], {
+        ca: readFileSync(join(dir, 'ca.crt')), cert: readFileSync(join(dir, 'client.crt')), key: readFileSync(join(dir, 'client.key')),
+        username: 'focusd', password: 's3cret-pw',
+      });
+      collectors.push(sub);
+      assertSchema('status', (await sub.wait((m) => m.json.state === 'online', 5000, 'online over TLS')).json);
+      const cfg = createControlApi(ctx, { slideSummary: () => null }).getConfig();
+      expect(JSON.stringify(cfg)).not.toContain('s3cret-pw');
+
+      const bad = makeCtx({ 'mqtt.url': mosq.url, 'mqtt.baseTopic': base, 'mqtt.clientId': uniqueId('c'), 'mqtt.reconnectMs': 100, 'mqtt.passwordFile': join(dir, 'bad-pw'), ...tls });
+      const b = new MqttAdapter(bad, { statusProvider, control: createControlApi(bad, { slideSummary: () => null }) });
+      const ac = new AbortController();
+      const p = b.start(ac.signal);
+      await until(() => bad.logLines().some((l) => /Not authorized|Bad user name or password/i.test(l)), 5000, 'authentication error logged');
+      ac.abort(new Error('gave up'));
+      await expect(p).rejects.toThrow('gave up');
+      await b.stop();
+    } finally {
+      while (running.length) await running.pop()!.stop().catch(() => undefined);
+      for (const c of collectors.splice(0)) await c.close();
+      await mosq.stop();
+    }
   });
 });

@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
 import AjvModule from 'ajv';
@@ -14,7 +15,7 @@ import { TypedEmitter, type DaemonEvents } from '../../daemon/events.js';
 import { createLogger } from '../../daemon/logger.js';
 import { Metrics } from '../../daemon/metrics.js';
 import type { TileOutcome, Verdict } from '../../daemon/types.js';
-import { freePort, uniqueId } from './net.js';
+import { freePort } from './net.js';
 
 export function makeCtx(overrides: Record<string, unknown> = {}): Context & { logLines: () => string[] } {
   const config = loadConfig({
@@ -186,8 +187,11 @@ export class PrivateMosquitto {
   readonly dir = tempDir('focusd-mosq-');
   port = 0;
 
+  /** listenerLines: extra settings of the listener (TLS); globalLines replace allow_anonymous (authentication). */
+  constructor(private readonly opts: { listenerLines?: string[]; globalLines?: string[]; scheme?: string } = {}) {}
+
   get url(): string {
-    return `mqtt://127.0.0.1:${this.port}`;
+    return `${this.opts.scheme ?? 'mqtt'}://127.0.0.1:${this.port}`;
   }
 
   async start(): Promise<void> {
@@ -198,7 +202,7 @@ export class PrivateMosquitto {
     // persistence: the subscriber's session and its queued QoS 1 messages survive the restart
     writeFileSync(
       conf,
-      [`listener ${this.port} 127.0.0.1`, 'allow_anonymous true', 'persistence true', `persistence_location ${this.dir}/`, 'autosave_interval 1', 'log_dest none', ''].join('\n'),
+      [`listener ${this.port} 127.0.0.1`, ...(this.opts.listenerLines ?? []), ...(this.opts.globalLines ?? ['allow_anonymous true']), 'persistence true', `persistence_location ${this.dir}/`, 'autosave_interval 1', 'log_dest none', ''].join('\n'),
     );
     const proc = spawn('/usr/sbin/mosquitto', ['-c', conf], { stdio: 'ignore' });
     this.proc = proc;
@@ -206,8 +210,10 @@ export class PrivateMosquitto {
     for (;;) {
       if (proc.exitCode !== null) throw new Error(`mosquitto exited with ${proc.exitCode}`);
       try {
-        const c = await mqtt.connectAsync(this.url, { reconnectPeriod: 0, connectTimeout: 500, clientId: uniqueId('probe') });
-        await c.endAsync(true);
+        await new Promise<void>((res, rej) => {
+          const sock = connect(this.port, '127.0.0.1', () => (sock.destroy(), res()));
+          sock.once('error', rej);
+        });
         return;
       } catch {
         if (Date.now() > end) throw new Error('mosquitto did not come up');
