@@ -1,0 +1,68 @@
+/** Per-tile aggregation shared by the scorers: robust centre and spread of patch estimates, focus map. */
+import type { FocusMap, ModelInfo, ScoreResult } from '../daemon/types.js';
+import type { PatchPlan } from './patches.js';
+
+export interface PatchEstimate {
+  row: number;
+  col: number;
+  /** signed, calibrated µm. */
+  defocus_um: number;
+  /** P(sign right) of this patch, 0.5..1. */
+  sign_confidence: number;
+  /** model's own σ of |d| (µm), when it has one. */
+  sigma_um: number | null;
+}
+
+export function median(v: number[]): number {
+  if (v.length === 0) return NaN;
+  const s = [...v].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
+
+export function noTissueResult(model: ModelInfo, tissueFraction: number, plan: PatchPlan | null): ScoreResult {
+  return {
+    defocus_um: null,
+    uncertainty_um: null,
+    sign_confidence: null,
+    tissue_fraction: round(tissueFraction),
+    patches: 0,
+    focus_map: plan ? { rows: plan.rows, cols: plan.cols, defocus_um: new Array<number | null>(plan.rows * plan.cols).fill(null) } : null,
+    model,
+  };
+}
+
+/**
+ * Tile result from patch estimates: defocus = median of the signed patch values (robust to a fold or a bubble);
+ * uncertainty = 1.4826·MAD (a σ for normal spread), at least the model's own median σ/√n when it reports one;
+ * sign confidence = mean over patches of P(the tile's sign is right) given each patch's sign and confidence.
+ */
+export function aggregate(model: ModelInfo, tissueFraction: number, plan: PatchPlan, est: PatchEstimate[]): ScoreResult {
+  if (est.length === 0) return noTissueResult(model, tissueFraction, plan);
+  const d = est.map((e) => e.defocus_um);
+  const med = median(d);
+  const mad = median(d.map((x) => Math.abs(x - med)));
+  let unc = 1.4826 * mad;
+  const sig = est.map((e) => e.sigma_um).filter((s): s is number => s !== null && Number.isFinite(s));
+  if (sig.length > 0) unc = Math.max(unc, median(sig) / Math.sqrt(sig.length));
+  const sgn = med >= 0 ? 1 : -1;
+  let conf = 0;
+  for (const e of est) {
+    const agrees = (e.defocus_um >= 0 ? 1 : -1) === sgn;
+    conf += agrees ? e.sign_confidence : 1 - e.sign_confidence;
+  }
+  conf = Math.min(1, Math.max(0.5, conf / est.length));
+  const map: FocusMap = { rows: plan.rows, cols: plan.cols, defocus_um: new Array<number | null>(plan.rows * plan.cols).fill(null) };
+  for (const e of est) map.defocus_um[e.row * plan.cols + e.col] = round(e.defocus_um, 2);
+  return {
+    defocus_um: round(med),
+    uncertainty_um: round(unc),
+    sign_confidence: round(conf),
+    tissue_fraction: round(tissueFraction),
+    patches: est.length,
+    focus_map: map,
+    model,
+  };
+}

@@ -1,0 +1,216 @@
+/**
+ * Classical scorer: a multi-scale, contrast-normalised focus measure, no neural network.
+ *
+ * Per tissue patch (resampled to the calibration's pixel size, luminance): band-pass images between Gaussian
+ * scales σ = 0.6, 1.5, 3, 6, 12 px (difference of Gaussians) and their energies E0..E3. The features are the log
+ * ratios of neighbouring bands, log(E0/E1), log(E1/E2), log(E2/E3): defocus removes the finest band first, then
+ * the next, so the ratios fall in turn; multiplying the image contrast (stain intensity, illumination) by any
+ * factor cancels in every ratio.
+ *
+ * Calibration (models/classical/calibration.json, made by scripts/calibrate-classical.ts from OUR optics model,
+ * imaging/synth.ts): mean and spread of the feature vector at known |z|. A patch's |d| is the |z| whose tabulated
+ * features are nearest (σ-weighted) on a 0.05 µm interpolated grid. It is a no-reference measure: it depends on
+ * the tissue's own texture, so it is calibrated to our synthetic H&E/PAS scenes, not to every slide.
+ *
+ * SIGN: the measure is symmetric in z, it cannot tell above from below focus. It reports defocus_um = +|d| with
+ * sign_confidence 0.5 (the controller probes the direction), like a bundle whose calibration.sign is
+ * "unrecoverable".
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { PACKAGE_ROOT } from '../config/load.js';
+import type { Context } from '../daemon/context.js';
+import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
+import { gaussianBlur } from '../imaging/synth.js';
+import { detectTissue, type TissueParams } from '../imaging/tissue.js';
+import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
+import { type ModelInput, type PatchOptions, PatchBatcher, planPatches } from './patches.js';
+import type { Scorer } from './scorer.js';
+
+export const CLASSICAL_SIGMAS = [0.6, 1.5, 3, 6, 12] as const;
+export const CLASSICAL_PATCH = 192;
+export const DEFAULT_CLASSICAL_CALIBRATION = resolve(PACKAGE_ROOT, 'models/classical/calibration.json');
+
+export interface ClassicalCalibration {
+  schema: 1;
+  measure: 'dog-band-ratios';
+  sigmas_px: number[];
+  patch_px: number;
+  pixel_size_um: number;
+  /** rows by increasing abs_um: mean and sd of each log band ratio. */
+  table: Array<{ abs_um: number; mean: number[]; sd: number[]; n: number }>;
+  source: string;
+  created_at: string;
+}
+
+/** The model input the classical scorer resamples patches to: luminance in [0,1] via three NCHW planes. */
+export function classicalInput(pixelSizeUm: number, patchPx = CLASSICAL_PATCH): ModelInput {
+  return {
+    name: 'gray',
+    layout: 'NCHW',
+    size: [patchPx, patchPx],
+    channel_order: 'RGB',
+    pixel_size_um: pixelSizeUm,
+    normalisation: { scale: 1 / 255, mean: [0, 0, 0], std: [1, 1, 1] },
+  };
+}
+
+/** Feature vector of one luminance patch: log energy ratios of neighbouring difference-of-Gaussian bands. */
+export function bandRatios(gray: Float32Array, w: number, h: number, scratch?: Float32Array[]): number[] {
+  const n = w * h;
+  const G = scratch && scratch.length >= CLASSICAL_SIGMAS.length ? scratch : CLASSICAL_SIGMAS.map(() => new Float32Array(n));
+  for (let k = 0; k < CLASSICAL_SIGMAS.length; k++) gaussianBlur(gray, G[k]!, w, h, CLASSICAL_SIGMAS[k]!);
+  // ignore a border of 2σ of the widest filter, where edge replication biases the bands
+  const m = Math.min(Math.floor(Math.min(w, h) / 4), Math.ceil(2 * CLASSICAL_SIGMAS[CLASSICAL_SIGMAS.length - 1]!));
+  const E = new Array<number>(CLASSICAL_SIGMAS.length - 1).fill(0);
+  for (let y = m; y < h - m; y++) {
+    for (let x = m; x < w - m; x++) {
+      const i = y * w + x;
+      for (let k = 0; k < E.length; k++) {
+        const b = G[k]![i]! - G[k + 1]![i]!;
+        E[k]! += b * b;
+      }
+    }
+  }
+  const eps = 1e-12;
+  const r: number[] = [];
+  for (let k = 0; k + 1 < E.length; k++) r.push(Math.log((E[k]! + eps) / (E[k + 1]! + eps)));
+  return r;
+}
+
+/** |d| whose calibrated features are nearest to r (σ-weighted), searched on an interpolated 0.05 µm grid. */
+export function estimateAbsUm(cal: ClassicalCalibration, r: number[]): number {
+  const t = cal.table;
+  let best = t[0]!.abs_um;
+  let bestD = Infinity;
+  for (let i = 0; i + 1 < t.length; i++) {
+    const a = t[i]!, b = t[i + 1]!;
+    const steps = Math.max(1, Math.round((b.abs_um - a.abs_um) / 0.05));
+    for (let s = 0; s <= steps; s++) {
+      const f = s / steps;
+      let d = 0;
+      for (let k = 0; k < r.length; k++) {
+        const mu = a.mean[k]! + f * (b.mean[k]! - a.mean[k]!);
+        const sd = Math.max(0.02, a.sd[k]! + f * (b.sd[k]! - a.sd[k]!));
+        d += ((r[k]! - mu) / sd) ** 2;
+      }
+      if (d < bestD) {
+        bestD = d;
+        best = a.abs_um + f * (b.abs_um - a.abs_um);
+      }
+    }
+  }
+  return best;
+}
+
+export function loadClassicalCalibration(file: string): ClassicalCalibration {
+  if (!existsSync(file)) throw new Error(`classical calibration not found: ${file} (make it with: npx tsx scripts/calibrate-classical.ts)`);
+  const c = JSON.parse(readFileSync(file, 'utf8')) as ClassicalCalibration;
+  if (c.schema !== 1 || c.measure !== 'dog-band-ratios' || !Array.isArray(c.table) || c.table.length < 2)
+    throw new Error(`${file}: not a classical calibration (schema 1, measure dog-band-ratios, ≥2 rows)`);
+  if (JSON.stringify(c.sigmas_px) !== JSON.stringify(CLASSICAL_SIGMAS))
+    throw new Error(`${file}: made for band sigmas ${JSON.stringify(c.sigmas_px)}, this code uses ${JSON.stringify(CLASSICAL_SIGMAS)}; recalibrate`);
+  return c;
+}
+
+export interface ClassicalFeatures {
+  tissueFraction: number;
+  rows: number;
+  cols: number;
+  patches: Array<{ row: number; col: number; r: number[] }>;
+}
+
+export interface ClassicalBuffers {
+  batcher: PatchBatcher;
+  gray: Float32Array;
+  scratch: Float32Array[];
+}
+
+export function classicalBuffers(input: ModelInput): ClassicalBuffers {
+  const n = input.size[0] * input.size[1];
+  return { batcher: new PatchBatcher(input, 1), gray: new Float32Array(n), scratch: CLASSICAL_SIGMAS.map(() => new Float32Array(n)) };
+}
+
+/** Tissue detection, patch selection and band-ratio features of every selected patch of a tile. */
+export function classicalFeatures(
+  tile: { rgb: Buffer; width: number; height: number; pixelSizeUm: number },
+  cfg: { tissue: TissueParams; patches: PatchOptions },
+  input: ModelInput,
+  bufs: ClassicalBuffers,
+): ClassicalFeatures {
+  const tissue = detectTissue(tile.rgb, tile.width, tile.height, cfg.tissue);
+  const plan = planPatches(tile.width, tile.height, tile.pixelSizeUm, input, tissue, cfg.patches);
+  const out: ClassicalFeatures['patches'] = [];
+  if (tissue.fraction >= cfg.tissue.minFraction) {
+    const [ph, pw] = input.size;
+    const n = ph * pw;
+    for (const cell of plan.selected) {
+      bufs.batcher.fill(0, tile.rgb, tile.width, tile.height, cell);
+      const v = bufs.batcher.view(1);
+      for (let i = 0; i < n; i++) bufs.gray[i] = (v[i]! + v[i + n]! + v[i + 2 * n]!) / 3;
+      out.push({ row: cell.row, col: cell.col, r: bandRatios(bufs.gray, pw, ph, bufs.scratch) });
+    }
+  }
+  return { tissueFraction: tissue.fraction, patches: out, rows: plan.rows, cols: plan.cols };
+}
+
+export class ClassicalScorer implements Scorer {
+  readonly name = 'scorer:classical';
+  private cal: ClassicalCalibration | null = null;
+  // one patch at a time through reused buffers
+  private batcher: PatchBatcher | null = null;
+  private input: ModelInput | null = null;
+  private gray: Float32Array | null = null;
+  private scratch: Float32Array[] = [];
+  private _info: ModelInfo | null = null;
+
+  constructor(private readonly ctx: Context) {}
+
+  get info(): ModelInfo {
+    if (!this._info) throw new Error('ClassicalScorer: info read before start()');
+    return this._info;
+  }
+
+  async start(): Promise<void> {
+    const file = this.ctx.config.scoring.classical.calibration || DEFAULT_CLASSICAL_CALIBRATION;
+    const cal = loadClassicalCalibration(file);
+    this.cal = cal;
+    this.input = classicalInput(cal.pixel_size_um, cal.patch_px);
+    const bufs = classicalBuffers(this.input);
+    this.batcher = bufs.batcher;
+    this.gray = bufs.gray;
+    this.scratch = bufs.scratch;
+    const { createHash } = await import('node:crypto');
+    this._info = {
+      name: 'classical-dog-ratios',
+      version: cal.created_at.slice(0, 10),
+      sha256: createHash('sha256').update(readFileSync(file)).digest('hex'),
+      engine: 'classical',
+    };
+    this.ctx.logger.info(`scorer: classical focus measure (no sign: sign_confidence 0.5), calibration ${file}`);
+  }
+
+  /** Feature vectors of the selected patches (see classicalFeatures). */
+  features(tile: { rgb: Buffer; width: number; height: number; pixelSizeUm: number }): ClassicalFeatures {
+    const { batcher, input, gray } = this;
+    if (!batcher || !input || !gray) throw new Error('ClassicalScorer: used before start()');
+    const cfg = this.ctx.config;
+    return classicalFeatures(tile, { tissue: cfg.tissue, patches: cfg.scoring.patches }, input, { batcher, gray, scratch: this.scratch });
+  }
+
+  async score(tile: DecodedTile): Promise<ScoreResult> {
+    const cal = this.cal;
+    if (!cal) throw new Error('ClassicalScorer: score() before start()');
+    const f = this.features({ rgb: tile.rgb, width: tile.width, height: tile.height, pixelSizeUm: tile.header.pixel_size_um });
+    const plan = { rows: f.rows, cols: f.cols, cells: [], selected: [], scale: 1 };
+    if (f.tissueFraction < this.ctx.config.tissue.minFraction || f.patches.length === 0) return noTissueResult(this.info, f.tissueFraction, plan);
+    const est: PatchEstimate[] = f.patches.map((p) => ({ row: p.row, col: p.col, defocus_um: estimateAbsUm(cal, p.r), sign_confidence: 0.5, sigma_um: null }));
+    return aggregate(this.info, f.tissueFraction, plan, est);
+  }
+
+  async stop(): Promise<void> {
+    this.batcher = null;
+    this.gray = null;
+    this.scratch = [];
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * Model-input patches of a tile: a regular grid at the model's pixel size, the tissue-bearing cells selected,
+ * and a reusable batch buffer filled with the manifest's normalisation.
+ *
+ * The grid is laid out in tile pixels: a patch of `size` model pixels covers size·(model µm/px ÷ tile µm/px)
+ * tile pixels, so a tile of another pixel size is rescaled (bilinear; fine for the factor ≤ 2 that scanners
+ * differ by) while the patch is copied. The grid is centred; leftover border pixels are not scored.
+ */
+import type { ModelManifest } from './manifest.js';
+import type { TissueMap } from '../imaging/tissue.js';
+import { tissueShareIn } from '../imaging/tissue.js';
+
+export interface PatchCell {
+  row: number;
+  col: number;
+  /** top-left corner and size in tile pixels (size may be fractional when rescaling). */
+  x: number;
+  y: number;
+  w: number;
+  h: number;
+  tissue: number;
+}
+
+export interface PatchPlan {
+  rows: number;
+  cols: number;
+  /** every grid cell, row-major. */
+  cells: PatchCell[];
+  /** cells to score, most tissue first. */
+  selected: PatchCell[];
+  /** tile pixels per model pixel. */
+  scale: number;
+}
+
+export interface PatchOptions {
+  maxPerTile: number;
+  minTissueFraction: number;
+}
+
+export type ModelInput = ModelManifest['input'];
+
+/** Lays the patch grid over a tile and picks the patches to score. */
+export function planPatches(width: number, height: number, tilePixelUm: number, input: ModelInput, tissue: TissueMap, opts: PatchOptions): PatchPlan {
+  if (!(tilePixelUm > 0)) throw new Error(`planPatches: tile pixel size must be > 0, got ${tilePixelUm}`);
+  const scale = input.pixel_size_um / tilePixelUm;
+  const [ph, pw] = input.size;
+  const tw = pw * scale;
+  const th = ph * scale;
+  const cols = Math.floor(width / tw + 1e-6);
+  const rows = Math.floor(height / th + 1e-6);
+  const ox = (width - cols * tw) / 2;
+  const oy = (height - rows * th) / 2;
+  const cells: PatchCell[] = [];
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const x = ox + c * tw;
+      const y = oy + r * th;
+      cells.push({ row: r, col: c, x, y, w: tw, h: th, tissue: tissueShareIn(tissue, Math.floor(x), Math.floor(y), Math.ceil(tw), Math.ceil(th)) });
+    }
+  }
+  let selected = cells.filter((p) => p.tissue >= opts.minTissueFraction && p.tissue > 0);
+  // most tissue first; ties keep grid order so the choice is deterministic
+  selected.sort((a, b) => b.tissue - a.tissue || a.row - b.row || a.col - b.col);
+  if (opts.maxPerTile > 0 && selected.length > opts.maxPerTile) selected = selected.slice(0, opts.maxPerTile);
+  return { rows, cols, cells, selected, scale };
+}
+
+/**
+ * Holds one batch buffer (Float32, NCHW or NHWC per the manifest) and fills patches into it. The buffer is reused
+ * between calls; take() hands out a copy-free view, so callers must finish with it before the next fill.
+ */
+export class PatchBatcher {
+  private buf: Float32Array;
+  private readonly lut: Float32Array;
+  private readonly ph: number;
+  private readonly pw: number;
+  private readonly nchw: boolean;
+
+  constructor(private readonly input: ModelInput, readonly batchSize: number) {
+    [this.ph, this.pw] = input.size;
+    this.nchw = input.layout === 'NCHW';
+    this.buf = new Float32Array(batchSize * 3 * this.ph * this.pw);
+    // normalised value of every 8-bit level per channel: one table look-up per sample, no per-pixel arithmetic
+    const n = input.normalisation;
+    this.lut = new Float32Array(3 * 256);
+    for (let c = 0; c < 3; c++) for (let v = 0; v < 256; v++) this.lut[c * 256 + v] = (v * n.scale - n.mean[c]!) / n.std[c]!;
+  }
+
+  get patchElements(): number {
+    return 3 * this.ph * this.pw;
+  }
+
+  /** Copies one patch of an interleaved RGB tile into batch slot `slot`. */
+  fill(slot: number, rgb: Uint8Array, width: number, height: number, cell: PatchCell): void {
+    if (slot < 0 || slot >= this.batchSize) throw new Error(`PatchBatcher: slot ${slot} outside batch of ${this.batchSize}`);
+    const { ph, pw, lut } = this;
+    const plane = ph * pw;
+    const base = slot * 3 * plane;
+    const out = this.buf;
+    const sx = cell.w / pw;
+    const sy = cell.h / ph;
+    const direct = Math.abs(sx - 1) < 1e-6 && Math.abs(sy - 1) < 1e-6;
+    if (direct) {
+      const x0 = Math.round(cell.x);
+      const y0 = Math.round(cell.y);
+      for (let y = 0; y < ph; y++) {
+        let s = ((y0 + y) * width + x0) * 3;
+        if (this.nchw) {
+          let o = base + y * pw;
+          for (let x = 0; x < pw; x++, s += 3, o++) {
+            out[o] = lut[rgb[s]!]!;
+            out[o + plane] = lut[256 + rgb[s + 1]!]!;
+            out[o + 2 * plane] = lut[512 + rgb[s + 2]!]!;
+          }
+        } else {
+          let o = base + y * pw * 3;
+          for (let x = 0; x < pw; x++, s += 3, o += 3) {
+            out[o] = lut[rgb[s]!]!;
+            out[o + 1] = lut[256 + rgb[s + 1]!]!;
+            out[o + 2] = lut[512 + rgb[s + 2]!]!;
+          }
+        }
+      }
+      return;
+    }
+    // bilinear resampling at pixel centres; normalisation is affine, so interpolating normalised values is exact
+    for (let y = 0; y < ph; y++) {
+      const fy = Math.min(height - 1, Math.max(0, cell.y + (y + 0.5) * sy - 0.5));
+      const y0 = Math.floor(fy);
+      const y1 = Math.min(height - 1, y0 + 1);
+      const ty = fy - y0;
+      for (let x = 0; x < pw; x++) {
+        const fx = Math.min(width - 1, Math.max(0, cell.x + (x + 0.5) * sx - 0.5));
+        const x0 = Math.floor(fx);
+        const x1 = Math.min(width - 1, x0 + 1);
+        const tx = fx - x0;
+        const a = (y0 * width + x0) * 3, b = (y0 * width + x1) * 3, c = (y1 * width + x0) * 3, d = (y1 * width + x1) * 3;
+        for (let ch = 0; ch < 3; ch++) {
+          const L = ch * 256;
+          const top = lut[L + rgb[a + ch]!]! + tx * (lut[L + rgb[b + ch]!]! - lut[L + rgb[a + ch]!]!);
+          const bot = lut[L + rgb[c + ch]!]! + tx * (lut[L + rgb[d + ch]!]! - lut[L + rgb[c + ch]!]!);
+          const v = top + ty * (bot - top);
+          out[this.nchw ? base + ch * plane + y * pw + x : base + (y * pw + x) * 3 + ch] = v;
+        }
+      }
+    }
+  }
+
+  /** The first n patches of the batch (a view, not a copy). */
+  view(n: number): Float32Array {
+    return this.buf.subarray(0, n * this.patchElements);
+  }
+
+  /** Shape of a batch of n patches in the manifest's layout. */
+  shape(n: number): number[] {
+    return this.nchw ? [n, 3, this.ph, this.pw] : [n, this.ph, this.pw, 3];
+  }
+
+
+  get layout(): ModelInput['layout'] {
+    return this.input.layout;
+  }
+}
