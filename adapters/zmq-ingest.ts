@@ -142,10 +142,11 @@ export class ZmqIngest implements Component {
     let envelope: Buffer[] = [];
     let body = frames;
     if (router) {
-      // [routing id, (empty delimiter from REQ, or a DEALER that mimics REQ), header, payload]; an empty frame is
-      // never a valid header, so an empty second frame is always the delimiter
-      const delimited = frames.length >= 2 && frames[1]!.length === 0;
-      envelope = frames.slice(0, delimited ? 2 : 1);
+      // ZeroMQ envelope: [routing id, (REQ_CORRELATE request id), empty delimiter, header, payload] from REQ or a DEALER
+      // that mimics it; a bare DEALER sends [routing id, header, payload]. An empty frame is never a valid header,
+      // so the envelope ends at the first empty frame, else after the routing id.
+      const delimiter = frames.findIndex((f, i) => i > 0 && f.length === 0);
+      envelope = frames.slice(0, delimiter > 0 && delimiter <= 2 ? delimiter + 1 : 1);
       body = frames.slice(envelope.length);
     }
     const rejected = (rejection: Rejection) => {

@@ -48,6 +48,10 @@ export class Daemon {
     };
   }
 
+  private get scorerReady(): boolean {
+    return this.state === 'ready' || (this.state === 'stopping' && this.scorer !== null);
+  }
+
   get ready(): boolean {
     return this.state === 'ready';
   }
@@ -75,8 +79,9 @@ export class Daemon {
       version: DAEMON_VERSION,
       ingest: { endpoint: this.ingestEndpoint, pattern: c.ingest.pattern, overflow: c.pipeline.overflow },
       scorer: c.scoring.scorer,
-      engine: this.scorer?.info.engine ?? null,
-      model: this.scorer ? { name: this.scorer.info.name, version: this.scorer.info.version, sha256: this.scorer.info.sha256 } : null,
+      // the scorer's info exists once it has started (model loaded, engine chosen)
+      engine: this.scorerReady ? this.scorer!.info.engine : null,
+      model: this.scorerReady ? { name: this.scorer!.info.name, version: this.scorer!.info.version, sha256: this.scorer!.info.sha256 } : null,
       runtime: { ...this.ctx.runtime },
       metrics: this.ctx.metrics.snapshot(),
     };
