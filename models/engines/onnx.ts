@@ -1,20 +1,80 @@
 /**
- * ONNX Runtime engine (onnxruntime-node). Execution provider from scoring.engine.device: cuda / tensorrt are tried
- * ALONE first so that an unavailable GPU is noticed (ORT would otherwise drop silently to CPU), then CPU with a loud
- * fallback. session.run() is asynchronous and runs on ORT's own thread pool, so the event loop stays free.
+ * ONNX Runtime engine (onnxruntime-node), in a worker thread: onnxruntime-node's session.run() returns a promise but
+ * runs the whole inference synchronously on the calling thread (setImmediate around a native call), which would
+ * freeze ZeroMQ and MQTT for every batch. ORT's intra-op threads still parallelise the work inside the worker.
+ *
+ * Execution provider from scoring.engine.device: cuda / tensorrt are tried ALONE first, so an unavailable GPU is
+ * noticed (ORT would otherwise drop silently to CPU), then CPU with a loud fallback (warn + 'engine:fallback' +
+ * the reason in info.engine).
  */
-import type * as Ort from 'onnxruntime-node';
+import { PACKAGE_ROOT } from '../../config/load.js';
 import type { Context } from '../../daemon/context.js';
 import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, matchOutput, reportFallback } from './types.js';
+import { WorkerRpc } from './worker-rpc.js';
+
+const WORKER_SOURCE = String.raw`
+const { parentPort, workerData } = require('node:worker_threads');
+const { createRequire } = require('node:module');
+const ort = createRequire(workerData.packageJson)('onnxruntime-node');
+let session = null;
+
+async function init(m) {
+  const opts = (ep) => Object.assign({
+    executionProviders: [ep], graphOptimizationLevel: 'all', executionMode: 'sequential', interOpNumThreads: 1,
+  }, m.threads > 0 ? { intraOpNumThreads: m.threads } : {});
+  let device = 'cpu';
+  let fallbackReason = null;
+  if (m.device === 'cuda' || m.device === 'tensorrt') {
+    try {
+      const listed = ort.listSupportedBackends().find((b) => b.name === m.device);
+      if (!listed) throw new Error('this onnxruntime-node build has no ' + m.device + ' execution provider');
+      session = await ort.InferenceSession.create(m.modelPath, opts(m.device));
+      device = m.device;
+    } catch (err) {
+      fallbackReason = String((err && err.message) || err).split('\n')[0].slice(0, 300);
+    }
+  }
+  if (!session) session = await ort.InferenceSession.create(m.modelPath, opts('cpu'));
+  return { device, fallbackReason, inputNames: session.inputNames, outputNames: session.outputNames,
+           supported: ort.listSupportedBackends() };
+}
+
+parentPort.on('message', async (msg) => {
+  try {
+    if (msg.type === 'init') parentPort.postMessage({ id: msg.id, ok: true, result: await init(msg) });
+    else if (msg.type === 'run') {
+      const feeds = { [msg.input]: new ort.Tensor('float32', new Float32Array(msg.data), msg.shape) };
+      const r = await session.run(feeds, msg.fetches);
+      const outs = msg.fetches.map((k) => Float32Array.from(r[k].data));
+      parentPort.postMessage({ id: msg.id, ok: true, result: outs }, outs.map((o) => o.buffer));
+    } else if (msg.type === 'close') {
+      if (session) await session.release();
+      session = null;
+      parentPort.postMessage({ id: msg.id, ok: true, result: null });
+    }
+  } catch (err) {
+    parentPort.postMessage({ id: msg.id, ok: false, error: String((err && err.stack) || err) });
+  }
+});
+`;
+
+interface InitResult {
+  device: string;
+  fallbackReason: string | null;
+  inputNames: string[];
+  outputNames: string[];
+  supported: Array<{ name: string; bundled: boolean }>;
+}
 
 export class OnnxEngine implements InferenceEngine {
   readonly name = 'engine:onnx';
-  private ort: typeof Ort | null = null;
-  private session: Ort.InferenceSession | null = null;
-  private names: { abs: string; sign: string; logVar: string | null } | null = null;
+  private readonly rpc: WorkerRpc;
+  private fetches: string[] | null = null;
   private _info: EngineInfo | null = null;
 
-  constructor(private readonly ctx: Context, private readonly model: EngineModel) {}
+  constructor(private readonly ctx: Context, private readonly model: EngineModel) {
+    this.rpc = new WorkerRpc('onnxruntime worker', ctx.logger);
+  }
 
   get info(): EngineInfo {
     if (!this._info) throw new Error('OnnxEngine: info read before start()');
@@ -24,75 +84,58 @@ export class OnnxEngine implements InferenceEngine {
   async start(signal: AbortSignal): Promise<void> {
     const { ctx, model } = this;
     const e = ctx.config.scoring.engine;
-    const ort = (await import('onnxruntime-node')) as typeof Ort;
-    this.ort = ort;
-    const opts = (ep: string): Ort.InferenceSession.SessionOptions => ({
-      executionProviders: [ep],
-      graphOptimizationLevel: 'all',
-      executionMode: 'sequential',
-      // 0 = let ORT use all cores; inter-op parallelism buys nothing for a sequential CNN
-      ...(e.threads > 0 ? { intraOpNumThreads: e.threads } : {}),
-      interOpNumThreads: 1,
-    });
-    const requested = e.device;
-    let device = 'cpu';
-    let fallbackReason: string | null = null;
-    let why: string;
-    if (requested === 'cuda' || requested === 'tensorrt') {
-      const listed = ort.listSupportedBackends().find((b) => b.name === requested);
-      try {
-        if (!listed) throw new Error(`this onnxruntime-node build has no ${requested} execution provider`);
-        this.session = await ort.InferenceSession.create(model.modelPath, opts(requested));
-        device = requested;
-        why = `requested by scoring.engine.device and available`;
-      } catch (err) {
-        fallbackReason = (err as Error).message.split('\n')[0]!.slice(0, 300);
-        why = `fallback from ${requested}: ${fallbackReason}`;
-        reportFallback(ctx, requested, 'cpu', fallbackReason);
-      }
-    } else {
-      why = requested === 'cpu' ? 'scoring.engine.device is cpu' : `device "${requested}" is not an onnx execution provider`;
-    }
-    signal.throwIfAborted();
-    if (!this.session) this.session = await ort.InferenceSession.create(model.modelPath, opts('cpu'));
     const m = model.manifest;
-    const outs = this.session.outputNames;
-    const abs = matchOutput(outs, m.outputs.abs_um);
-    const sign = matchOutput(outs, m.outputs.sign_logit);
-    if (!abs || !sign) throw new Error(`${model.modelPath}: outputs ${JSON.stringify(outs)} lack ${m.outputs.abs_um} / ${m.outputs.sign_logit} named in the manifest`);
-    const logVar = m.outputs.log_var ? (matchOutput(outs, m.outputs.log_var) ?? null) : null;
-    if (!this.session.inputNames.includes(m.input.name))
-      throw new Error(`${model.modelPath}: input "${m.input.name}" from the manifest is not among ${JSON.stringify(this.session.inputNames)}`);
-    this.names = { abs, sign, logVar };
+    if (m.format !== 'onnx') throw new Error(`scoring.engine.type is onnx but the model bundle ${model.dir} is ${m.format}; use scoring.engine.type=tfjs or an onnx bundle`);
+    this.rpc.start(WORKER_SOURCE, { packageJson: `${PACKAGE_ROOT}/package.json` });
+    const requested = e.device;
+    const r = await this.rpc.call<InitResult>({ type: 'init', modelPath: model.modelPath, device: requested, threads: e.threads });
+    signal.throwIfAborted();
+    let why: string;
+    let fallbackReason = r.fallbackReason;
+    if (fallbackReason) {
+      why = `fallback from ${requested}: ${fallbackReason}`;
+      reportFallback(ctx, requested, 'cpu', fallbackReason);
+    } else if (requested === 'cpu') why = 'scoring.engine.device is cpu';
+    else if (r.device === requested) why = `requested by scoring.engine.device and available`;
+    else {
+      fallbackReason = `device "${requested}" is not an onnx execution provider`;
+      why = fallbackReason;
+      reportFallback(ctx, requested, 'cpu', fallbackReason);
+    }
+    const abs = matchOutput(r.outputNames, m.outputs.abs_um);
+    const sign = matchOutput(r.outputNames, m.outputs.sign_logit);
+    if (!abs || !sign) throw new Error(`${model.modelPath}: outputs ${JSON.stringify(r.outputNames)} lack ${m.outputs.abs_um} / ${m.outputs.sign_logit} named in the manifest`);
+    if (!r.inputNames.includes(m.input.name)) throw new Error(`${model.modelPath}: input "${m.input.name}" from the manifest is not among ${JSON.stringify(r.inputNames)}`);
+    const logVar = m.outputs.log_var ? matchOutput(r.outputNames, m.outputs.log_var) : undefined;
+    this.fetches = logVar ? [abs, sign, logVar] : [abs, sign];
     this._info = {
-      engine: fallbackReason ? `onnxruntime/${device} (fallback from ${requested}: ${fallbackReason})` : `onnxruntime/${device}`,
+      engine: fallbackReason ? `onnxruntime/${r.device} (fallback from ${requested}: ${fallbackReason})` : `onnxruntime/${r.device}`,
       requested,
-      device,
+      device: r.device,
       fallbackReason,
     };
-    ctx.logger.info(`inference: onnxruntime on ${device} (${why}), threads ${e.threads || 'auto'}, batch ${e.batchSize}`, {
+    ctx.logger.info(`inference: onnxruntime on ${r.device} (${why}) in a worker thread, threads ${e.threads || 'auto'}, batch ${e.batchSize}`, {
       engine: this._info.engine,
       model: m.name,
+      providers: r.supported.map((b) => `${b.name}${b.bundled ? '' : ' (not bundled)'}`),
     });
-    // warm-up: first run allocates arenas and picks kernels; keep that out of the first tile's latency
+    // warm-up: the first run allocates arenas and picks kernels; keep that out of the first tile's latency
     const [h, w] = m.input.size;
     const shape = m.input.layout === 'NCHW' ? [e.batchSize, 3, h, w] : [e.batchSize, h, w, 3];
     await this.run(new Float32Array(e.batchSize * 3 * h * w), shape);
   }
 
   async run(input: Float32Array, shape: number[]): Promise<EngineOutputs> {
-    const { ort, session, names } = this;
-    if (!ort || !session || !names) throw new Error('OnnxEngine: run() before start()');
-    const feeds = { [this.model.manifest.input.name]: new ort.Tensor('float32', input, shape) };
-    const fetches = names.logVar ? [names.abs, names.sign, names.logVar] : [names.abs, names.sign];
-    const r = await session.run(feeds, fetches);
-    const f = (k: string) => Float32Array.from(r[k]!.data as Float32Array);
-    return { abs_um: f(names.abs), sign_logit: f(names.sign), log_var: names.logVar ? f(names.logVar) : null };
+    const fetches = this.fetches;
+    if (!fetches) throw new Error('OnnxEngine: run() before start()');
+    // a copy we can transfer: the caller's array usually views a reused batch buffer
+    const data = input.slice();
+    const outs = await this.rpc.call<Float32Array[]>({ type: 'run', input: this.model.manifest.input.name, data: data.buffer, shape, fetches }, [data.buffer]);
+    return { abs_um: outs[0]!, sign_logit: outs[1]!, log_var: fetches.length > 2 ? outs[2]! : null };
   }
 
   async stop(): Promise<void> {
-    const s = this.session;
-    this.session = null;
-    if (s) await s.release();
+    await this.rpc.call({ type: 'close' }).catch(() => undefined);
+    await this.rpc.stop();
   }
 }

@@ -9,10 +9,10 @@
  * source is an eval'd string so the same file works from TypeScript sources (tsx, vitest) and from dist/.
  */
 import { createRequire } from 'node:module';
-import { Worker } from 'node:worker_threads';
 import type { Context } from '../../daemon/context.js';
 import { PACKAGE_ROOT } from '../../config/load.js';
 import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, reportFallback } from './types.js';
+import { WorkerRpc } from './worker-rpc.js';
 
 const WORKER_SOURCE = String.raw`
 const { parentPort, workerData } = require('node:worker_threads');
@@ -100,34 +100,19 @@ parentPort.on('message', async (msg) => {
 });
 `;
 
-interface Pending {
-  resolve: (v: unknown) => void;
-  reject: (e: Error) => void;
-}
-
 export class TfjsEngine implements InferenceEngine {
   readonly name = 'engine:tfjs';
-  private worker: Worker | null = null;
-  private readonly pending = new Map<number, Pending>();
-  private nextId = 1;
+  private readonly rpc: WorkerRpc;
   private outIndex: { abs: number; sign: number; logVar: number | null } | null = null;
   private _info: EngineInfo | null = null;
 
-  constructor(private readonly ctx: Context, private readonly model: EngineModel) {}
+  constructor(private readonly ctx: Context, private readonly model: EngineModel) {
+    this.rpc = new WorkerRpc('tfjs worker', ctx.logger);
+  }
 
   get info(): EngineInfo {
     if (!this._info) throw new Error('TfjsEngine: info read before start()');
     return this._info;
-  }
-
-  private call<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<T> {
-    const w = this.worker;
-    if (!w) return Promise.reject(new Error('TfjsEngine: worker not running'));
-    const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      w.postMessage({ ...msg, id }, transfer);
-    });
   }
 
   async start(signal: AbortSignal): Promise<void> {
@@ -138,31 +123,9 @@ export class TfjsEngine implements InferenceEngine {
       throw new Error(`scoring.engine.type is tfjs but the model bundle ${model.dir} is ${m.format}; use scoring.engine.type=onnx or a tfjs bundle`);
     const req = createRequire(import.meta.url);
     const wasmDir = req.resolve('@tensorflow/tfjs-backend-wasm/package.json').replace(/package\.json$/, 'dist/');
-    const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { packageJson: `${PACKAGE_ROOT}/package.json` } });
-    this.worker = w;
-    w.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: string }) => {
-      const p = this.pending.get(msg.id);
-      if (!p) return;
-      this.pending.delete(msg.id);
-      if (msg.ok) p.resolve(msg.result);
-      else p.reject(new Error(`tfjs worker: ${msg.error}`));
-    });
-    const failAll = (err: Error) => {
-      for (const p of this.pending.values()) p.reject(err);
-      this.pending.clear();
-    };
-    w.on('error', (err) => {
-      ctx.logger.error('tfjs worker crashed', { error: err.stack ?? String(err) });
-      failAll(err);
-    });
-    w.on('exit', (code) => {
-      if (this.worker === w) {
-        this.worker = null;
-        failAll(new Error(`tfjs worker exited with code ${code}`));
-      }
-    });
+    this.rpc.start(WORKER_SOURCE, { packageJson: `${PACKAGE_ROOT}/package.json` });
     const requested = e.device;
-    const r = await this.call<{ backend: string; tried: Array<{ backend: string; reason: string }>; outNames: string[] }>({
+    const r = await this.rpc.call<{ backend: string; tried: Array<{ backend: string; reason: string }>; outNames: string[] }>({
       type: 'init',
       modelPath: model.modelPath,
       format: m.format,
@@ -214,15 +177,11 @@ export class TfjsEngine implements InferenceEngine {
     if (!idx) throw new Error('TfjsEngine: run() before start()');
     // copy into a buffer we can transfer: the caller's array usually views a reused batch buffer
     const data = input.slice();
-    const outs = await this.call<Float32Array[]>({ type: 'run', data: data.buffer, shape }, [data.buffer]);
+    const outs = await this.rpc.call<Float32Array[]>({ type: 'run', data: data.buffer, shape }, [data.buffer]);
     return { abs_um: outs[idx.abs]!, sign_logit: outs[idx.sign]!, log_var: idx.logVar === null ? null : outs[idx.logVar]! };
   }
 
   async stop(): Promise<void> {
-    const w = this.worker;
-    this.worker = null;
-    if (w) await w.terminate();
-    for (const p of this.pending.values()) p.reject(new Error('TfjsEngine stopped'));
-    this.pending.clear();
+    await this.rpc.stop();
   }
 }
