@@ -67,7 +67,8 @@ export class Pipeline implements Component, TileSink {
   private decodeSlots!: Slots;
   private scoreChain: Promise<unknown> = Promise.resolve();
   private admitted = 0;
-  private accepting = false;
+  /** running: admit per policy; draining: score what is handed over, ask for nothing more; stopped: refuse. */
+  private phase: 'new' | 'running' | 'draining' | 'stopped' = 'new';
   private spaceWaiters: Array<() => void> = [];
   private idleWaiters: Array<() => void> = [];
 
@@ -77,13 +78,13 @@ export class Pipeline implements Component, TileSink {
     const p = this.ctx.config.pipeline;
     this.admission = new Slots(p.queueSize);
     this.decodeSlots = new Slots(p.decodeConcurrency);
-    this.accepting = true;
+    this.phase = 'running';
   }
 
-  /** Stops admitting; tiles already admitted are still scored (see drain). */
+  /** Refuses further tiles (shutting_down). Call drain() first to let admitted tiles finish. */
   async stop(): Promise<void> {
-    this.accepting = false;
-    // anyone waiting for space gets released; submit() then answers shutting_down
+    this.phase = 'stopped';
+    // the ingest's receive loop waits in ready(); let it go so it can see that it is being stopped
     for (const w of this.spaceWaiters.splice(0)) w();
   }
 
@@ -92,14 +93,15 @@ export class Pipeline implements Component, TileSink {
   }
 
   ready(): Promise<void> {
-    if (!this.accepting || this.ctx.config.pipeline.overflow === 'skip' || this.admission.free) return Promise.resolve();
+    if (this.phase === 'stopped') return Promise.resolve();
+    // while draining, the ingest must not take more messages off the socket: they stay queued for the next start
+    if (this.phase === 'running' && (this.ctx.config.pipeline.overflow === 'skip' || this.admission.free)) return Promise.resolve();
     return new Promise((r) => this.spaceWaiters.push(r));
   }
 
   /** Resolves when nothing is admitted any more, or after timeoutMs; returns how many tiles were still in flight. */
   async drain(timeoutMs: number): Promise<number> {
-    this.accepting = false;
-    for (const w of this.spaceWaiters.splice(0)) w();
+    if (this.phase === 'running') this.phase = 'draining';
     if (this.admitted === 0) return 0;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
@@ -128,9 +130,10 @@ export class Pipeline implements Component, TileSink {
       this.reject(r);
       return { ok: false, ...r };
     };
-    if (!this.accepting) return refuse('shutting_down', 'focusd is stopping; the tile was not scored');
+    if (this.phase !== 'running' && this.phase !== 'draining') return refuse('shutting_down', 'focusd is stopping; the tile was not scored');
     if (runtime.paused) return refuse('paused', 'scoring is paused (control request); the tile was not scored');
-    if (!this.admission.free && this.ctx.config.pipeline.overflow === 'skip')
+    // a tile that reached us while draining was already off the socket: score it rather than lose it
+    if (this.phase === 'running' && !this.admission.free && this.ctx.config.pipeline.overflow === 'skip')
       return refuse('skipped_overload', `scoring is behind: ${this.admitted} tiles queued (pipeline.queueSize), overflow=skip`);
 
     await this.admission.acquire();
@@ -142,8 +145,7 @@ export class Pipeline implements Component, TileSink {
       this.admitted--;
       metrics.queueDepth = this.admitted;
       this.admission.release();
-      const w = this.spaceWaiters.shift();
-      if (w) w();
+      if (this.phase === 'running') this.spaceWaiters.shift()?.();
       if (this.admitted === 0) for (const r of this.idleWaiters.splice(0)) r();
     }
   }
