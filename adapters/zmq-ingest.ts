@@ -82,6 +82,16 @@ export class ZmqIngest implements Component {
       if (this.outstanding > 0) {
         this.ctx.logger.warn(`ingest closing with ${this.outstanding} tiles unanswered; their senders will time out`);
       }
+      // unbind first and wait for it: close() alone releases the port asynchronously, and a restart in the same
+      // process (tests, the demo) would find it still in use
+      const endpoint = sock.lastEndpoint;
+      if (endpoint) {
+        try {
+          await sock.unbind(endpoint);
+        } catch (err) {
+          this.ctx.logger.warn(`ingest unbind ${endpoint} failed: ${(err as Error).message}`);
+        }
+      }
       sock.close();
     }
     // close() makes the pending receive() reject, which ends the loop
@@ -142,12 +152,19 @@ export class ZmqIngest implements Component {
     let envelope: Buffer[] = [];
     let body = frames;
     if (router) {
-      // ZeroMQ envelope: [routing id, (REQ_CORRELATE request id), empty delimiter, header, payload] from REQ or a DEALER
-      // that mimics it; a bare DEALER sends [routing id, header, payload]. An empty frame is never a valid header,
-      // so the envelope ends at the first empty frame, else after the routing id.
-      const delimiter = frames.findIndex((f, i) => i > 0 && f.length === 0);
-      envelope = frames.slice(0, delimiter > 0 && delimiter <= 2 ? delimiter + 1 : 1);
-      body = frames.slice(envelope.length);
+      // ZeroMQ envelope: [routing id, (REQ_CORRELATE request id, proxy ids), empty delimiter, header, payload] from REQ
+      // or a DEALER that mimics it; a bare DEALER sends [routing id, header, payload]. A header is never empty, so the
+      // envelope ends at the first empty frame, else after the routing id; an empty last frame is a (bad) payload, not
+      // a delimiter, so that message is still answered on the right envelope.
+      let end = 1;
+      for (let i = 1; i < frames.length - 1; i++) {
+        if (frames[i]!.length === 0) {
+          end = i + 1;
+          break;
+        }
+      }
+      envelope = frames.slice(0, end);
+      body = frames.slice(end);
     }
     const rejected = (rejection: Rejection) => {
       logger.debug(`ingest rejected a message: ${rejection.reason}`, {
