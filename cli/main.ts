@@ -24,7 +24,8 @@ const commands: Record<string, Command> = {
   score: scoreMain,
   demo: demoMain,
   replay: async (argv) => (await import('../tools/replay.js')).replayMain(argv),
-  calibrate: async (argv) => (await import('../tools/calibrate.js')).calibrateMain(argv),
+  // TODO(integration): static import once tools/calibrate.ts lands
+  calibrate: async (argv) => ((await import(new URL('../tools/calibrate.js', import.meta.url).href)) as { calibrateMain: Command }).calibrateMain(argv),
 };
 
 export async function main(argv: string[]): Promise<number> {
