@@ -1,5 +1,8 @@
 // The ingest edge end to end over real ZeroMQ sockets on loopback: sender (TileSender) → ZmqIngest → a sink that
 // really decodes (decodeTile) and answers with a digest of the decoded pixels, so a round trip proves they arrived intact.
+import { readFileSync } from 'node:fs';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
 import sharp from 'sharp';
 import * as zmq from 'zeromq';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +15,15 @@ import { freePort } from './helpers/net.js';
 import { bombPng, expectedRgb, header, rawPayload, referenceRgb, sha256, testContext } from './helpers/tiles.js';
 
 const MAX_MESSAGE = 2 * 1024 * 1024;
+
+// every router reply must match the published reply schema (docs/schemas/tile-reply.schema.json)
+const validateReply = (() => {
+  const load = (f: string) => JSON.parse(readFileSync(new URL(`../docs/schemas/${f}`, import.meta.url), 'utf8')) as object;
+  const ajv = new Ajv2020({ allErrors: true, strictRequired: false });
+  (addFormats as unknown as { default: (a: Ajv2020) => void }).default(ajv);
+  ajv.addSchema(load('tile-header.schema.json'));
+  return ajv.compile(load('tile-reply.schema.json'));
+})();
 const W = 41;
 const H = 29;
 const REF = referenceRgb(W, H);
@@ -76,10 +88,11 @@ class DecodingSink implements TileSink {
         score: {
           defocus_um: mean[0]! / n,
           uncertainty_um: mean[1]! / n,
-          sign_confidence: mean[2]! / n,
+          sign_confidence: 1,
           tissue_fraction: 0,
           patches: 0,
-          focus_map: null,
+          // the channel means, as a 1x3 "map"
+          focus_map: { rows: 1, cols: 3, defocus_um: mean.map((m) => m / n) },
           model: { name: 'decoding-sink', version: `${d.width}x${d.height}`, sha256: sha256(d.rgb), engine: 'test' },
         },
       };
@@ -147,7 +160,10 @@ describe.each(MODES)('ingest $daemon <- $sender', ({ daemon, sender }) => {
   async function roundTrip(frames: Array<Buffer | string>, h?: unknown): Promise<TileReply> {
     const reply = await tx.sendFrames(frames, h);
     const seen = await sink.seen.next();
-    if (daemon === 'router') expect(reply).toEqual(JSON.parse(JSON.stringify(seen)));
+    if (daemon === 'router') {
+      expect(reply).toEqual(JSON.parse(JSON.stringify(seen)));
+      expect(validateReply(reply), JSON.stringify(validateReply.errors)).toBe(true);
+    }
     else expect(reply).toBeNull();
     return seen;
   }
