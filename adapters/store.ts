@@ -94,6 +94,8 @@ export class Store implements Component {
   private db: Database.Database | null = null;
   private off: (() => void) | null = null;
   private pruneTimer: NodeJS.Timeout | null = null;
+  /** the per-tile insert, prepared once per open database. */
+  private insertTile: Database.Statement | null = null;
 
   constructor(private readonly ctx: Context, private readonly deps: StoreDeps = {}) {}
 
@@ -139,6 +141,7 @@ export class Store implements Component {
     this.pruneTimer = null;
     if (this.db?.open) this.db.close();
     this.db = null;
+    this.insertTile = null;
   }
 
   private get conn(): Database.Database {
@@ -158,14 +161,12 @@ export class Store implements Component {
     const h = o.header;
     const s = o.score;
     const cells = (s.focus_map?.defocus_um ?? []).filter((v): v is number => typeof v === 'number');
-    this.conn
-      .prepare(
+    (this.insertTile ??= this.conn.prepare(
         `INSERT INTO tiles (at, scanner, slide, scan, seq, tile_index, tile_row, tile_col, attempt, x_um, y_um, z_um, verdict,
           defocus_um, uncertainty_um, sign_confidence, tissue_fraction, patches, latency_ms, model, model_version, engine,
           map_rows, map_cols, map_cells, map_min_um, map_max_um, map_mean_um)
          VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-      )
-      .run(
+      )).run(
         at, h.scanner, h.slide, h.scan, h.seq, h.tile.index, h.tile.row, h.tile.col, h.attempt, h.stage_um.x, h.stage_um.y, h.stage_um.z,
         o.verdict, s.defocus_um, s.uncertainty_um, s.sign_confidence, s.tissue_fraction, s.patches, o.latency_ms,
         s.model.name, s.model.version, s.model.engine,

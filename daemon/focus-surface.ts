@@ -90,7 +90,8 @@ export class FocusSurface {
     if (!coef) return null;
     let outliers = 0;
     const res = this.pts.map((p) => p.z - dot(coef!, basis(p)));
-    const mad = median(res.map((r) => Math.abs(r - median(res)))) * 1.4826;
+    const mid = median(res);
+    const mad = median(res.map((r) => Math.abs(r - mid))) * 1.4826;
     const limit = Math.max(3 * mad, 0.25);
     const kept = this.pts.filter((_, i) => Math.abs(res[i]!) <= limit);
     if (kept.length < n && kept.length >= basis(this.pts[0]!).length + 1) {
