@@ -222,6 +222,23 @@ export class Store implements Component {
 
   // ---- queries ----------------------------------------------------------------------------------------------
 
+  /** What the controller's safety limits already spent on a slide (live actions not expired), for a restarted daemon. */
+  slideLimits(scanner: string, slide: string): { cumulativeUm: number; reacquires: Map<number, number> } {
+    const z = this.conn
+      .prepare(
+        `SELECT coalesce(sum(z_offset_um), 0) AS total FROM actions
+         WHERE scanner = ? AND slide = ? AND type = 'z_offset' AND dry_run = 0 AND status != 'expired'`,
+      )
+      .get(scanner, slide) as { total: number };
+    const rows = this.conn
+      .prepare(
+        `SELECT json_extract(payload, '$.tile.index') AS idx, count(*) AS n FROM actions
+         WHERE scanner = ? AND slide = ? AND type = 'reacquire' AND dry_run = 0 AND status != 'expired' GROUP BY idx`,
+      )
+      .all(scanner, slide) as { idx: number; n: number }[];
+    return { cumulativeUm: z.total, reacquires: new Map(rows.map((r) => [r.idx, r.n])) };
+  }
+
   /** Everything known about one slide; null when no tile of it was recorded. */
   slideSummary(slide: string, scanner = this.ctx.config.scanner.id): SlideSummary | null {
     const t = this.conn

@@ -85,10 +85,13 @@ const MAX_SEEN = 4096;
 
 const r3 = (v: number) => Math.round(v * 1000) / 1000;
 
+/** Limits already spent on a slide before this process started (from the action history). */
+export type SlideHistory = (scanner: string, slide: string) => { cumulativeUm: number; reacquires: Map<number, number> };
+
 export class FocusController {
   private readonly slides = new Map<string, SlideState>();
 
-  constructor(private readonly s: ControllerSettings) {}
+  constructor(private readonly s: ControllerSettings, private readonly history?: SlideHistory) {}
 
   /** Surface prediction for a tile, as it was before this tile was scored (for the tile message). */
   predict(h: TileHeader): SurfacePrediction | null {
@@ -340,13 +343,15 @@ export class FocusController {
     const k = slideKey(h);
     let st = this.slides.get(k);
     if (!st) {
+      // a restarted daemon must not get a fresh budget for a slide it already corrected
+      const spent = this.history?.(h.scanner, h.slide) ?? { cumulativeUm: 0, reacquires: new Map<number, number>() };
       st = {
         window: [],
         tilesSinceZ: 0,
         lastZSign: 0,
-        cumulativeUm: 0,
+        cumulativeUm: r3(spent.cumulativeUm),
         actionTimes: [],
-        reacquires: new Map(),
+        reacquires: spent.reacquires,
         probes: new Map(),
         surface: new FocusSurface(this.s.surface),
         seen: new Set(),
@@ -399,16 +404,22 @@ function rememberMap<V>(m: Map<string, V>, k: string, v: V): void {
 }
 
 /** The Component: 'tile:scored' in, 'action' out; refusals by the safety limits are logged as warnings. */
+export interface ControllerDeps {
+  /** the store (adapters/store.ts): limits already spent on a slide survive a restart. */
+  store?: { slideLimits: SlideHistory };
+}
+
 export class Controller implements Component {
   readonly name = 'controller';
   private off: (() => void) | null = null;
   private logic: FocusController | null = null;
 
-  constructor(private readonly ctx: Context) {}
+  constructor(private readonly ctx: Context, private readonly deps: ControllerDeps = {}) {}
 
   async start(signal: AbortSignal): Promise<void> {
     signal.throwIfAborted();
-    this.logic = new FocusController(this.ctx.config.controller);
+    const store = this.deps.store;
+    this.logic = new FocusController(this.ctx.config.controller, store ? (scanner, slide) => store.slideLimits(scanner, slide) : undefined);
     this.off = this.ctx.events.on('tile:scored', (o) => this.handle(o));
   }
 

@@ -28,7 +28,7 @@ export interface MqttSideDeps {
 export function buildMqttSide(ctx: Context, deps: MqttSideDeps): MqttSide {
   const store = new Store(ctx);
   const broker = new EmbeddedBroker(ctx);
-  const controller = new Controller(ctx);
+  const controller = new Controller(ctx, { store });
   const mqtt = new MqttAdapter(ctx, {
     statusProvider: deps.status,
     control: createControlApi(ctx, store),

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
+import { Store } from '../adapters/store.js';
 import { Controller, FocusController, type Decision, type RuntimeView } from '../daemon/controller.js';
 import { FocusSurface, evaluate } from '../daemon/focus-surface.js';
 import type { Action } from '../daemon/types.js';
-import { makeCtx, outcome, type TileSpec } from './helpers/mqtt-side.js';
+import { makeCtx, outcome, tempDir, type TileSpec } from './helpers/mqtt-side.js';
 
 const base = makeCtx().config.controller;
 type Settings = typeof base;
@@ -332,5 +333,41 @@ describe('Controller component', () => {
     await c.stop();
     ctx.events.emit('tile:scored', outcome({ seq: 4, index: 4, d: 3 }));
     expect(got).toHaveLength(2);
+  });
+});
+
+describe('Controller across a restart', () => {
+  it('a restarted daemon keeps the cumulative correction and per-tile re-acquisitions of a slide (from the store)', async () => {
+    const overrides = { 'store.dir': tempDir(), 'controller.limits.maxCumulativeUm': 3, 'controller.limits.maxStepUm': 3 };
+    const drift = (ctx: ReturnType<typeof makeCtx>, slide: string, from: number) => {
+      for (let i = 0; i < 4; i++) ctx.events.emit('tile:scored', outcome({ slide, seq: from + i, index: from + i, d: 3 }));
+    };
+    const run = async (fn: (ctx: ReturnType<typeof makeCtx>) => void) => {
+      const ctx = makeCtx(overrides);
+      const store = new Store(ctx);
+      const c = new Controller(ctx, { store });
+      const got: Action[] = [];
+      // what the outbox does first with every action: write it to the store
+      ctx.events.on('action', (a) => (got.push(a), store.outboxPut(a)));
+      await store.start(new AbortController().signal);
+      await c.start(new AbortController().signal);
+      fn(ctx);
+      await c.stop();
+      await store.stop();
+      return { got, logs: ctx.logLines() };
+    };
+    const first = await run((ctx) => drift(ctx, 'S-1', 0));
+    expect(first.got.filter((a) => a.type === 'z_offset').map((a) => a.z_offset_um)).toEqual([-3]);
+    const second = await run((ctx) => {
+      drift(ctx, 'S-1', 100);
+      // tile 0 was re-acquired once before the restart: with the limit of 2 it gets one more, not two
+      ctx.events.emit('tile:scored', outcome({ slide: 'S-1', seq: 200, index: 0, attempt: 1, d: 3 }));
+      ctx.events.emit('tile:scored', outcome({ slide: 'S-1', seq: 201, index: 0, attempt: 2, d: 3 }));
+      drift(ctx, 'S-2', 0);
+    });
+    expect(second.got.filter((a) => a.type === 'z_offset' && a.slide === 'S-1')).toHaveLength(0);
+    expect(second.logs.some((l) => l.includes('max_cumulative'))).toBe(true);
+    expect(second.got.filter((a) => a.slide === 'S-1' && a.tile.index === 0)).toHaveLength(1);
+    expect(second.got.filter((a) => a.type === 'z_offset' && a.slide === 'S-2').map((a) => a.z_offset_um)).toEqual([-3]);
   });
 });
