@@ -1,5 +1,6 @@
 import { checkConfigMain } from './check-config.js';
 import { demoMain } from './demo.js';
+import { reportMain } from './report.js';
 import { runMain } from './run.js';
 import { scoreMain } from './score.js';
 
@@ -12,6 +13,7 @@ commands:
   replay        send tiles to a daemon as a scanner would     focusd replay --help
   demo          daemon + embedded broker + a sample scan      focusd demo
   calibrate     fit the model to this instrument's focus stack focusd calibrate STACK_DIR --out DIR
+  report        drift report of the tile history on demand    focusd report [--from ISO] [--to ISO] [--out DIR]
 
 Configuration: --config FILE (JSON or YAML) or FOCUSD_CONFIG, environment FOCUSD_*, and the options named in
 \`focusd check-config --schema\`. See README.md.`;
@@ -23,6 +25,7 @@ const commands: Record<string, Command> = {
   'check-config': checkConfigMain,
   score: scoreMain,
   demo: demoMain,
+  report: reportMain,
   replay: async (argv) => (await import('../tools/replay.js')).replayMain(argv),
   // TODO(integration): static import once tools/calibrate.ts lands
   calibrate: async (argv) => ((await import(new URL('../tools/calibrate.js', import.meta.url).href)) as { calibrateMain: Command }).calibrateMain(argv),

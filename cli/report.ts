@@ -1,0 +1,68 @@
+import { parseArgs } from 'node:util';
+import { Store } from '../adapters/store.js';
+import { ConfigError, loadConfig } from '../config/load.js';
+import type { Context } from '../daemon/context.js';
+import { TypedEmitter, type DaemonEvents } from '../daemon/events.js';
+import { createLogger } from '../daemon/logger.js';
+import { Metrics } from '../daemon/metrics.js';
+import { buildDriftReport, renderDriftMarkdown, writeDriftReport } from '../daemon/reports.js';
+import { splitConfigArgs } from './args.js';
+
+/** `focusd report`: the drift report of the history on demand (the daemon writes one nightly on its own). */
+export async function reportMain(argv: string[]): Promise<number> {
+  let split, values;
+  try {
+    split = splitConfigArgs(argv);
+    values = parseArgs({
+      args: split.rest,
+      options: {
+        from: { type: 'string' },
+        to: { type: 'string' },
+        out: { type: 'string' },
+        json: { type: 'boolean', default: false },
+        help: { type: 'boolean' },
+      },
+    }).values;
+  } catch (err) {
+    process.stderr.write(`focusd report: ${(err as Error).message}\n`);
+    return 64;
+  }
+  if (values.help) {
+    process.stdout.write('usage: focusd report [--config FILE] [--from ISO] [--to ISO] [--out DIR] [--json]\n  default period: the last reports.windowHours hours\n');
+    return 0;
+  }
+  let config;
+  try {
+    config = loadConfig({ file: split.configFile, args: split.configArgs });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`focusd report: ${err.message}\n`);
+      return 78;
+    }
+    throw err;
+  }
+  const to = values.to ? Date.parse(values.to) : Date.now();
+  const from = values.from ? Date.parse(values.from) : to - config.reports.windowHours * 3_600_000;
+  if (!Number.isFinite(from) || !Number.isFinite(to) || from >= to) {
+    process.stderr.write('focusd report: --from and --to must be ISO-8601 times with --from before --to\n');
+    return 64;
+  }
+  const ctx: Context = {
+    config,
+    logger: createLogger({ level: 'warn', format: 'pretty', stream: process.stderr }),
+    metrics: new Metrics(),
+    events: new TypedEmitter<DaemonEvents>(),
+    runtime: { toleranceUm: config.decision.toleranceUm, dryRun: true, paused: true },
+  };
+  const store = new Store(ctx);
+  await store.start(new AbortController().signal);
+  try {
+    const r = buildDriftReport(ctx, store, from, to);
+    const files = await writeDriftReport(values.out ?? config.resolved.reportDir, r);
+    process.stdout.write(values.json ? JSON.stringify(r, null, 2) + '\n' : renderDriftMarkdown(r));
+    process.stderr.write(`written: ${files.markdown}, ${files.json}\n`);
+    return 0;
+  } finally {
+    await store.stop();
+  }
+}
