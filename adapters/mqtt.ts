@@ -324,6 +324,7 @@ export class MqttAdapter implements Component, ActionPublisher {
       engine: provided.engine ?? null,
       model: provided.model ?? null,
       version: provided.version,
+      outbox_pending: provided.outbox_pending,
       ...this.ctx.metrics.snapshot(),
       schema: SCHEMA_IDS.stats,
       scanner: this.ctx.config.scanner.id,

@@ -29,12 +29,14 @@ export function buildMqttSide(ctx: Context, deps: MqttSideDeps): MqttSide {
   const store = new Store(ctx);
   const broker = new EmbeddedBroker(ctx);
   const controller = new Controller(ctx, { store });
+  let outbox: Outbox | null = null;
   const mqtt = new MqttAdapter(ctx, {
-    statusProvider: deps.status,
+    // actions waiting for the broker are part of what status and stats tell
+    statusProvider: () => ({ ...deps.status(), outbox_pending: outbox?.pending ?? null }),
     control: createControlApi(ctx, store),
     predict: (h) => controller.predict(h),
   });
-  const outbox = new Outbox(ctx, { store, publisher: mqtt });
+  outbox = new Outbox(ctx, { store, publisher: mqtt });
   const reports = new DriftReporter(ctx, store);
   return { components: [store, broker, mqtt, outbox, controller, reports], store, broker, mqtt, outbox, controller, reports };
 }

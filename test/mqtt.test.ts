@@ -5,10 +5,8 @@ import mqtt from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EmbeddedBroker } from '../adapters/embedded-broker.js';
 import { createControlApi, MqttAdapter, redactConfig } from '../adapters/mqtt.js';
-import { Store } from '../adapters/store.js';
-import { Controller } from '../daemon/controller.js';
 import type { Component } from '../daemon/lifecycle.js';
-import { Outbox } from '../daemon/outbox.js';
+import { buildMqttSide } from '../daemon/wiring.js';
 import { freePort, MOSQUITTO_URL, uniqueId } from './helpers/net.js';
 import { assertSchema, Collector, makeCtx, outcome, PrivateMosquitto, sleep, tempDir, until } from './helpers/mqtt-side.js';
 
@@ -41,15 +39,14 @@ async function side(overrides: Record<string, unknown> = {}, url?: string) {
     'store.dir': tempDir(),
     ...overrides,
   });
-  const store = new Store(ctx);
-  const controller = new Controller(ctx);
-  const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, store), predict: (h) => controller.predict(h) });
-  const outbox = new Outbox(ctx, { store, publisher: adapter });
+  // the daemon's own wiring: store → embedded broker (no-op here) → mqtt → outbox → controller → reports
+  const built = buildMqttSide(ctx, { status: statusProvider });
   const signal = new AbortController().signal;
-  for (const c of [store, adapter, outbox, controller]) {
+  for (const c of built.components) {
     await c.start(signal);
     running.push(c);
   }
+  const { store, mqtt: adapter, outbox, controller } = built;
   return { ctx, base, store, adapter, outbox, controller, topics: adapter.topics };
 }
 
@@ -121,6 +118,7 @@ describe('MQTT adapter (real Mosquitto)', () => {
     const stats = await sub.wait((m) => m.topic === s.topics.stats, 5000, 'stats');
     assertSchema('stats', stats.json);
     expect(stats.json).toMatchObject({ engine: 'classical', scored: 7, runtime: { dryRun: false } });
+    expect(typeof stats.json.outbox_pending).toBe('number');
     expect(stats.packet.retain).toBe(false); // live delivery; the retained copy is what late subscribers get
     await until(() => s.store.outboxCount() === 0, 5000, 'outbox empty after PUBACK');
     expect(s.ctx.metrics.publishFailures).toBe(0);
