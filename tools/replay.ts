@@ -17,6 +17,8 @@ export interface TileSenderOptions {
   timeoutMs: number;
   /** ZMQ_SNDHWM of the sender; with back-pressure this many messages wait in the sender before send() blocks. */
   sendHighWaterMark?: number;
+  /** ZMQ_LINGER: how long queued messages may still be delivered after close() (default 0: dropped). */
+  lingerMs?: number;
 }
 
 interface Pending {
@@ -55,7 +57,11 @@ export class TileSender {
 
   connect(): void {
     const { pattern, endpoint, timeoutMs } = this.opts;
-    const common = { sendTimeout: timeoutMs, linger: 0, ...(this.opts.sendHighWaterMark ? { sendHighWaterMark: this.opts.sendHighWaterMark } : {}) };
+    const common = {
+      sendTimeout: timeoutMs,
+      linger: this.opts.lingerMs ?? 0,
+      ...(this.opts.sendHighWaterMark ? { sendHighWaterMark: this.opts.sendHighWaterMark } : {}),
+    };
     if (pattern === 'push') this.socket = new zmq.Push(common);
     // relaxed + correlate: after a timed-out request the socket can send the next one and ignores the late reply
     else if (pattern === 'req') this.socket = new zmq.Request({ ...common, receiveTimeout: timeoutMs, relaxed: true, correlate: true });
@@ -111,7 +117,7 @@ export class TileSender {
     });
   }
 
-  /** Closes the socket (linger 0: unsent messages are dropped) and fails requests still waiting for replies. */
+  /** Closes the socket (queued messages get lingerMs to leave) and fails requests still waiting for replies. */
   async close(): Promise<void> {
     for (const p of this.pending.splice(0)) {
       clearTimeout(p.timer);
@@ -289,7 +295,8 @@ export async function replay(opts: ReplayOptions): Promise<ReplaySummary> {
   if (opts.limit > 0) items = items.slice(0, opts.limit);
   if (items.length === 0) throw new Error(`${opts.input}: no image files`);
   const cols = opts.cols > 0 ? opts.cols : Math.ceil(Math.sqrt(items.length));
-  const sender = new TileSender({ endpoint: opts.endpoint, pattern: opts.pattern, timeoutMs: opts.timeoutMs });
+  // push: send() resolves once queued, so let close() keep delivering what is still queued (the process waits for it)
+  const sender = new TileSender({ endpoint: opts.endpoint, pattern: opts.pattern, timeoutMs: opts.timeoutMs, lingerMs: opts.pattern === 'push' ? opts.timeoutMs : 0 });
   sender.connect();
   const summary: ReplaySummary = { endpoint: opts.endpoint, pattern: opts.pattern, sent: 0, replies: {}, errors: 0, elapsed_s: 0, tiles_per_s: 0 };
   const inFlight = new Set<Promise<void>>();
@@ -361,8 +368,6 @@ export async function replay(opts: ReplayOptions): Promise<ReplaySummary> {
     }
     await Promise.all(inFlight);
   } finally {
-    // push: give queued messages a moment to leave before linger 0 discards them
-    if (opts.pattern === 'push') await new Promise((r) => setTimeout(r, 200));
     await sender.close();
   }
   summary.elapsed_s = round2((performance.now() - t0) / 1000);
