@@ -141,22 +141,21 @@ export function decodeRaw(payload: Buffer, l: RawLayout): { width: number; heigh
 }
 
 function bgr24(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: number): void {
+  // copy rows (memcpy), then swap R and B in place: two reads and two writes per pixel instead of three and three
   const row = w * 3;
-  for (let y = 0; y < h; y++) {
-    let s = y * stride;
-    let d = y * row;
-    const end = d + row;
-    while (d < end) {
-      out[d] = src[s + 2]!;
-      out[d + 1] = src[s + 1]!;
-      out[d + 2] = src[s]!;
-      d += 3;
-      s += 3;
-    }
+  if (stride === row) out.set(src.subarray(0, row * h));
+  else for (let y = 0; y < h; y++) out.set(src.subarray(y * stride, y * stride + row), y * row);
+  for (let i = 0, n = row * h; i < n; i += 3) {
+    const t = out[i]!;
+    out[i] = out[i + 2]!;
+    out[i + 2] = t;
   }
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 function gray8(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: number): void {
+  if (stride === w && LITTLE_ENDIAN && out.byteOffset % 4 === 0) return gray8Packed(src, out, w * h);
   const row = w * 3;
   for (let y = 0; y < h; y++) {
     let s = y * stride;
@@ -169,6 +168,29 @@ function gray8(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: n
       out[d + 2] = v;
       d += 3;
     }
+  }
+}
+
+/** 4 grey pixels → 12 bytes as three 32-bit stores (little-endian hosts). */
+function gray8Packed(src: Uint8Array, out: Uint8Array, n: number): void {
+  const n4 = n & ~3;
+  const o32 = new Uint32Array(out.buffer, out.byteOffset, (n4 * 3) >> 2);
+  let d = 0;
+  for (let s = 0; s < n4; s += 4) {
+    const a = src[s]!;
+    const b = src[s + 1]!;
+    const c = src[s + 2]!;
+    const e = src[s + 3]!;
+    o32[d] = (a | (a << 8) | (a << 16) | (b << 24)) >>> 0;
+    o32[d + 1] = (b | (b << 8) | (c << 16) | (c << 24)) >>> 0;
+    o32[d + 2] = (c | (e << 8) | (e << 16) | (e << 24)) >>> 0;
+    d += 3;
+  }
+  for (let s = n4; s < n; s++) {
+    const v = src[s]!;
+    out[s * 3] = v;
+    out[s * 3 + 1] = v;
+    out[s * 3 + 2] = v;
   }
 }
 

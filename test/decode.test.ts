@@ -36,6 +36,16 @@ describe('decodeTile raw', () => {
     }
   }
 
+  it('GRAY8 and BGR24 at a size past the buffer pool (fast whole-image paths) with a pixel count not divisible by 4', async () => {
+    const [w, h] = [101, 53];
+    const big = referenceRgb(w, h);
+    for (const pt of ['GRAY8', 'BGR24'] as const) {
+      const { payload } = rawPayload(big, w, h, pt);
+      const d = await decodeTile(tile({ format: 'raw', width: w, height: h, pixel_type: pt }, payload), opts);
+      expect(d.rgb.equals(expectedRgb(big, pt)), pt).toBe(true);
+    }
+  });
+
   it('maps 12-bit data in 16-bit containers with significant_bits', async () => {
     const payload = Buffer.alloc(4 * 2);
     [0, 2048, 4095, 65535].forEach((v, i) => payload.writeUInt16LE(v, i * 2));
