@@ -16,8 +16,12 @@
  * sign_confidence 0.5 (the controller probes the direction), like a bundle whose calibration.sign is
  * "unrecoverable".
  */
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { PACKAGE_ROOT } from '../config/load.js';
 import type { Context } from '../daemon/context.js';
 import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
@@ -26,6 +30,7 @@ import { detectTissue, type TissueParams } from '../imaging/tissue.js';
 import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
 import { type ModelInput, type PatchOptions, PatchBatcher, planPatches } from './patches.js';
 import type { Scorer } from './scorer.js';
+import type { ClassicalWorkResult } from './classical-worker.js';
 
 export const CLASSICAL_SIGMAS = [0.6, 1.5, 3, 6, 12] as const;
 export const CLASSICAL_PATCH = 192;
@@ -154,14 +159,29 @@ export function classicalFeatures(
   return { tissueFraction: tissue.fraction, patches: out, rows: plan.rows, cols: plan.cols };
 }
 
+/**
+ * The worker's module sits next to this file: .js in dist/; .ts when running from sources (tsx, vitest), where a
+ * small CommonJS bootstrap registers tsx's ESM hooks in the worker first (hooks do not carry over to workers).
+ */
+function workerSource(): { source: string; eval: boolean; data: Record<string, unknown> } {
+  const here = import.meta.url;
+  if (!here.endsWith('.ts')) return { source: fileURLToPath(new URL('./classical-worker.js', here)), eval: false, data: {} };
+  const tsxApi = createRequire(here).resolve('tsx/esm/api');
+  return {
+    eval: true,
+    data: { entry: new URL('./classical-worker.ts', here).href, tsxApi: pathToFileURL(tsxApi.replace(/\.cjs$/, '.mjs')).href },
+    source: `const { workerData } = require('node:worker_threads');
+      import(workerData.tsxApi).then((api) => { api.register(); return import(workerData.entry); })
+        .catch((err) => { console.error(err); process.exit(1); });`,
+  };
+}
+
 export class ClassicalScorer implements Scorer {
   readonly name = 'scorer:classical';
   private cal: ClassicalCalibration | null = null;
-  // one patch at a time through reused buffers
-  private batcher: PatchBatcher | null = null;
-  private input: ModelInput | null = null;
-  private gray: Float32Array | null = null;
-  private scratch: Float32Array[] = [];
+  private worker: Worker | null = null;
+  private readonly pending = new Map<number, { resolve: (r: ClassicalWorkResult) => void; reject: (e: Error) => void }>();
+  private nextId = 1;
   private _info: ModelInfo | null = null;
 
   constructor(private readonly ctx: Context) {}
@@ -175,42 +195,66 @@ export class ClassicalScorer implements Scorer {
     const file = this.ctx.config.scoring.classical.calibration || DEFAULT_CLASSICAL_CALIBRATION;
     const cal = loadClassicalCalibration(file);
     this.cal = cal;
-    this.input = classicalInput(cal.pixel_size_um, cal.patch_px);
-    const bufs = classicalBuffers(this.input);
-    this.batcher = bufs.batcher;
-    this.gray = bufs.gray;
-    this.scratch = bufs.scratch;
-    const { createHash } = await import('node:crypto');
+    const cfg = this.ctx.config;
+    const ws = workerSource();
+    const w = new Worker(ws.source, { eval: ws.eval, workerData: { ...ws.data, cal, tissue: cfg.tissue, patches: cfg.scoring.patches } });
+    this.worker = w;
+    w.on('message', (m: { id: number; ok: boolean; result?: ClassicalWorkResult; error?: string }) => {
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (m.ok) p.resolve(m.result!);
+      else p.reject(new Error(`classical worker: ${m.error}`));
+    });
+    const failAll = (err: Error) => {
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+    };
+    w.on('error', (err) => {
+      this.ctx.logger.error('classical worker crashed', { error: err.stack ?? String(err) });
+      failAll(err);
+    });
+    w.on('exit', (code) => {
+      if (this.worker === w) {
+        this.worker = null;
+        failAll(new Error(`classical worker exited with code ${code}`));
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      w.once('online', () => resolve());
+      w.once('error', reject);
+    });
     this._info = {
       name: 'classical-dog-ratios',
       version: cal.created_at.slice(0, 10),
       sha256: createHash('sha256').update(readFileSync(file)).digest('hex'),
       engine: 'classical',
     };
-    this.ctx.logger.info(`scorer: classical focus measure (no sign: sign_confidence 0.5), calibration ${file}`);
-  }
-
-  /** Feature vectors of the selected patches (see classicalFeatures). */
-  features(tile: { rgb: Buffer; width: number; height: number; pixelSizeUm: number }): ClassicalFeatures {
-    const { batcher, input, gray } = this;
-    if (!batcher || !input || !gray) throw new Error('ClassicalScorer: used before start()');
-    const cfg = this.ctx.config;
-    return classicalFeatures(tile, { tissue: cfg.tissue, patches: cfg.scoring.patches }, input, { batcher, gray, scratch: this.scratch });
+    this.ctx.logger.info(`scorer: classical focus measure in a worker thread (no sign: sign_confidence 0.5), calibration ${file}`);
   }
 
   async score(tile: DecodedTile): Promise<ScoreResult> {
-    const cal = this.cal;
-    if (!cal) throw new Error('ClassicalScorer: score() before start()');
-    const f = this.features({ rgb: tile.rgb, width: tile.width, height: tile.height, pixelSizeUm: tile.header.pixel_size_um });
-    const plan = { rows: f.rows, cols: f.cols, cells: [], selected: [], scale: 1 };
-    if (f.tissueFraction < this.ctx.config.tissue.minFraction || f.patches.length === 0) return noTissueResult(this.info, f.tissueFraction, plan);
-    const est: PatchEstimate[] = f.patches.map((p) => ({ row: p.row, col: p.col, defocus_um: estimateAbsUm(cal, p.r), sign_confidence: 0.5, sigma_um: null }));
-    return aggregate(this.info, f.tissueFraction, plan, est);
+    const w = this.worker;
+    if (!w || !this.cal) throw new Error('ClassicalScorer: score() before start()');
+    // a copy we can transfer (the tile's buffer may be a view into a larger pool)
+    const rgb = new Uint8Array(tile.rgb.length);
+    rgb.set(tile.rgb);
+    const id = this.nextId++;
+    const r = await new Promise<ClassicalWorkResult>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      w.postMessage({ id, rgb: rgb.buffer, width: tile.width, height: tile.height, pixelSizeUm: tile.header.pixel_size_um }, [rgb.buffer]);
+    });
+    const plan = { rows: r.rows, cols: r.cols, cells: [], selected: [], scale: 1 };
+    if (r.tissueFraction < this.ctx.config.tissue.minFraction || r.estimates.length === 0) return noTissueResult(this.info, r.tissueFraction, plan);
+    const est: PatchEstimate[] = r.estimates.map((p) => ({ row: p.row, col: p.col, defocus_um: p.abs_um, sign_confidence: 0.5, sigma_um: null }));
+    return aggregate(this.info, r.tissueFraction, plan, est);
   }
 
   async stop(): Promise<void> {
-    this.batcher = null;
-    this.gray = null;
-    this.scratch = [];
+    const w = this.worker;
+    this.worker = null;
+    if (w) await w.terminate();
+    for (const p of this.pending.values()) p.reject(new Error('ClassicalScorer stopped'));
+    this.pending.clear();
   }
 }
