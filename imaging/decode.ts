@@ -131,10 +131,10 @@ export function decodeRaw(payload: Buffer, l: RawLayout): { width: number; heigh
       gray16(src, out, w, h, stride, lut16(l.significantBits));
       break;
     case 'RGB48':
-      rgb48(src, out, w, h, stride, lut16(l.significantBits), 0);
-      break;
     case 'BGR48':
-      rgb48(src, out, w, h, stride, lut16(l.significantBits), 4);
+      // full 16-bit data maps to its high byte: no lookup needed (the common case)
+      if (l.significantBits >= 16) rgb48High(src, out, w, h, stride, pixelType === 'RGB48' ? 0 : 4);
+      else rgb48(src, out, w, h, stride, lut16(l.significantBits), pixelType === 'RGB48' ? 0 : 4);
       break;
   }
   return { width: w, height: h, rgb: outBuf };
@@ -224,6 +224,25 @@ function rgb48(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: n
       out[d] = lut[src[s + r]! | (src[s + r + 1]! << 8)]!;
       out[d + 1] = lut[src[s + 2]! | (src[s + 3]! << 8)]!;
       out[d + 2] = lut[src[s + b]! | (src[s + b + 1]! << 8)]!;
+      d += 3;
+      s += 6;
+    }
+  }
+}
+
+/** rgb48 for significant_bits 16: the high byte (offset + 1, little-endian) of each sample. */
+function rgb48High(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: number, r: number): void {
+  const row = w * 3;
+  const rh = r + 1;
+  const bh = 5 - r;
+  for (let y = 0; y < h; y++) {
+    let s = y * stride;
+    let d = y * row;
+    const end = d + row;
+    while (d < end) {
+      out[d] = src[s + rh]!;
+      out[d + 1] = src[s + 3]!;
+      out[d + 2] = src[s + bh]!;
       d += 3;
       s += 6;
     }

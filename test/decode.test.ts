@@ -7,6 +7,7 @@ import { bombPng, expectedRgb, header, rawPayload, referenceRgb } from './helper
 const W = 37; // odd sizes: no accidental alignment
 const H = 23;
 const ref = referenceRgb(W, H);
+const REF_OF = (i: number) => ref[i]!;
 const opts = { maxPixels: 40_000_000 };
 
 const tile = (h: Partial<TileHeader>, payload: Buffer): IncomingTile => ({ header: header(h), payload, receivedAt: 1 });
@@ -55,6 +56,24 @@ describe('decodeTile raw', () => {
     const full = await decodeTile(tile({ format: 'raw', width: 4, height: 1, pixel_type: 'GRAY16' }, payload), opts);
     expect([...full.rgb.filter((_, i) => i % 3 === 0)]).toEqual([0, 8, 15, 255]);
   });
+
+  for (const pt of ['RGB48', 'BGR48'] as const) {
+    it(`${pt} with significant_bits 12 (lookup path) gives the reference RGB`, async () => {
+      const pad = 4;
+      const stride = W * 6 + pad;
+      const payload = Buffer.alloc(stride * H, 0xee);
+      for (let y = 0; y < H; y++)
+        for (let x = 0; x < W; x++) {
+          const i = (y * W + x) * 3;
+          const rgb = [REF_OF(i), REF_OF(i + 1), REF_OF(i + 2)];
+          const order = pt === 'RGB48' ? rgb : [rgb[2]!, rgb[1]!, rgb[0]!];
+          // 12-bit samples: value << 4 plus noise in the 4 bits the mapping drops
+          order.forEach((v, c) => payload.writeUInt16LE((v << 4) | ((x + c) & 15), y * stride + x * 6 + c * 2));
+        }
+      const d = await decodeTile(tile({ format: 'raw', width: W, height: H, pixel_type: pt, stride, significant_bits: 12 }, payload), opts);
+      expect(d.rgb.equals(ref)).toBe(true);
+    });
+  }
 
   it('rejects a payload of the wrong size and too many pixels even when called directly', async () => {
     const short = await decodeError(tile({ format: 'raw', width: W, height: H, pixel_type: 'RGB24' }, Buffer.alloc(W * H * 3 - 1)));
