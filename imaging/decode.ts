@@ -128,7 +128,9 @@ export function decodeRaw(payload: Buffer, l: RawLayout): { width: number; heigh
       gray8(src, out, w, h, stride);
       break;
     case 'GRAY16':
-      gray16(src, out, w, h, stride, lut16(l.significantBits));
+      // full 16-bit data: the high byte of each little-endian sample is gray8 with a 2-byte step
+      if (l.significantBits >= 16) gray16High(src, out, w, h, stride);
+      else gray16(src, out, w, h, stride, lut16(l.significantBits));
       break;
     case 'RGB48':
     case 'BGR48':
@@ -191,6 +193,23 @@ function gray8Packed(src: Uint8Array, out: Uint8Array, n: number): void {
     out[s * 3] = v;
     out[s * 3 + 1] = v;
     out[s * 3 + 2] = v;
+  }
+}
+
+function gray16High(src: Uint8Array, out: Uint8Array, w: number, h: number, stride: number): void {
+  const row = w * 3;
+  for (let y = 0; y < h; y++) {
+    let s = y * stride + 1;
+    let d = y * row;
+    const end = d + row;
+    while (d < end) {
+      const v = src[s]!;
+      out[d] = v;
+      out[d + 1] = v;
+      out[d + 2] = v;
+      d += 3;
+      s += 2;
+    }
   }
 }
 
