@@ -40,7 +40,8 @@ function replyKey(h: unknown): string | null {
  * Sends tiles like a scanner. push: fire and forget (send() resolves when queued). req: one request at a time, each
  * awaiting its reply. dealer: many in flight; replies (which arrive in completion order) are matched to requests by
  * scanner/slide/scan/seq/attempt, and a reply without a parsed header (bad_json) goes to the oldest request that had
- * no header either.
+ * no header either. push: send() resolves once the message is queued, not delivered; a caller that closes right
+ * after sending should set lingerMs (replay does), or queued messages are dropped.
  */
 export class TileSender {
   private socket: zmq.Push | zmq.Request | zmq.Dealer | null = null;
