@@ -94,7 +94,8 @@ export interface RawLayout {
  * Raw pixels → packed 8-bit RGB. GRAY8 is replicated, BGR is swapped to RGB, row padding (stride) is skipped.
  * 16-bit samples are little-endian and map to min(255, v >> (significantBits - 8)): plain v >> 8 for full 16-bit data,
  * v >> 4 for a 12-bit camera writing into a 16-bit container (whose top bits are zero and would otherwise come out
- * nearly black). One lookup table per call; no allocation per pixel.
+ * nearly black); full 16-bit data takes the high byte directly, other depths go through a 64 K lookup table.
+ * Synchronous on purpose: a 1600x1200 tile takes 0-6 ms (scripts/bench-decode.ts), less than a hop to a worker.
  */
 export function decodeRaw(payload: Buffer, l: RawLayout): { width: number; height: number; rgb: Buffer } {
   const { width: w, height: h, pixelType, stride } = l;
