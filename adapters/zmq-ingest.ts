@@ -18,6 +18,9 @@ export const HARD_LIMIT_FACTOR = 2;
 /** How long close() may keep flushing queued replies to the network (ZMQ_LINGER). */
 const REPLY_LINGER_MS = 1000;
 
+/** Upper bound on waiting for libzmq to close the listening socket in stop(). */
+const LISTENER_CLOSE_WAIT_MS = 1000;
+
 type IngestSocket = zmq.Pull | zmq.Router;
 
 export class ZmqIngest implements Component {
@@ -30,6 +33,8 @@ export class ZmqIngest implements Component {
   private sendChain: Promise<void> = Promise.resolve();
   /** submitted tiles whose reply (router) is not sent yet. */
   private outstanding = 0;
+  /** set by stop() while it waits for the listener to be closed. */
+  private listenerClosed: (() => void) | null = null;
 
   constructor(private readonly ctx: Context, private readonly sink: TileSink) {}
 
@@ -84,12 +89,22 @@ export class ZmqIngest implements Component {
       }
       // unbind first and wait for it: close() alone releases the port asynchronously, and a restart in the same
       // process (tests, the demo) would find it still in use
+      // (zmq_unbind only asks the I/O thread to close the listener; its 'close' event says it has)
       const endpoint = sock.lastEndpoint;
       if (endpoint) {
+        let timer: NodeJS.Timeout | undefined;
+        const released = new Promise<void>((r) => {
+          this.listenerClosed = r;
+          timer = setTimeout(r, LISTENER_CLOSE_WAIT_MS);
+        });
         try {
           await sock.unbind(endpoint);
+          await released;
         } catch (err) {
           this.ctx.logger.warn(`ingest unbind ${endpoint} failed: ${(err as Error).message}`);
+        } finally {
+          clearTimeout(timer);
+          this.listenerClosed = null;
         }
       }
       sock.close();
@@ -241,6 +256,10 @@ export class ZmqIngest implements Component {
       logger.info(`ingest peer disconnected (${e.address}); if unexpected, a frame may have exceeded ${this.ctx.config.ingest.maxMessageBytes * HARD_LIMIT_FACTOR} bytes`),
     );
     sock.events.on('accept', (e) => logger.debug(`ingest peer connected (${e.address})`));
+    sock.events.on('close', (e) => {
+      logger.debug(`ingest listener closed (${e.address})`);
+      this.listenerClosed?.();
+    });
     sock.events.on('handshake:error:protocol', (e) => logger.warn(`ingest peer protocol error (${e.address}): ${e.error.message}`));
     sock.events.on('handshake:error:other', (e) => logger.warn(`ingest peer handshake failed (${e.address}): ${e.error.message}`));
   }
