@@ -1,0 +1,203 @@
+"""Training / evaluation patch generator: in-focus tissue -> physically defocused, noisy 8-bit camera patches.
+
+Pipeline per patch (all in torch, batched, CPU or CUDA):
+  crop (with margin for the PSF) -> random flip/rot + slight downscale -> sRGB decode (linear light)
+  -> stain variation (per-channel optical-density scaling) -> PSF blur at z (per channel: wavelength +
+  axial chromatic shift + spherical aberration, pixel-integrated) -> illumination gain / white balance
+  -> Poisson-Gaussian camera noise -> sRGB encode -> 8-bit quantisation -> centre crop.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import optics as O
+
+PATCH = 320
+KERNEL = 128  # PSF support in pixels: holds the blur disc up to |z| ~ 8 µm at NA 0.8
+MARGIN = KERNEL // 2
+CROP = PATCH + 2 * MARGIN  # 448
+
+# In-focus ground truth. Only crisp, lossless sources (see models/README.md for why).
+# split: train | holdout_source (whole source never seen) | holdout_stain (kidney stains never seen)
+SOURCES = [
+    ("kidney_multistain_nisar/orig_patch_stain_01.png", "kidney_multistain_nisar", "H&E", "train"),
+    ("kidney_multistain_nisar/orig_patch_stain_03.png", "kidney_multistain_nisar", "Jones silver", "train"),
+    ("kidney_multistain_nisar/orig_patch_stain_16.png", "kidney_multistain_nisar", "IHC DAB 16", "train"),
+    ("kidney_multistain_nisar/orig_patch_stain_37.png", "kidney_multistain_nisar", "IHC DAB 37", "train"),
+    ("kidney_multistain_nisar/orig_patch_stain_39.png", "kidney_multistain_nisar", "CD34 red", "train"),
+    ("kidney_multistain_nisar/orig_patch_stain_32.png", "kidney_multistain_nisar", "Sirius red", "holdout_stain"),
+    ("kidney_multistain_nisar/orig_patch_stain_13.png", "kidney_multistain_nisar", "IHC DAB 13", "holdout_stain"),
+    ("kidney_multistain_nisar/orig_patch_stain_40.png", "kidney_multistain_nisar", "IHC DAB 40", "holdout_stain"),
+    ("histolab/high-nuclei-score-level0.png", "histolab", "H&E", "train"),
+    ("histolab/medium-nuclei-score-level0.png", "histolab", "H&E", "train"),
+    ("histolab/low-nuclei-score-level0.png", "histolab", "H&E", "train"),
+    ("histolab/tissue-level0-4302-10273-4814-10785.png", "histolab", "H&E", "train"),
+    ("histolab/tissue-level0-7352-11762-7864-12274.png", "histolab", "H&E", "train"),
+    ("prov_gigapath/01581x_25327y.png", "prov_gigapath", "H&E", "train"),
+    ("prov_gigapath/01581x_25583y.png", "prov_gigapath", "H&E", "train"),
+    ("kather_deephistology/Source_small.png", "kather_deephistology", "H&E", "train"),
+    ("henorm_python/example1.png", "henorm_python", "H&E breast", "holdout_source"),
+    ("henorm_python/example2.png", "henorm_python", "H&E breast", "holdout_source"),
+]
+
+
+def default_data_root() -> Path:
+    env = os.environ.get("FOCUSD_INFOCUS_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parents[2]  # repo root
+    for cand in (here / ".devdata" / "infocus", here.parent / "shared" / "data" / "infocus", Path("/work/shared/data/infocus")):
+        if cand.is_dir():
+            return cand
+    raise FileNotFoundError("in-focus sources not found: set FOCUSD_INFOCUS_DIR")
+
+
+@dataclass
+class Source:
+    path: str
+    source: str
+    stain: str
+    split: str
+    img: torch.Tensor  # uint8 [3,H,W]
+
+
+def load_sources(root: Path, splits: set[str], device="cpu") -> list[Source]:
+    out = []
+    for rel, src, stain, split in SOURCES:
+        if split not in splits:
+            continue
+        p = root / rel
+        a = np.asarray(Image.open(p).convert("RGB"))
+        out.append(Source(rel, src, stain, split, torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous().to(device)))
+    if not out:
+        raise FileNotFoundError(f"no sources for {splits} under {root}")
+    return out
+
+
+@dataclass
+class Variation:
+    """Ranges of the non-optical nuisance variation."""
+
+    stain_od_scale: tuple = (0.75, 1.3)  # per channel
+    density: tuple = (0.8, 1.25)  # overall optical density
+    brightness: tuple = (0.85, 1.1)
+    white_balance: tuple = (0.95, 1.05)
+    full_well_e: tuple = (2000.0, 20000.0)
+    read_noise_e: tuple = (2.0, 12.0)
+    downscale: tuple = (0.85, 1.0)
+
+
+NO_VARIATION = Variation((1, 1), (1, 1), (1, 1), (1, 1), (20000.0, 20000.0), (2.0, 2.0), (1.0, 1.0))
+
+
+def _u(lo_hi, shape, gen, device):
+    lo, hi = lo_hi
+    return (lo + (hi - lo) * torch.rand(shape, generator=gen)).to(device)
+
+
+def random_crops(sources: list[Source], b: int, gen: torch.Generator, var: Variation, device) -> torch.Tensor:
+    """b crops of CROP x CROP as float sRGB in [0,1], [b,3,CROP,CROP]."""
+    weights = torch.tensor([float(s.img.shape[1] * s.img.shape[2]) for s in sources])
+    idx = torch.multinomial(weights, b, replacement=True, generator=gen)
+    crops = []
+    for i in idx.tolist():
+        im = sources[i].img
+        scale = float(_u(var.downscale, (1,), gen, "cpu"))
+        cs = int(math.ceil(CROP / scale))
+        _, h, w = im.shape
+        if h < cs or w < cs:  # small sources: reflect-pad (the pad lands mostly in the cropped margin)
+            ph, pw = max(0, cs - h), max(0, cs - w)
+            im = F.pad(im[None].float(), (pw // 2 + 1, pw - pw // 2 + 1, ph // 2 + 1, ph - ph // 2 + 1), mode="reflect")[0]
+            _, h, w = im.shape
+        y = int(torch.randint(0, h - cs + 1, (1,), generator=gen))
+        x = int(torch.randint(0, w - cs + 1, (1,), generator=gen))
+        c = im[:, y:y + cs, x:x + cs].float()[None] / 255.0
+        if cs != CROP:
+            c = F.interpolate(c, size=(CROP, CROP), mode="bilinear", align_corners=False, antialias=True)
+        k = int(torch.randint(0, 4, (1,), generator=gen))
+        c = torch.rot90(c, k, dims=(-2, -1))
+        if int(torch.randint(0, 2, (1,), generator=gen)):
+            c = torch.flip(c, dims=(-1,))
+        crops.append(c)
+    return torch.cat(crops).clamp(0, 1)
+
+
+def render(srgb: torch.Tensor, z: torch.Tensor, ob: O.OpticsBatch, gen: torch.Generator, var: Variation,
+           psf_oversample: int = 3) -> torch.Tensor:
+    """In-focus sRGB crops [B,3,CROP,CROP] -> defocused 8-bit camera patches (float 0..255) [B,3,PATCH,PATCH]."""
+    dev = srgb.device
+    b = srgb.shape[0]
+    lin = O.srgb_to_linear(srgb)
+    # stain / density variation acts on the specimen (before the optics), in optical density
+    od = -torch.log(lin.clamp_min(1e-3))
+    od = od * _u(var.stain_od_scale, (b, 3, 1, 1), gen, dev) * _u(var.density, (b, 1, 1, 1), gen, dev)
+    lin = torch.exp(-od)
+    k = O.psf_kernels(z.to(dev), ob, KERNEL, psf_oversample)
+    lin = O.convolve(lin, k)[:, :, MARGIN:MARGIN + PATCH, MARGIN:MARGIN + PATCH]
+    lin = lin * _u(var.brightness, (b, 1, 1, 1), gen, dev) * _u(var.white_balance, (b, 3, 1, 1), gen, dev)
+    lin = lin.clamp(0, 1)
+    fw = _u(var.full_well_e, (b, 1, 1, 1), gen, dev)
+    rn = _u(var.read_noise_e, (b, 1, 1, 1), gen, dev)
+    e = torch.poisson(lin * fw, generator=gen) if lin.device.type == "cpu" else torch.poisson(lin * fw)
+    e = e + rn * torch.randn(e.shape, device=dev)
+    out = O.linear_to_srgb(e / fw)
+    return torch.round(out * 255.0).clamp(0, 255)
+
+
+def sample_z(b: int, gen: torch.Generator, z_max: float, near_frac: float = 0.5, near: float = 4.0) -> torch.Tensor:
+    """Continuous z: a mix of uniform over [-z_max, z_max] and uniform over [-near, near] (more samples near focus)."""
+    zf = (torch.rand(b, generator=gen) * 2 - 1) * z_max
+    zn = (torch.rand(b, generator=gen) * 2 - 1) * near
+    pick = torch.rand(b, generator=gen) < near_frac
+    return torch.where(pick, zn, zf)
+
+
+def glass_patches(b: int, gen: torch.Generator, device, dust: bool = True) -> torch.Tensor:
+    """No-tissue patches (8-bit float, [B,3,PATCH,PATCH]): clean glass with illumination gradient, optional dust."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, PATCH), torch.linspace(-1, 1, PATCH), indexing="ij")
+    base = _u((0.72, 0.95), (b, 1, 1, 1), gen, "cpu") * _u((0.96, 1.04), (b, 3, 1, 1), gen, "cpu")
+    grad = 1 + 0.04 * (_u((-1, 1), (b, 1, 1, 1), gen, "cpu") * yy + _u((-1, 1), (b, 1, 1, 1), gen, "cpu") * xx)
+    lin = (base * grad).clone()
+    if dust:
+        for i in range(b):
+            for _ in range(int(torch.randint(0, 12, (1,), generator=gen))):
+                cy, cx = (torch.rand(2, generator=gen) * PATCH).tolist()
+                r = float(_u((0.7, 5.0), (1,), gen, "cpu"))
+                sigma = float(_u((0.5, 6.0), (1,), gen, "cpu"))  # dust lies off the focal plane: blurred
+                d = ((yy * PATCH / 2 + PATCH / 2 - cy) ** 2 + (xx * PATCH / 2 + PATCH / 2 - cx) ** 2).sqrt()
+                m = torch.sigmoid((r - d) / max(sigma, 0.5))
+                lin[i] = lin[i] * (1 - 0.7 * m)
+    lin = lin.to(device).clamp(0, 1)
+    e = torch.poisson(lin * 10000.0) + 5 * torch.randn(lin.shape, device=device)
+    return torch.round(O.linear_to_srgb(e / 10000.0) * 255).clamp(0, 255)
+
+
+def rim_patches(sources: list[Source], b: int, gen: torch.Generator, device, tissue_frac=(0.02, 0.2)) -> torch.Tensor:
+    """Tissue-rim patches: mostly glass with a thin sliver of in-focus tissue along one edge."""
+    crops = random_crops(sources, b, gen, Variation(), "cpu")[:, :, MARGIN:MARGIN + PATCH, MARGIN:MARGIN + PATCH].cpu()
+    glass = glass_patches(b, gen, "cpu", dust=False) / 255.0
+    out = torch.empty_like(glass)
+    xs = torch.linspace(0, 1, PATCH)[None, :].expand(PATCH, PATCH)
+    for i in range(b):
+        f = float(_u(tissue_frac, (1,), gen, "cpu"))
+        m = torch.sigmoid((f - xs) * 200)
+        out[i] = crops[i] * m + glass[i] * (1 - m)
+    return torch.round(out * 255).clamp(0, 255).to(device)
+
+
+def normalise(x8: torch.Tensor, norm: dict) -> torch.Tensor:
+    mean = torch.tensor(norm["mean"], device=x8.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm["std"], device=x8.device).view(1, 3, 1, 1)
+    return (x8 * norm["scale"] - mean) / std
+
+
+NORMALISATION = {"scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}

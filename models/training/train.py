@@ -1,0 +1,132 @@
+"""Train a defocus model on physically defocused patches generated on the fly.
+
+  /usr/bin/python3 models/training/train.py --arch focusnet --width 16 --minutes 6 --out models/training/runs/fn16
+  /usr/bin/python3 models/training/train.py --arch inceptionv3 --batch 64 --minutes 6 --out models/training/runs/incv3
+
+Seeded (--seed); runs on CUDA when available (--device), else CPU. Writes OUT/checkpoint.pt and OUT/train_log.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nets  # noqa: E402
+import optics as O  # noqa: E402
+import synth as S  # noqa: E402
+
+
+def loss_fn(out, z):
+    abs_p, sign_logit, log_var = out
+    abs_t = z.abs()[:, None]
+    l_abs = F.smooth_l1_loss(abs_p, abs_t, beta=0.5)
+    # the sign is undefined at focus: weight the sign loss up from 0 at z=0 to 1 at |z| >= 0.5 µm
+    w = (abs_t / 0.5).clamp(max=1.0)
+    l_sign = (w * F.binary_cross_entropy_with_logits(sign_logit, (z > 0).float()[:, None], reduction="none")).mean()
+    l_nll = 0.5 * (torch.exp(-log_var) * (abs_p.detach() - abs_t) ** 2 + log_var).mean()
+    return l_abs + 0.5 * l_sign + 0.1 * l_nll, {"abs": float(l_abs), "sign": float(l_sign), "nll": float(l_nll)}
+
+
+def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample=3):
+    var = var or S.Variation()
+    ranges = ranges or O.OpticsRanges()
+    z = S.sample_z(b, gen, z_max)
+    ob = O.OpticsBatch.sample(ranges, b, gen, device)
+    crops = S.random_crops(sources, b, gen, var, device)
+    x8 = S.render(crops, z.to(device), ob, gen, var, psf_oversample=oversample)
+    return S.normalise(x8, S.NORMALISATION), z.to(device)
+
+
+def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=None, fixed_batch=False,
+          log_every=50, amp=False, oversample=3, log=print):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    t0 = time.time()
+    hist = []
+    fixed = make_batch(sources, batch, gen, device, z_max, oversample=oversample) if fixed_batch else None
+    step = 0
+    seen = 0
+    while step < steps:
+        elapsed = time.time() - t0
+        prog = step / steps
+        if minutes:
+            prog = max(prog, elapsed / (minutes * 60))
+            if prog >= 1:
+                break
+        cur_lr = lr * (min(1.0, (step + 1) / 200) if not fixed_batch else 1.0) * (0.5 * (1 + math.cos(math.pi * prog)) if not fixed_batch else 1.0)
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        x, z = fixed if fixed is not None else make_batch(sources, batch, gen, device, z_max, oversample=oversample)
+        if amp and str(device).startswith("cuda"):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                out = model(x)
+        else:
+            out = model(x)
+        out = tuple(o.float() for o in out)
+        loss, parts = loss_fn(out, z)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        seen += x.shape[0]
+        hist.append({"step": step, "loss": float(loss), **parts})
+        if log_every and step % log_every == 0:
+            log(f"step {step} loss {float(loss):.4f} abs {parts['abs']:.3f} sign {parts['sign']:.3f} lr {cur_lr:.2e} "
+                f"{seen / max(1e-9, time.time() - t0):.0f} patches/s")
+        step += 1
+    return {"steps": step, "seconds": time.time() - t0, "patches": seen, "patches_per_s": seen / max(1e-9, time.time() - t0),
+            "history": hist}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="focusnet", choices=["focusnet", "inceptionv3"])
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=100000)
+    ap.add_argument("--minutes", type=float, default=None, help="stop (and anneal the LR) by wall-clock time")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--z-max", type=float, default=8.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    torch.backends.cudnn.benchmark = True
+    root = Path(a.data_root) if a.data_root else S.default_data_root()
+    sources = S.load_sources(root, {"train"}, a.device)
+    kw = {"width": a.width, "depth": a.depth}
+    model = nets.build(a.arch, **kw)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{nets.describe(a.arch, **kw)}: {sum(p.numel() for p in model.parameters())} params, device {a.device}, "
+          f"{len(sources)} training images from {root}", flush=True)
+    res = train(model, sources, steps=a.steps, batch=a.batch, lr=a.lr, device=a.device, seed=a.seed, z_max=a.z_max,
+                minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True))
+    ck = {"arch": a.arch, "kw": kw, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+          "args": vars(a), "z_max": a.z_max, "train_sources": [s.path for s in sources],
+          "optics_ranges": O.OpticsRanges().__dict__, "variation": S.Variation().__dict__,
+          "steps": res["steps"], "patches": res["patches"], "patches_per_s": res["patches_per_s"],
+          "device_name": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu"}
+    torch.save(ck, out / "checkpoint.pt")
+    h = res.pop("history")
+    res["loss_first100"] = sum(x["loss"] for x in h[:100]) / max(1, len(h[:100]))
+    res["loss_last100"] = sum(x["loss"] for x in h[-100:]) / max(1, len(h[-100:]))
+    (out / "train_log.json").write_text(json.dumps({**res, "args": vars(a), "device_name": ck["device_name"]}, indent=1))
+    print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
