@@ -159,6 +159,8 @@ export async function demoMain(argv: string[]): Promise<number> {
     const elapsed = (performance.now() - sendStart) / 1000;
     // the last MQTT messages may trail the last reply by a few milliseconds
     for (let i = 0; i < 50 && tilesSeen.length < scan.length; i++) await new Promise((r) => setTimeout(r, 20));
+    // actions follow their tile message through the controller and the outbox (written, then published)
+    await new Promise((r) => setTimeout(r, 300));
     const by = (v: string) => tilesSeen.filter((m) => m.verdict === v).length;
     out('');
     out(`summary: ${tilesSeen.length} tiles — ${by('in_focus')} in focus, ${by('out_of_focus')} out of focus, ${by('no_tissue')} no tissue; ${actions.length} actions`);
