@@ -7,8 +7,8 @@
  * Saturated pixels whose hue no stain has (green/cyan/blue marker ink: tissue.inkHueMin..inkHueMax) count as
  * opaque. Cells of the grid near an opaque cell are cleared too, because the soft edges of pen marks have
  * tissue-like density. I0 (glass) per channel
- * is the tile's 99.5th percentile but at least tissue.glassMin. Pixels are sampled on a stride-2 lattice: enough
- * for a mask whose cells are 16 px, and 4x cheaper.
+ * is the tile's 99.5th percentile but at least tissue.glassMin. Pixels are sampled on a stride-4 lattice (16 samples
+ * per 16 px cell): a 1600x1200 tile costs a few ms.
  */
 import type { FocusdConfig } from '../config/load.js';
 
@@ -29,7 +29,8 @@ export interface TissueMap {
   glass: [number, number, number];
 }
 
-const STRIDE = 2;
+/** sample lattice step: 16 samples in a 16 px cell are plenty for a share, and 4x cheaper than stride 2. */
+const STRIDE = 4;
 
 export function detectTissue(rgb: Buffer | Uint8Array, width: number, height: number, p: TissueParams): TissueMap {
   if (rgb.length < width * height * 3) throw new Error(`detectTissue: buffer of ${rgb.length} bytes is too small for ${width}x${height} RGB`);
@@ -76,12 +77,16 @@ export function detectTissue(rgb: Buffer | Uint8Array, width: number, height: nu
   const odMin = p.odThreshold;
   const odMax = p.maxOd;
   const sMin = p.saturationThreshold;
-  for (let y = 0; y < height; y += STRIDE) {
+  const nx = Math.ceil((width - 1) / STRIDE);
+  const colCell = new Int32Array(nx);
+  for (let k = 0; k < nx; k++) colCell[k] = ((1 + k * STRIDE) / cellPx) | 0;
+  // sample at odd offsets (1, 5, 9, ...) so each 16 px cell gets 4x4 samples
+  for (let y = 1; y < height; y += STRIDE) {
     const rowCell = ((y / cellPx) | 0) * cols;
-    let i = y * width * 3;
-    for (let x = 0; x < width; x += STRIDE, i += STRIDE * 3) {
+    let i = (y * width + 1) * 3;
+    for (let k = 0; k < nx; k++, i += STRIDE * 3) {
       const r = rgb[i]!, g = rgb[i + 1]!, b = rgb[i + 2]!;
-      const cell = rowCell + ((x / cellPx) | 0);
+      const cell = rowCell + colCell[k]!;
       cnt[cell]!++;
       const od = lr[r]! + lg[g]! + lb[b]!;
       if (od <= odMin) continue;

@@ -18,10 +18,8 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { PACKAGE_ROOT } from '../config/load.js';
 import type { Context } from '../daemon/context.js';
 import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
@@ -31,6 +29,7 @@ import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
 import { type ModelInput, type PatchOptions, PatchBatcher, planPatches } from './patches.js';
 import type { Scorer } from './scorer.js';
 import type { ClassicalWorkResult } from './classical-worker.js';
+import { startModuleWorker } from './worker-entry.js';
 
 export const CLASSICAL_SIGMAS = [0.6, 1.5, 3, 6, 12] as const;
 export const CLASSICAL_PATCH = 192;
@@ -159,23 +158,6 @@ export function classicalFeatures(
   return { tissueFraction: tissue.fraction, patches: out, rows: plan.rows, cols: plan.cols };
 }
 
-/**
- * The worker's module sits next to this file: .js in dist/; .ts when running from sources (tsx, vitest), where a
- * small CommonJS bootstrap registers tsx's ESM hooks in the worker first (hooks do not carry over to workers).
- */
-function workerSource(): { source: string; eval: boolean; data: Record<string, unknown> } {
-  const here = import.meta.url;
-  if (!here.endsWith('.ts')) return { source: fileURLToPath(new URL('./classical-worker.js', here)), eval: false, data: {} };
-  const tsxApi = createRequire(here).resolve('tsx/esm/api');
-  return {
-    eval: true,
-    data: { entry: new URL('./classical-worker.ts', here).href, tsxApi: pathToFileURL(tsxApi.replace(/\.cjs$/, '.mjs')).href },
-    source: `const { workerData } = require('node:worker_threads');
-      import(workerData.tsxApi).then((api) => { api.register(); return import(workerData.entry); })
-        .catch((err) => { console.error(err); process.exit(1); });`,
-  };
-}
-
 export class ClassicalScorer implements Scorer {
   readonly name = 'scorer:classical';
   private cal: ClassicalCalibration | null = null;
@@ -196,8 +178,7 @@ export class ClassicalScorer implements Scorer {
     const cal = loadClassicalCalibration(file);
     this.cal = cal;
     const cfg = this.ctx.config;
-    const ws = workerSource();
-    const w = new Worker(ws.source, { eval: ws.eval, workerData: { ...ws.data, cal, tissue: cfg.tissue, patches: cfg.scoring.patches } });
+    const w = startModuleWorker(import.meta.url, 'classical-worker', { cal, tissue: cfg.tissue, patches: cfg.scoring.patches });
     this.worker = w;
     w.on('message', (m: { id: number; ok: boolean; result?: ClassicalWorkResult; error?: string }) => {
       const p = this.pending.get(m.id);

@@ -103,16 +103,26 @@ export class PatchBatcher {
     if (direct) {
       const x0 = Math.round(cell.x);
       const y0 = Math.round(cell.y);
+      if (this.nchw) {
+        // three plane views so the inner loop is three sequential stores
+        const r = out.subarray(base, base + plane);
+        const g = out.subarray(base + plane, base + 2 * plane);
+        const b = out.subarray(base + 2 * plane, base + 3 * plane);
+        const lr = lut.subarray(0, 256), lg = lut.subarray(256, 512), lb = lut.subarray(512, 768);
+        for (let y = 0; y < ph; y++) {
+          let s = ((y0 + y) * width + x0) * 3;
+          const o = y * pw;
+          for (let x = 0; x < pw; x++, s += 3) {
+            r[o + x] = lr[rgb[s]!]!;
+            g[o + x] = lg[rgb[s + 1]!]!;
+            b[o + x] = lb[rgb[s + 2]!]!;
+          }
+        }
+        return;
+      }
       for (let y = 0; y < ph; y++) {
         let s = ((y0 + y) * width + x0) * 3;
-        if (this.nchw) {
-          let o = base + y * pw;
-          for (let x = 0; x < pw; x++, s += 3, o++) {
-            out[o] = lut[rgb[s]!]!;
-            out[o + plane] = lut[256 + rgb[s + 1]!]!;
-            out[o + 2 * plane] = lut[512 + rgb[s + 2]!]!;
-          }
-        } else {
+        {
           let o = base + y * pw * 3;
           for (let x = 0; x < pw; x++, s += 3, o += 3) {
             out[o] = lut[rgb[s]!]!;

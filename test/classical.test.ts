@@ -89,12 +89,25 @@ describe('classical scorer', () => {
     const t = synthTile({ width: 1600, height: 1200, seed: 16, defocusUm: 2 }, optics);
     const h = monitorEventLoopDelay({ resolution: 5 });
     h.enable();
-    const t0 = performance.now();
-    for (let i = 0; i < 6; i++) await scorer.score({ header: header(), width: t.width, height: t.height, rgb: t.rgb, receivedAt: 0 });
-    const ms = performance.now() - t0;
-    h.disable();
-    expect(ms).toBeGreaterThan(60);
-    expect(h.max / 1e6).toBeLessThan(30);
+    // every tissue patch (maxPerTile 0): a few hundred ms of CPU per tile
+    const { ctx: all } = scoringContext({ 'scoring.patches.maxPerTile': 0 });
+    const s = new ClassicalScorer(all);
+    await s.start();
+    let fastest = Infinity;
+    try {
+      for (let i = 0; i < 3; i++) {
+        const t0 = performance.now();
+        await s.score({ header: header(), width: t.width, height: t.height, rgb: t.rgb, receivedAt: 0 });
+        fastest = Math.min(fastest, performance.now() - t0);
+      }
+    } finally {
+      h.disable();
+      await s.stop();
+    }
+    // scoring a tile takes tens of ms of CPU; were it on the loop, some timer would wait at least that long
+    // (the bound is relative because this 2-core machine is shared and timers also wait for the CPU)
+    expect(fastest).toBeGreaterThan(100);
+    expect(h.max / 1e6).toBeLessThan(Math.min(50, fastest / 2));
   });
 
   it('the calibration table is monotone enough to invert: each tabulated row maps back to its own |z|', () => {
