@@ -44,6 +44,28 @@ def export(model: torch.nn.Module, path: Path):
                       do_constant_folding=True)
 
 
+def _spread_untrained(model: torch.nn.Module, seed: int):
+    """A freshly initialised net in eval mode answers almost the same for every input (BN running stats 0/1 do not
+    match the activations, which shrink layer by layer), which would make a parity test blind. Estimating the BN
+    statistics on seeded random patches and a louder head make the outputs input-dependent."""
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration passes
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+        model.train()
+        for _ in range(4):
+            x8 = torch.randint(0, 256, (4, 3, S.PATCH, S.PATCH), generator=g).float() * torch.rand(4, 1, 1, 1, generator=g)
+            model(S.normalise(x8, S.NORMALISATION))
+        model.eval()
+        for m in model.heads.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(10.0)
+
+
 def manifest(*, name, version, architecture, sha, z_max, provenance, metrics) -> dict:
     n = S.NORMALISATION
     return {
@@ -103,6 +125,7 @@ def main(argv=None):
     elif a.random_init:
         arch, kw, z_max = a.arch, {"width": a.width, "depth": a.depth}, 8.0
         model = nets.build(arch, **kw)
+        _spread_untrained(model, a.seed)
         prov = {"training": "none (untrained, seeded random init)", "seed": a.seed}
     else:
         ap.error("--checkpoint or --random-init")
@@ -121,6 +144,9 @@ def main(argv=None):
     if a.reference:
         g = torch.Generator().manual_seed(a.seed + 1)
         x8 = torch.randint(0, 256, (a.reference_n, 3, S.PATCH, S.PATCH), generator=g).float()
+        # different contrast and brightness per patch, so the outputs differ even for an untrained model
+        k = torch.arange(a.reference_n).float().view(-1, 1, 1, 1)
+        x8 = (40 + 20 * k + (x8 - 128) * (k + 1) / a.reference_n + 128).round().clamp(0, 255)
         x = S.normalise(x8, S.NORMALISATION)
         with torch.no_grad():
             ab, sl, lv = model(x)

@@ -1,0 +1,345 @@
+// Per-instrument calibration: pure functions (focus measures, in-focus slice, robust linear fit, sign test, Spearman)
+// and writeCalibratedBundle. The calibration semantics are the ones toPrediction() in models/manifest.ts applies.
+import { copyFile, cp, mkdir, readdir, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { loadBundle, sha256File, validateManifest } from './bundle.js';
+import { type ModelManifest, toPrediction } from './manifest.js';
+
+/** Grayscale image, row-major. */
+export interface GrayImage {
+  width: number;
+  height: number;
+  data: ArrayLike<number>;
+}
+
+export type FocusMeasure = 'std' | 'nvl' | 'brenner';
+
+/** RGB(A) interleaved 8-bit → gray (Rec. 601 luma). */
+export function toGray(rgb: ArrayLike<number>, width: number, height: number, channels: number): GrayImage {
+  const out = new Float32Array(width * height);
+  for (let i = 0, p = 0; i < out.length; i++, p += channels) {
+    out[i] = channels >= 3 ? 0.299 * rgb[p]! + 0.587 * rgb[p + 1]! + 0.114 * rgb[p + 2]! : rgb[p]!;
+  }
+  return { width, height, data: out };
+}
+
+function meanOf(img: GrayImage): number {
+  let s = 0;
+  for (let i = 0; i < img.data.length; i++) s += img.data[i]!;
+  return s / img.data.length;
+}
+
+/** Standard deviation of intensity: the published method's criterion for the sharpest slice. */
+export function stdSharpness(img: GrayImage): number {
+  const m = meanOf(img);
+  let s = 0;
+  for (let i = 0; i < img.data.length; i++) s += (img.data[i]! - m) ** 2;
+  return Math.sqrt(s / img.data.length);
+}
+
+/**
+ * Normalised variance of the Laplacian: var(∇²I) / mean(I)². Responds to the finest frequencies, which defocus
+ * removes first, and is insensitive to illumination level; the std criterion is dominated by coarse contrast.
+ */
+export function nvlSharpness(img: GrayImage): number {
+  const { width: w, height: h, data: d } = img;
+  let s = 0;
+  let s2 = 0;
+  let n = 0;
+  for (let y = 1; y < h - 1; y++) {
+    for (let x = 1; x < w - 1; x++) {
+      const i = y * w + x;
+      const l = d[i - 1]! + d[i + 1]! + d[i - w]! + d[i + w]! - 4 * d[i]!;
+      s += l;
+      s2 += l * l;
+      n++;
+    }
+  }
+  const m = meanOf(img);
+  const v = s2 / n - (s / n) ** 2;
+  return v / Math.max(1e-12, m * m);
+}
+
+/** Brenner gradient, normalised by mean²: mean of (I(x+2) - I(x))² over both axes. */
+export function brennerSharpness(img: GrayImage): number {
+  const { width: w, height: h, data: d } = img;
+  let s = 0;
+  let n = 0;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w - 2; x++) {
+      const i = y * w + x;
+      s += (d[i + 2]! - d[i]!) ** 2;
+      n++;
+    }
+  }
+  for (let y = 0; y < h - 2; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = y * w + x;
+      s += (d[i + 2 * w]! - d[i]!) ** 2;
+      n++;
+    }
+  }
+  const m = meanOf(img);
+  return s / n / Math.max(1e-12, m * m);
+}
+
+export function sharpness(img: GrayImage, measure: FocusMeasure): number {
+  return measure === 'std' ? stdSharpness(img) : measure === 'nvl' ? nvlSharpness(img) : brennerSharpness(img);
+}
+
+export interface InFocusResult {
+  index: number;
+  z_um: number;
+  measure: FocusMeasure;
+  scores: number[];
+}
+
+/** The in-focus slice of one focus stack (one lateral position): the slice with the highest focus measure. */
+export function findInFocus(slices: { z_um: number; image: GrayImage }[], measure: FocusMeasure): InFocusResult {
+  if (slices.length === 0) throw new Error('findInFocus: empty stack');
+  const scores = slices.map((s) => sharpness(s.image, measure));
+  let best = 0;
+  for (let i = 1; i < scores.length; i++) if (scores[i]! > scores[best]!) best = i;
+  return { index: best, z_um: slices[best]!.z_um, measure, scores };
+}
+
+export interface LinearFit {
+  slope: number;
+  intercept: number;
+  r2: number;
+  n: number;
+  /** robust scale (1.4826 * MAD) of the residuals. */
+  residual_sigma: number;
+  method: 'ols' | 'huber';
+}
+
+function ols(x: number[], y: number[], w?: number[]): { slope: number; intercept: number } {
+  let sw = 0, sx = 0, sy = 0;
+  for (let i = 0; i < x.length; i++) {
+    const wi = w ? w[i]! : 1;
+    sw += wi;
+    sx += wi * x[i]!;
+    sy += wi * y[i]!;
+  }
+  const mx = sx / sw, my = sy / sw;
+  let sxx = 0, sxy = 0;
+  for (let i = 0; i < x.length; i++) {
+    const wi = w ? w[i]! : 1;
+    sxx += wi * (x[i]! - mx) ** 2;
+    sxy += wi * (x[i]! - mx) * (y[i]! - my);
+  }
+  if (sxx <= 0) throw new Error('fitLinear: x has no spread');
+  const slope = sxy / sxx;
+  return { slope, intercept: my - slope * mx };
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** y ≈ slope·x + intercept. robust: Huber IRLS (k = 1.345 robust sigmas), so a few wild points do not pull the line. */
+export function fitLinear(x: number[], y: number[], opts: { robust?: boolean } = {}): LinearFit {
+  if (x.length !== y.length) throw new Error('fitLinear: x and y differ in length');
+  if (x.length < 2) throw new Error('fitLinear: need at least 2 points');
+  let { slope, intercept } = ols(x, y);
+  const resid = () => x.map((xi, i) => y[i]! - (slope * xi + intercept));
+  if (opts.robust) {
+    for (let it = 0; it < 50; it++) {
+      const r = resid();
+      const sigma = 1.4826 * median(r.map(Math.abs)) || 1e-9;
+      const k = 1.345 * sigma;
+      const w = r.map((ri) => (Math.abs(ri) <= k ? 1 : k / Math.abs(ri)));
+      const next = ols(x, y, w);
+      const done = Math.abs(next.slope - slope) < 1e-10 && Math.abs(next.intercept - intercept) < 1e-10;
+      ({ slope, intercept } = next);
+      if (done) break;
+    }
+  }
+  const r = resid();
+  const my = y.reduce((a, b) => a + b, 0) / y.length;
+  const ssTot = y.reduce((a, b) => a + (b - my) ** 2, 0);
+  const ssRes = r.reduce((a, b) => a + b * b, 0);
+  return { slope, intercept, r2: ssTot > 0 ? 1 - ssRes / ssTot : NaN, n: x.length, residual_sigma: 1.4826 * median(r.map(Math.abs)), method: opts.robust ? 'huber' : 'ols' };
+}
+
+function ranks(v: number[]): number[] {
+  const idx = v.map((x, i) => [x, i] as const).sort((a, b) => a[0] - b[0]);
+  const r = new Array<number>(v.length);
+  for (let i = 0; i < idx.length; ) {
+    let j = i;
+    while (j + 1 < idx.length && idx[j + 1]![0] === idx[i]![0]) j++;
+    for (let k = i; k <= j; k++) r[idx[k]![1]] = (i + j) / 2 + 1; // ties share the mean rank
+    i = j + 1;
+  }
+  return r;
+}
+
+/** Spearman rank correlation (Pearson on ranks, ties averaged). */
+export function spearman(a: number[], b: number[]): number {
+  if (a.length !== b.length || a.length < 2) throw new Error('spearman: need two equally long series of >= 2');
+  const ra = ranks(a), rb = ranks(b);
+  const ma = ra.reduce((s, x) => s + x, 0) / ra.length, mb = rb.reduce((s, x) => s + x, 0) / rb.length;
+  let sab = 0, saa = 0, sbb = 0;
+  for (let i = 0; i < ra.length; i++) {
+    sab += (ra[i]! - ma) * (rb[i]! - mb);
+    saa += (ra[i]! - ma) ** 2;
+    sbb += (rb[i]! - mb) ** 2;
+  }
+  return saa > 0 && sbb > 0 ? sab / Math.sqrt(saa * sbb) : NaN;
+}
+
+/** P(X >= k) for X ~ Binomial(n, 1/2), exact. */
+export function binomialTailHalf(k: number, n: number): number {
+  if (k <= 0) return 1;
+  if (k > n) return 0;
+  const logFact = [0];
+  for (let i = 1; i <= n; i++) logFact.push(logFact[i - 1]! + Math.log(i));
+  let p = 0;
+  for (let i = k; i <= n; i++) p += Math.exp(logFact[n]! - logFact[i]! - logFact[n - i]! - n * Math.LN2);
+  return Math.min(1, p);
+}
+
+export interface SignTest {
+  /** slices with |z - z_focus| >= min_abs_z_um that were used. */
+  n: number;
+  agree: number;
+  agreement: number;
+  /** one-sided exact binomial p-values against chance (1/2). */
+  p_model: number;
+  p_inverted: number;
+  decision: 'model' | 'inverted' | 'unrecoverable';
+  min_abs_z_um: number;
+  alpha: number;
+}
+
+/**
+ * Is the sign recoverable on this instrument? Compares the model's sign (sign_logit > 0) with the sign of
+ * z - z_focus where |z - z_focus| >= minAbsZ. Agreement beyond chance → 'model'; disagreement beyond chance →
+ * 'inverted' (the instrument's z axis is reversed); neither → 'unrecoverable'.
+ */
+export function signTest(zRel: number[], signLogit: number[], opts: { minAbsZ?: number; alpha?: number } = {}): SignTest {
+  const minAbsZ = opts.minAbsZ ?? 1;
+  const alpha = opts.alpha ?? 0.01;
+  let n = 0, agree = 0;
+  for (let i = 0; i < zRel.length; i++) {
+    if (Math.abs(zRel[i]!) < minAbsZ) continue;
+    n++;
+    if (signLogit[i]! > 0 === zRel[i]! > 0) agree++;
+  }
+  const pModel = binomialTailHalf(agree, n);
+  const pInv = binomialTailHalf(n - agree, n);
+  const decision = n > 0 && pModel < alpha ? 'model' : n > 0 && pInv < alpha ? 'inverted' : 'unrecoverable';
+  return { n, agree, agreement: n ? agree / n : NaN, p_model: pModel, p_inverted: pInv, decision, min_abs_z_um: minAbsZ, alpha };
+}
+
+export interface CalibrationSample {
+  /** true signed defocus z - z_focus, µm. */
+  z_rel_um: number;
+  abs_um: number;
+  sign_logit: number;
+}
+
+export interface CalibrationFit {
+  calibration: ModelManifest['calibration'];
+  sign: SignTest;
+  fit: LinearFit;
+  spearman_abs_before: number;
+  spearman_abs_after: number;
+  /** share of samples with |calibrated - z_rel| <= 1 µm, before / after. */
+  within_1um_before: number;
+  within_1um_after: number;
+  mae_um_before: number;
+  mae_um_after: number;
+  n: number;
+}
+
+function evalWith(m: ModelManifest, cal: ModelManifest['calibration'], s: CalibrationSample[]) {
+  const mm = { ...m, calibration: cal };
+  const pred = s.map((x) => toPrediction(mm, x.abs_um, x.sign_logit).defocus_um);
+  // for 'unrecoverable' only the magnitude is meaningful, so compare magnitudes
+  const unsigned = cal.sign === 'unrecoverable';
+  const err = pred.map((p, i) => (unsigned ? Math.abs(p) - Math.abs(s[i]!.z_rel_um) : p - s[i]!.z_rel_um));
+  return {
+    spearman: spearman(pred.map(Math.abs), s.map((x) => Math.abs(x.z_rel_um))),
+    within1: err.filter((e) => Math.abs(e) <= 1).length / err.length,
+    mae: err.reduce((a, e) => a + Math.abs(e), 0) / err.length,
+  };
+}
+
+/**
+ * Fits model output → µm on one instrument. First the sign test decides sign handling; then a line maps the
+ * network's signed output (sign · abs_um, sign flipped if inverted) to z - z_focus, or |output| to |z - z_focus|
+ * when the sign is unrecoverable — exactly what toPrediction() undoes.
+ */
+export function fitCalibration(
+  manifest: ModelManifest,
+  samples: CalibrationSample[],
+  opts: { robust?: boolean; minAbsZ?: number; alpha?: number; source?: string; now?: Date } = {},
+): CalibrationFit {
+  if (samples.length < 3) throw new Error(`fitCalibration: need at least 3 samples, got ${samples.length}`);
+  const sign = signTest(samples.map((s) => s.z_rel_um), samples.map((s) => s.sign_logit), opts);
+  const dir = sign.decision === 'inverted' ? -1 : 1;
+  const x = samples.map((s) => (sign.decision === 'unrecoverable' ? Math.abs(s.abs_um) : dir * (s.sign_logit >= 0 ? 1 : -1) * Math.max(0, s.abs_um)));
+  const y = samples.map((s) => (sign.decision === 'unrecoverable' ? Math.abs(s.z_rel_um) : s.z_rel_um));
+  const fit = fitLinear(x, y, { robust: opts.robust });
+  if (!(fit.slope > 0)) {
+    throw new Error(`fitCalibration: fitted slope ${fit.slope.toFixed(4)} is not positive: the model's output does not grow with defocus on this stack`);
+  }
+  const calibration: ModelManifest['calibration'] = {
+    slope: fit.slope,
+    intercept: fit.intercept,
+    sign: sign.decision,
+    source: opts.source ?? 'focus stack',
+    fitted_at: (opts.now ?? new Date()).toISOString(),
+  };
+  const identity: ModelManifest['calibration'] = { slope: 1, intercept: 0, sign: 'model', source: 'identity' };
+  const before = evalWith(manifest, identity, samples);
+  const after = evalWith(manifest, calibration, samples);
+  return {
+    calibration,
+    sign,
+    fit,
+    spearman_abs_before: before.spearman,
+    spearman_abs_after: after.spearman,
+    within_1um_before: before.within1,
+    within_1um_after: after.within1,
+    mae_um_before: before.mae,
+    mae_um_after: after.mae,
+    n: samples.length,
+  };
+}
+
+/**
+ * Copies a bundle to dstDir with manifest.calibration replaced and the calibration report stored under
+ * manifest.metrics.calibration. The model file is copied byte for byte, so its sha256 stays valid (checked).
+ */
+export async function writeCalibratedBundle(
+  srcDir: string,
+  dstDir: string,
+  calibration: ModelManifest['calibration'],
+  metrics?: Record<string, unknown>,
+): Promise<{ manifest: ModelManifest; modelPath: string }> {
+  const src = resolve(srcDir);
+  const dst = resolve(dstDir);
+  if (src === dst) throw new Error('writeCalibratedBundle: destination is the source bundle');
+  const { manifest } = await loadBundle(src);
+  await mkdir(dst, { recursive: true });
+  // everything but the manifest (tfjs bundles have weight shards next to model.json)
+  for (const e of await readdir(src, { withFileTypes: true })) {
+    if (e.name === 'manifest.json') continue;
+    if (e.isDirectory()) await cp(join(src, e.name), join(dst, e.name), { recursive: true });
+    else await copyFile(join(src, e.name), join(dst, e.name));
+  }
+  const next: ModelManifest = {
+    ...manifest,
+    calibration,
+    metrics: { ...(manifest.metrics ?? {}), ...(metrics ? { calibration: metrics } : {}) },
+  };
+  const sha = await sha256File(join(dst, manifest.file));
+  if (sha !== manifest.sha256) throw new Error(`writeCalibratedBundle: copied ${manifest.file} hashes to ${sha}, expected ${manifest.sha256}`);
+  await validateManifest(next, join(dst, 'manifest.json'));
+  await writeFile(join(dst, 'manifest.json'), JSON.stringify(next, null, 2) + '\n');
+  return loadBundle(dst);
+}
