@@ -120,7 +120,9 @@ class Child {
     const here = fileURLToPath(import.meta.url);
     const ts = here.endsWith('.ts');
     const entry = resolve(here, '..', ts ? 'daemon-child.ts' : 'daemon-child.js');
-    const p = fork(entry, [JSON.stringify(overrides)], { execArgv: ts ? ['--import', 'tsx'] : [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+        // FOCUSD_BENCH_CHILD_ARGS: extra node flags for the daemon child, e.g. --cpu-prof
+    const extra = process.env.FOCUSD_BENCH_CHILD_ARGS ? process.env.FOCUSD_BENCH_CHILD_ARGS.split(' ') : [];
+    const p = fork(entry, [JSON.stringify(overrides)], { execArgv: [...(ts ? ['--import', 'tsx'] : []), ...extra], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     this.proc = p;
     this.ready = await new Promise((res, rej) => {
       p.on('message', (m: Record<string, unknown>) => {
@@ -268,7 +270,8 @@ async function bareInference(ctx: Context, tiles: BenchTile[], n: number) {
     let patches = 0;
     for (let i = 0; i < n; i++) {
       const k = i % batches.length;
-      await cnn.inference.run(batches[k]!, b.shape(counts[k]!));
+      const out = await cnn.inference.run(batches[k]!, b.shape(counts[k]!), { transfer: true });
+      batches[k] = out.input!;
       patches += counts[k]!;
     }
     const s = (performance.now() - t0) / 1000;

@@ -54,10 +54,10 @@ export class CnnScorer implements Scorer {
   readonly name = 'scorer:cnn';
   private engine: InferenceEngine | null = null;
   private model: EngineModel | null = null;
-  private batcher: PatchBatcher | null = null;
+  /** idle batch buffers; concurrent score() calls each take their own, so they may overlap. */
+  private readonly batchers: PatchBatcher[] = [];
+  private inFlight = new Set<Promise<unknown>>();
   private _info: ModelInfo | null = null;
-  /** score() calls are serialised: they share the batch buffer. */
-  private chain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly ctx: Context, private readonly modelDir: string = ctx.config.resolved.modelDir) {}
 
@@ -84,7 +84,7 @@ export class CnnScorer implements Scorer {
     this.engine = engine;
     await engine.start(signal);
     const m = model.manifest;
-    this.batcher = new PatchBatcher(m.input, this.ctx.config.scoring.engine.batchSize);
+    this.batchers.push(new PatchBatcher(m.input, this.ctx.config.scoring.engine.batchSize));
     this._info = {
       name: m.name,
       version: m.version,
@@ -95,14 +95,24 @@ export class CnnScorer implements Scorer {
   }
 
   score(tile: DecodedTile): Promise<ScoreResult> {
-    const run = this.chain.then(() => this.scoreNow(tile));
-    this.chain = run.catch(() => undefined);
-    return run;
+    const p = this.scoreNow(tile);
+    this.inFlight.add(p);
+    void p.catch(() => undefined).finally(() => this.inFlight.delete(p));
+    return p;
   }
 
   private async scoreNow(tile: DecodedTile): Promise<ScoreResult> {
-    const { engine, model, batcher } = this;
-    if (!engine || !model || !batcher) throw new Error('CnnScorer: score() before start()');
+    const { engine, model } = this;
+    if (!engine || !model) throw new Error('CnnScorer: score() before start()');
+    const batcher = this.batchers.pop() ?? new PatchBatcher(model.manifest.input, this.ctx.config.scoring.engine.batchSize);
+    try {
+      return await this.scoreWith(tile, engine, model, batcher);
+    } finally {
+      this.batchers.push(batcher);
+    }
+  }
+
+  private async scoreWith(tile: DecodedTile, engine: InferenceEngine, model: EngineModel, batcher: PatchBatcher): Promise<ScoreResult> {
     const cfg = this.ctx.config;
     const m = model.manifest;
     const tissue = detectTissue(tile.rgb, tile.width, tile.height, cfg.tissue);
@@ -113,7 +123,9 @@ export class CnnScorer implements Scorer {
     for (let i = 0; i < plan.selected.length; i += bs) {
       const cells = plan.selected.slice(i, i + bs);
       cells.forEach((c, k) => batcher.fill(k, tile.rgb, tile.width, tile.height, c));
-      const out = await engine.run(batcher.view(cells.length), batcher.shape(cells.length));
+      // the batch buffer travels to the engine's worker and back: no copy, no garbage
+      const out = await engine.run(batcher.take(), batcher.shape(cells.length), { transfer: true });
+      if (out.input) batcher.give(out.input);
       cells.forEach((c, k) => {
         const p = toPrediction(m, out.abs_um[k]!, out.sign_logit[k]!, out.log_var ? out.log_var[k]! : undefined);
         est.push({ row: c.row, col: c.col, defocus_um: p.defocus_um, sign_confidence: p.sign_confidence, sigma_um: p.sigma_um });
@@ -123,7 +135,7 @@ export class CnnScorer implements Scorer {
   }
 
   async stop(): Promise<void> {
-    await this.chain.catch(() => undefined);
+    await Promise.allSettled([...this.inFlight]);
     const e = this.engine;
     this.engine = null;
     if (e) await e.stop();

@@ -70,7 +70,7 @@ export function planPatches(width: number, height: number, tilePixelUm: number, 
  * between calls; take() hands out a copy-free view, so callers must finish with it before the next fill.
  */
 export class PatchBatcher {
-  private buf: Float32Array;
+  private buf: Float32Array | null;
   private readonly lut: Float32Array;
   private readonly ph: number;
   private readonly pw: number;
@@ -96,7 +96,7 @@ export class PatchBatcher {
     const { ph, pw, lut } = this;
     const plane = ph * pw;
     const base = slot * 3 * plane;
-    const out = this.buf;
+    const out = (this.buf ??= new Float32Array(this.batchSize * 3 * this.ph * this.pw));
     const sx = cell.w / pw;
     const sy = cell.h / ph;
     const direct = Math.abs(sx - 1) < 1e-6 && Math.abs(sy - 1) < 1e-6;
@@ -158,7 +158,21 @@ export class PatchBatcher {
 
   /** The first n patches of the batch (a view, not a copy). */
   view(n: number): Float32Array {
+    if (!this.buf) throw new Error('PatchBatcher: buffer was taken and not given back');
     return this.buf.subarray(0, n * this.patchElements);
+  }
+
+  /** Hands the whole batch buffer over (e.g. transferred to an engine worker); a later fill() allocates anew unless give() returns it. */
+  take(): Float32Array {
+    if (!this.buf) throw new Error('PatchBatcher: buffer was taken and not given back');
+    const b = this.buf;
+    this.buf = null;
+    return b;
+  }
+
+  /** Returns a buffer from take() (it came back from the engine). */
+  give(buf: Float32Array): void {
+    if (buf.length === this.batchSize * this.patchElements) this.buf = buf;
   }
 
   /** Shape of a batch of n patches in the manifest's layout. */

@@ -149,14 +149,14 @@ describe('inference keeps the event loop free', () => {
     it(`${type}: a slow model's batch runs without blocking timers`, async () => {
       const { engine } = await started(type, bundle);
       try {
-        const p = patches(type === 'onnx' ? 'NCHW' : 'NHWC', 4);
+        const p = patches(type === 'onnx' ? 'NCHW' : 'NHWC', 16);
         const h = monitorEventLoopDelay({ resolution: 5 });
         h.enable();
         const t0 = performance.now();
         let batches = 0;
         let slowest = 0;
-        // keep inferring for ≥ 600 ms; each batch is far longer than the event-loop delay we allow
-        while (performance.now() - t0 < 600) {
+        // keep inferring for ≥ 800 ms; each batch is far longer than the event-loop delay we allow
+        while (performance.now() - t0 < 800) {
           const b0 = performance.now();
           await engine.run(p.data, p.shape);
           slowest = Math.max(slowest, performance.now() - b0);
@@ -166,8 +166,10 @@ describe('inference keeps the event loop free', () => {
         h.disable();
         const maxLagMs = h.max / 1e6;
         console.log(`${type}: ${batches} batches of ${p.n} slow patches in ${ms.toFixed(0)} ms (slowest ${slowest.toFixed(0)} ms), worst event-loop delay ${maxLagMs.toFixed(1)} ms`);
-        expect(slowest).toBeGreaterThan(25);
-        expect(maxLagMs).toBeLessThan(Math.min(25, slowest));
+        // a batch on the loop would delay some timer by a whole batch; the bound is relative because this 2-core
+        // machine is shared and timers also wait for a CPU
+        expect(slowest).toBeGreaterThan(100);
+        expect(maxLagMs).toBeLessThan(Math.min(50, slowest / 2));
       } finally {
         await engine.stop();
       }

@@ -9,7 +9,7 @@
  */
 import { PACKAGE_ROOT } from '../../config/load.js';
 import type { Context } from '../../daemon/context.js';
-import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, matchOutput, reportFallback } from './types.js';
+import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, matchOutput, reportFallback, type RunOptions, transferable } from './types.js';
 import { WorkerRpc } from './worker-rpc.js';
 
 const WORKER_SOURCE = String.raw`
@@ -43,10 +43,11 @@ parentPort.on('message', async (msg) => {
   try {
     if (msg.type === 'init') parentPort.postMessage({ id: msg.id, ok: true, result: await init(msg) });
     else if (msg.type === 'run') {
-      const feeds = { [msg.input]: new ort.Tensor('float32', new Float32Array(msg.data), msg.shape) };
+      const feeds = { [msg.input]: new ort.Tensor('float32', new Float32Array(msg.data, 0, msg.count), msg.shape) };
       const r = await session.run(feeds, msg.fetches);
       const outs = msg.fetches.map((k) => Float32Array.from(r[k].data));
-      parentPort.postMessage({ id: msg.id, ok: true, result: outs }, outs.map((o) => o.buffer));
+      // the input buffer goes back to its owner for reuse
+      parentPort.postMessage({ id: msg.id, ok: true, result: { outs, input: msg.data } }, [...outs.map((o) => o.buffer), msg.data]);
     } else if (msg.type === 'close') {
       if (session) await session.release();
       session = null;
@@ -125,13 +126,16 @@ export class OnnxEngine implements InferenceEngine {
     await this.run(new Float32Array(e.batchSize * 3 * h * w), shape);
   }
 
-  async run(input: Float32Array, shape: number[]): Promise<EngineOutputs> {
+  async run(input: Float32Array, shape: number[], opts?: RunOptions): Promise<EngineOutputs> {
     const fetches = this.fetches;
     if (!fetches) throw new Error('OnnxEngine: run() before start()');
-    // a copy we can transfer: the caller's array usually views a reused batch buffer
-    const data = input.slice();
-    const outs = await this.rpc.call<Float32Array[]>({ type: 'run', input: this.model.manifest.input.name, data: data.buffer, shape, fetches }, [data.buffer]);
-    return { abs_um: outs[0]!, sign_logit: outs[1]!, log_var: fetches.length > 2 ? outs[2]! : null };
+    const { buf, count } = transferable(input, shape, opts);
+    const r = await this.rpc.call<{ outs: Float32Array[]; input: ArrayBuffer }>(
+      { type: 'run', input: this.model.manifest.input.name, data: buf, count, shape, fetches },
+      [buf],
+    );
+    const outs = r.outs;
+    return { abs_um: outs[0]!, sign_logit: outs[1]!, log_var: fetches.length > 2 ? outs[2]! : null, input: new Float32Array(r.input) };
   }
 
   async stop(): Promise<void> {

@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module';
 import type { Context } from '../../daemon/context.js';
 import { PACKAGE_ROOT } from '../../config/load.js';
-import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, reportFallback } from './types.js';
+import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, reportFallback, type RunOptions, transferable } from './types.js';
 import { WorkerRpc } from './worker-rpc.js';
 
 const WORKER_SOURCE = String.raw`
@@ -91,8 +91,8 @@ parentPort.on('message', async (msg) => {
   try {
     if (msg.type === 'init') parentPort.postMessage({ id: msg.id, ok: true, result: await init(msg) });
     else if (msg.type === 'run') {
-      const outs = run(new Float32Array(msg.data), msg.shape);
-      parentPort.postMessage({ id: msg.id, ok: true, result: outs }, outs.map((o) => o.buffer));
+      const outs = run(new Float32Array(msg.data, 0, msg.count), msg.shape);
+      parentPort.postMessage({ id: msg.id, ok: true, result: { outs, input: msg.data } }, [...outs.map((o) => o.buffer), msg.data]);
     }
   } catch (err) {
     parentPort.postMessage({ id: msg.id, ok: false, error: String((err && err.stack) || err) });
@@ -172,13 +172,13 @@ export class TfjsEngine implements InferenceEngine {
     await this.run(new Float32Array(e.batchSize * 3 * h * wd), shape);
   }
 
-  async run(input: Float32Array, shape: number[]): Promise<EngineOutputs> {
+  async run(input: Float32Array, shape: number[], opts?: RunOptions): Promise<EngineOutputs> {
     const idx = this.outIndex;
     if (!idx) throw new Error('TfjsEngine: run() before start()');
-    // copy into a buffer we can transfer: the caller's array usually views a reused batch buffer
-    const data = input.slice();
-    const outs = await this.rpc.call<Float32Array[]>({ type: 'run', data: data.buffer, shape }, [data.buffer]);
-    return { abs_um: outs[idx.abs]!, sign_logit: outs[idx.sign]!, log_var: idx.logVar === null ? null : outs[idx.logVar]! };
+    const { buf, count } = transferable(input, shape, opts);
+    const r = await this.rpc.call<{ outs: Float32Array[]; input: ArrayBuffer }>({ type: 'run', data: buf, count, shape }, [buf]);
+    const outs = r.outs;
+    return { abs_um: outs[idx.abs]!, sign_logit: outs[idx.sign]!, log_var: idx.logVar === null ? null : outs[idx.logVar]!, input: new Float32Array(r.input) };
   }
 
   async stop(): Promise<void> {
