@@ -25,7 +25,7 @@ import { DefocusOptics, encodePng, synthTile } from '../imaging/synth.js';
 import { detectTissue } from '../imaging/tissue.js';
 import { ClassicalScorer } from '../models/classical.js';
 import { CnnScorer } from '../models/cnn-scorer.js';
-import { PatchBatcher, planPatches } from '../models/patches.js';
+import { PatchBytes, planPatches } from '../models/patches.js';
 import { TileSender } from '../tools/replay.js';
 
 const { values: args } = parseArgs({
@@ -251,9 +251,9 @@ async function bareInference(ctx: Context, tiles: BenchTile[], n: number) {
   try {
     const m = cnn.manifest;
     const bs = ctx.config.scoring.engine.batchSize;
-    const b = new PatchBatcher(m.input, bs);
+    const b = new PatchBytes(m.input, bs);
     // the same patches the daemon scores: tissue-selected cells of the same tiles
-    const batches: Float32Array[] = [];
+    const batches: Uint8Array[] = [];
     const counts: number[] = [];
     let prep = 0;
     for (const t of tiles) {
@@ -263,15 +263,15 @@ async function bareInference(ctx: Context, tiles: BenchTile[], n: number) {
       const cells = plan.selected.slice(0, bs);
       cells.forEach((c, k) => b.fill(k, t.raw, W, H, c));
       prep += performance.now() - p0;
-      batches.push(b.view(cells.length).slice());
+      batches.push(b.take());
       counts.push(cells.length);
     }
     const t0 = performance.now();
     let patches = 0;
     for (let i = 0; i < n; i++) {
       const k = i % batches.length;
-      const out = await cnn.inference.run(batches[k]!, b.shape(counts[k]!), { transfer: true });
-      batches[k] = out.input!;
+      const out = await cnn.inference.runBytes(batches[k]!, counts[k]!, { transfer: true });
+      batches[k] = new Uint8Array(out.returned!);
       patches += counts[k]!;
     }
     const s = (performance.now() - t0) / 1000;

@@ -5,8 +5,8 @@
  * size (models/patches.ts), the tissue-richest patches (scoring.patches.maxPerTile) in batches of
  * scoring.engine.batchSize through the engine, each output calibrated by toPrediction() (models/manifest.ts, the one
  * place calibration is applied), then median / MAD / sign confidence and the coarse focus map (models/aggregate.ts).
- * Tissue detection and patch copying run on the event loop (a few ms for a 1600x1200 tile, see bench/); inference
- * runs in the engine's threads.
+ * Tissue detection and copying the patches' bytes run on the event loop (a few ms for a 1600x1200 tile, see bench/);
+ * normalisation and inference run in the engine's worker thread.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
@@ -18,7 +18,7 @@ import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
 import { createEngine } from './engines/registry.js';
 import type { EngineModel, InferenceEngine } from './engines/types.js';
 import { type ModelManifest, toPrediction } from './manifest.js';
-import { PatchBatcher, planPatches } from './patches.js';
+import { PatchBytes, planPatches } from './patches.js';
 import type { Scorer } from './scorer.js';
 
 /**
@@ -55,7 +55,7 @@ export class CnnScorer implements Scorer {
   private engine: InferenceEngine | null = null;
   private model: EngineModel | null = null;
   /** idle batch buffers; concurrent score() calls each take their own, so they may overlap. */
-  private readonly batchers: PatchBatcher[] = [];
+  private readonly batchers: PatchBytes[] = [];
   private inFlight = new Set<Promise<unknown>>();
   private _info: ModelInfo | null = null;
 
@@ -84,7 +84,7 @@ export class CnnScorer implements Scorer {
     this.engine = engine;
     await engine.start(signal);
     const m = model.manifest;
-    this.batchers.push(new PatchBatcher(m.input, this.ctx.config.scoring.engine.batchSize));
+    this.batchers.push(new PatchBytes(m.input, this.ctx.config.scoring.engine.batchSize));
     this._info = {
       name: m.name,
       version: m.version,
@@ -104,7 +104,7 @@ export class CnnScorer implements Scorer {
   private async scoreNow(tile: DecodedTile): Promise<ScoreResult> {
     const { engine, model } = this;
     if (!engine || !model) throw new Error('CnnScorer: score() before start()');
-    const batcher = this.batchers.pop() ?? new PatchBatcher(model.manifest.input, this.ctx.config.scoring.engine.batchSize);
+    const batcher = this.batchers.pop() ?? new PatchBytes(model.manifest.input, this.ctx.config.scoring.engine.batchSize);
     try {
       return await this.scoreWith(tile, engine, model, batcher);
     } finally {
@@ -112,7 +112,7 @@ export class CnnScorer implements Scorer {
     }
   }
 
-  private async scoreWith(tile: DecodedTile, engine: InferenceEngine, model: EngineModel, batcher: PatchBatcher): Promise<ScoreResult> {
+  private async scoreWith(tile: DecodedTile, engine: InferenceEngine, model: EngineModel, batcher: PatchBytes): Promise<ScoreResult> {
     const cfg = this.ctx.config;
     const m = model.manifest;
     const tissue = detectTissue(tile.rgb, tile.width, tile.height, cfg.tissue);
@@ -123,9 +123,10 @@ export class CnnScorer implements Scorer {
     for (let i = 0; i < plan.selected.length; i += bs) {
       const cells = plan.selected.slice(i, i + bs);
       cells.forEach((c, k) => batcher.fill(k, tile.rgb, tile.width, tile.height, c));
-      // the batch buffer travels to the engine's worker and back: no copy, no garbage
-      const out = await engine.run(batcher.take(), batcher.shape(cells.length), { transfer: true });
-      if (out.input) batcher.give(out.input);
+      // 8-bit patches travel to the engine's worker (which normalises them) and back: no float work on the loop,
+      // no copy, no garbage
+      const out = await engine.runBytes(batcher.take(), cells.length, { transfer: true });
+      if (out.returned) batcher.give(new Uint8Array(out.returned));
       cells.forEach((c, k) => {
         const p = toPrediction(m, out.abs_um[k]!, out.sign_logit[k]!, out.log_var ? out.log_var[k]! : undefined);
         est.push({ row: c.row, col: c.col, defocus_um: p.defocus_um, sign_confidence: p.sign_confidence, sigma_um: p.sigma_um });

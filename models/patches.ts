@@ -185,3 +185,71 @@ export class PatchBatcher {
     return this.input.layout;
   }
 }
+
+/**
+ * Batch of patches as 8-bit RGB, NHWC [n, h, w, 3], for engines that normalise in their worker
+ * (InferenceEngine.runBytes): the event loop only copies rows of bytes. Same take()/give() protocol as PatchBatcher.
+ */
+export class PatchBytes {
+  private buf: Uint8Array | null = null;
+  private readonly ph: number;
+  private readonly pw: number;
+
+  constructor(input: ModelInput, readonly batchSize: number) {
+    [this.ph, this.pw] = input.size;
+  }
+
+  get patchBytes(): number {
+    return this.ph * this.pw * 3;
+  }
+
+  fill(slot: number, rgb: Uint8Array, width: number, height: number, cell: PatchCell): void {
+    if (slot < 0 || slot >= this.batchSize) throw new Error(`PatchBytes: slot ${slot} outside batch of ${this.batchSize}`);
+    const { ph, pw } = this;
+    const out = (this.buf ??= new Uint8Array(this.batchSize * this.patchBytes));
+    const base = slot * this.patchBytes;
+    const sx = cell.w / pw;
+    const sy = cell.h / ph;
+    if (Math.abs(sx - 1) < 1e-6 && Math.abs(sy - 1) < 1e-6) {
+      const x0 = Math.round(cell.x);
+      const y0 = Math.round(cell.y);
+      const row = pw * 3;
+      for (let y = 0; y < ph; y++) {
+        const s = ((y0 + y) * width + x0) * 3;
+        out.set(rgb.subarray(s, s + row), base + y * row);
+      }
+      return;
+    }
+    // bilinear at pixel centres, rounded to 8 bits (< 0.5 DN error)
+    let o = base;
+    for (let y = 0; y < ph; y++) {
+      const fy = Math.min(height - 1, Math.max(0, cell.y + (y + 0.5) * sy - 0.5));
+      const y0 = Math.floor(fy);
+      const y1 = Math.min(height - 1, y0 + 1);
+      const ty = fy - y0;
+      for (let x = 0; x < pw; x++) {
+        const fx = Math.min(width - 1, Math.max(0, cell.x + (x + 0.5) * sx - 0.5));
+        const x0 = Math.floor(fx);
+        const x1 = Math.min(width - 1, x0 + 1);
+        const tx = fx - x0;
+        const a = (y0 * width + x0) * 3, b = (y0 * width + x1) * 3, c = (y1 * width + x0) * 3, d = (y1 * width + x1) * 3;
+        for (let ch = 0; ch < 3; ch++, o++) {
+          const top = rgb[a + ch]! + tx * (rgb[b + ch]! - rgb[a + ch]!);
+          const bot = rgb[c + ch]! + tx * (rgb[d + ch]! - rgb[c + ch]!);
+          out[o] = (top + ty * (bot - top) + 0.5) | 0;
+        }
+      }
+    }
+  }
+
+  take(): Uint8Array {
+    if (!this.buf) throw new Error('PatchBytes: nothing filled, or the buffer was taken and not given back');
+    const b = this.buf;
+    this.buf = null;
+    return b;
+  }
+
+  give(buf: Uint8Array): void {
+    if (buf.length === this.batchSize * this.patchBytes) this.buf = buf;
+  }
+}

@@ -8,7 +8,7 @@ import { detectTissue } from '../imaging/tissue.js';
 import { loadEngineModel } from '../models/cnn-scorer.js';
 import { ENGINE_TYPES, createEngine } from '../models/engines/registry.js';
 import type { InferenceEngine } from '../models/engines/types.js';
-import { PatchBatcher, planPatches } from '../models/patches.js';
+import { PatchBatcher, PatchBytes, planPatches } from '../models/patches.js';
 import { scoringContext } from './helpers/scoring-ctx.js';
 import { TINY_PIXEL_UM, writeOnnxBundle, writeSlowTfjsBundle, writeTfjsBundle } from './helpers/tiny-model.js';
 
@@ -139,6 +139,39 @@ describe('onnx and tfjs agree', () => {
       await b.engine.stop();
     }
   });
+});
+
+describe('runBytes (8-bit patches, normalised in the worker) equals run (floats normalised in JS)', () => {
+  for (const [type, bundle, layout] of [
+    ['onnx', 'onnx', 'NCHW'],
+    ['tfjs', 'tfjs', 'NHWC'],
+  ] as const) {
+    it(type, async () => {
+      const { engine } = await started(type, bundle);
+      try {
+        const { ctx } = scoringContext();
+        const tile = synthTile({ width: 640, height: 512, seed: 22, kind: 'tissue', defocusUm: 1, pixelSizeUm: 0.22 });
+        const input = loadEngineModel(join(dir, bundle)).manifest.input;
+        const tissue = detectTissue(tile.rgb, tile.width, tile.height, ctx.config.tissue);
+        const plan = planPatches(tile.width, tile.height, 0.22, input, tissue, { maxPerTile: 6, minTissueFraction: 0 });
+        const f = new PatchBatcher(input, 6);
+        const b = new PatchBytes(input, 6);
+        plan.selected.forEach((c, k) => {
+          f.fill(k, tile.rgb, tile.width, tile.height, c);
+          b.fill(k, tile.rgb, tile.width, tile.height, c);
+        });
+        const n = plan.selected.length;
+        expect(n).toBeGreaterThan(2);
+        // this tile is at 0.22 µm, the model at 0.44: both paths resample (bytes round to 8 bits on the way)
+        const a = await engine.run(f.view(n), f.shape(n));
+        const c = await engine.runBytes(b.take(), n, { transfer: true });
+        expect(c.returned?.byteLength).toBe(6 * 64 * 64 * 3);
+        for (let i = 0; i < n; i++) expect(Math.abs(a.abs_um[i]! - c.abs_um[i]!)).toBeLessThan(0.02 * Math.max(1, a.abs_um[i]!));
+      } finally {
+        await engine.stop();
+      }
+    });
+  }
 });
 
 describe('inference keeps the event loop free', () => {

@@ -7,6 +7,7 @@
  * noticed (ORT would otherwise drop silently to CPU), then CPU with a loud fallback (warn + 'engine:fallback' +
  * the reason in info.engine).
  */
+import { resolve } from 'node:path';
 import { PACKAGE_ROOT } from '../../config/load.js';
 import type { Context } from '../../daemon/context.js';
 import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, matchOutput, reportFallback, type RunOptions, transferable } from './types.js';
@@ -17,6 +18,8 @@ const { parentPort, workerData } = require('node:worker_threads');
 const { createRequire } = require('node:module');
 const ort = createRequire(workerData.packageJson)('onnxruntime-node');
 let session = null;
+let pre = null;
+let norm = null;
 
 async function init(m) {
   const opts = (ep) => Object.assign({
@@ -35,6 +38,13 @@ async function init(m) {
     }
   }
   if (!session) session = await ort.InferenceSession.create(m.modelPath, opts('cpu'));
+  // bytes -> normalised floats, on ORT's threads (scripts/make-preprocess-onnx.py)
+  pre = await ort.InferenceSession.create(m.preprocessPath, opts('cpu'));
+  norm = {
+    scale: new ort.Tensor('float32', Float32Array.from([m.norm.scale]), [1]),
+    mean: new ort.Tensor('float32', Float32Array.from(m.norm.mean), [3]),
+    std: new ort.Tensor('float32', Float32Array.from(m.norm.std), [3]),
+  };
   return { device, fallbackReason, inputNames: session.inputNames, outputNames: session.outputNames,
            supported: ort.listSupportedBackends() };
 }
@@ -48,9 +58,17 @@ parentPort.on('message', async (msg) => {
       const outs = msg.fetches.map((k) => Float32Array.from(r[k].data));
       // the input buffer goes back to its owner for reuse
       parentPort.postMessage({ id: msg.id, ok: true, result: { outs, input: msg.data } }, [...outs.map((o) => o.buffer), msg.data]);
+    } else if (msg.type === 'runBytes') {
+      const x = new ort.Tensor('uint8', new Uint8Array(msg.data, 0, msg.count), [msg.n, msg.h, msg.w, 3]);
+      const y = (await pre.run({ x, scale: norm.scale, mean: norm.mean, std: norm.std })).y;
+      const r = await session.run({ [msg.input]: y }, msg.fetches);
+      const outs = msg.fetches.map((k) => Float32Array.from(r[k].data));
+      parentPort.postMessage({ id: msg.id, ok: true, result: { outs, input: msg.data } }, [...outs.map((o) => o.buffer), msg.data]);
     } else if (msg.type === 'close') {
       if (session) await session.release();
+      if (pre) await pre.release();
       session = null;
+      pre = null;
       parentPort.postMessage({ id: msg.id, ok: true, result: null });
     }
   } catch (err) {
@@ -89,7 +107,14 @@ export class OnnxEngine implements InferenceEngine {
     if (m.format !== 'onnx') throw new Error(`scoring.engine.type is onnx but the model bundle ${model.dir} is ${m.format}; use scoring.engine.type=tfjs or an onnx bundle`);
     this.rpc.start(WORKER_SOURCE, { packageJson: `${PACKAGE_ROOT}/package.json` });
     const requested = e.device;
-    const r = await this.rpc.call<InitResult>({ type: 'init', modelPath: model.modelPath, device: requested, threads: e.threads });
+    const r = await this.rpc.call<InitResult>({
+      type: 'init',
+      modelPath: model.modelPath,
+      preprocessPath: resolve(PACKAGE_ROOT, 'models/engines', m.input.layout === 'NCHW' ? 'preprocess-nchw.onnx' : 'preprocess-nhwc.onnx'),
+      norm: m.input.normalisation,
+      device: requested,
+      threads: e.threads,
+    });
     signal.throwIfAborted();
     let why: string;
     let fallbackReason = r.fallbackReason;
@@ -135,7 +160,20 @@ export class OnnxEngine implements InferenceEngine {
       [buf],
     );
     const outs = r.outs;
-    return { abs_um: outs[0]!, sign_logit: outs[1]!, log_var: fetches.length > 2 ? outs[2]! : null, input: new Float32Array(r.input) };
+    return { abs_um: outs[0]!, sign_logit: outs[1]!, log_var: fetches.length > 2 ? outs[2]! : null, returned: r.input };
+  }
+
+  async runBytes(patches: Uint8Array, n: number, opts?: RunOptions): Promise<EngineOutputs> {
+    const fetches = this.fetches;
+    if (!fetches) throw new Error('OnnxEngine: runBytes() before start()');
+    const [h, w] = this.model.manifest.input.size;
+    const { buf, count } = transferable(patches, [n, h, w, 3], opts);
+    const r = await this.rpc.call<{ outs: Float32Array[]; input: ArrayBuffer }>(
+      { type: 'runBytes', input: this.model.manifest.input.name, data: buf, count, n, h, w, fetches },
+      [buf],
+    );
+    const outs = r.outs;
+    return { abs_um: outs[0]!, sign_logit: outs[1]!, log_var: fetches.length > 2 ? outs[2]! : null, returned: r.input };
   }
 
   async stop(): Promise<void> {

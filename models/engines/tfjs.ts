@@ -66,6 +66,8 @@ async function init(m) {
     }
   }
   if (!chosen) throw new Error('no tfjs backend could start: ' + JSON.stringify(tried));
+  norm = { scale: m.norm.scale, mean: tf.tensor1d(m.norm.mean), std: tf.tensor1d(m.norm.std) };
+  nchw = m.layout === 'NCHW';
   const handler = { load: async () => loadArtifacts(m.modelPath) };
   if (m.format === 'tfjs-graph') {
     graph = true;
@@ -76,6 +78,19 @@ async function init(m) {
     outNames = model.outputNames.slice();
   }
   return { backend: chosen === 'wasm' ? 'wasm' : chosen === 'tensorflow' ? 'tfjs-node' : 'tfjs-node-gpu', tried, outNames };
+}
+
+let norm = null;
+let nchw = false;
+
+function runBytes(data, n, h, w) {
+  return tf.tidy(() => {
+    let x = tf.tensor(data, [n, h, w, 3], 'int32').toFloat().mul(norm.scale).sub(norm.mean).div(norm.std);
+    if (nchw) x = x.transpose([0, 3, 1, 2]);
+    let y = graph ? model.execute(x, outNames) : model.predict(x);
+    if (!Array.isArray(y)) y = [y];
+    return y.map((t) => t.dataSync().slice());
+  });
 }
 
 function run(data, shape) {
@@ -92,6 +107,9 @@ parentPort.on('message', async (msg) => {
     if (msg.type === 'init') parentPort.postMessage({ id: msg.id, ok: true, result: await init(msg) });
     else if (msg.type === 'run') {
       const outs = run(new Float32Array(msg.data, 0, msg.count), msg.shape);
+      parentPort.postMessage({ id: msg.id, ok: true, result: { outs, input: msg.data } }, [...outs.map((o) => o.buffer), msg.data]);
+    } else if (msg.type === 'runBytes') {
+      const outs = runBytes(new Uint8Array(msg.data, 0, msg.count), msg.n, msg.h, msg.w);
       parentPort.postMessage({ id: msg.id, ok: true, result: { outs, input: msg.data } }, [...outs.map((o) => o.buffer), msg.data]);
     }
   } catch (err) {
@@ -132,6 +150,8 @@ export class TfjsEngine implements InferenceEngine {
       device: requested,
       threads: e.threads,
       wasmDir,
+      norm: m.input.normalisation,
+      layout: m.input.layout,
     });
     signal.throwIfAborted();
     for (const t of r.tried) {
@@ -178,7 +198,17 @@ export class TfjsEngine implements InferenceEngine {
     const { buf, count } = transferable(input, shape, opts);
     const r = await this.rpc.call<{ outs: Float32Array[]; input: ArrayBuffer }>({ type: 'run', data: buf, count, shape }, [buf]);
     const outs = r.outs;
-    return { abs_um: outs[idx.abs]!, sign_logit: outs[idx.sign]!, log_var: idx.logVar === null ? null : outs[idx.logVar]!, input: new Float32Array(r.input) };
+    return { abs_um: outs[idx.abs]!, sign_logit: outs[idx.sign]!, log_var: idx.logVar === null ? null : outs[idx.logVar]!, returned: r.input };
+  }
+
+  async runBytes(patches: Uint8Array, n: number, opts?: RunOptions): Promise<EngineOutputs> {
+    const idx = this.outIndex;
+    if (!idx) throw new Error('TfjsEngine: runBytes() before start()');
+    const [h, w] = this.model.manifest.input.size;
+    const { buf, count } = transferable(patches, [n, h, w, 3], opts);
+    const r = await this.rpc.call<{ outs: Float32Array[]; input: ArrayBuffer }>({ type: 'runBytes', data: buf, count, n, h, w }, [buf]);
+    const outs = r.outs;
+    return { abs_um: outs[idx.abs]!, sign_logit: outs[idx.sign]!, log_var: idx.logVar === null ? null : outs[idx.logVar]!, returned: r.input };
   }
 
   async stop(): Promise<void> {

@@ -18,8 +18,8 @@ export interface EngineOutputs {
   abs_um: Float32Array;
   sign_logit: Float32Array;
   log_var: Float32Array | null;
-  /** with run(..., {transfer: true}): the input buffer, handed back for reuse. */
-  input?: Float32Array;
+  /** with {transfer: true}: the input's ArrayBuffer, handed back for reuse. */
+  returned?: ArrayBuffer;
 }
 
 export interface RunOptions {
@@ -50,6 +50,11 @@ export interface InferenceEngine extends Component {
   readonly info: EngineInfo;
   /** input: n patches in the manifest's layout, shape [n, 3, h, w] (NCHW) or [n, h, w, 3] (NHWC). */
   run(input: Float32Array, shape: number[], opts?: RunOptions): Promise<EngineOutputs>;
+  /**
+   * n patches of 8-bit RGB, NHWC [n, h, w, 3] (models/patches.ts PatchBytes); the engine applies the manifest's
+   * normalisation and layout in its worker, so the event loop never touches floats.
+   */
+  runBytes(patches: Uint8Array, n: number, opts?: RunOptions): Promise<EngineOutputs>;
 }
 
 export type EngineFactory = (ctx: Context, model: EngineModel) => InferenceEngine;
@@ -65,7 +70,7 @@ export function reportFallback(ctx: Context, requested: string, chosen: string, 
 }
 
 /** The ArrayBuffer to post and how many floats of it are the batch: the input's own buffer, or a copy. */
-export function transferable(input: Float32Array, shape: number[], opts?: RunOptions): { buf: ArrayBuffer; count: number } {
+export function transferable(input: Float32Array | Uint8Array, shape: number[], opts?: RunOptions): { buf: ArrayBuffer; count: number } {
   const count = shape.reduce((a, b) => a * b, 1);
   if (count > input.length) throw new Error(`engine input: shape ${JSON.stringify(shape)} needs ${count} floats, got ${input.length}`);
   if (opts?.transfer && input.byteOffset === 0 && input.buffer instanceof ArrayBuffer) return { buf: input.buffer, count };
