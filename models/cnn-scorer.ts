@@ -9,7 +9,7 @@
  * normalisation and inference run in the engine's worker thread.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Context } from '../daemon/context.js';
 import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
@@ -17,37 +17,15 @@ import { detectTissue } from '../imaging/tissue.js';
 import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
 import { createEngine } from './engines/registry.js';
 import type { EngineModel, InferenceEngine } from './engines/types.js';
+import { loadBundle } from './bundle.js';
 import { type ModelManifest, toPrediction } from './manifest.js';
 import { PatchBytes, planPatches } from './patches.js';
 import type { Scorer } from './scorer.js';
 
-/**
- * Minimal bundle loader (manifest fields the scorer needs + sha256 of the model file).
- * TODO(switch): use models/bundle.ts loadBundle() once it lands; it validates the manifest against its JSON Schema.
- */
-export function loadEngineModel(dir: string): EngineModel {
-  const mf = resolve(dir, 'manifest.json');
-  if (!existsSync(mf)) throw new Error(`model bundle ${dir}: no manifest.json`);
-  let m: ModelManifest;
-  try {
-    m = JSON.parse(readFileSync(mf, 'utf8')) as ModelManifest;
-  } catch (err) {
-    throw new Error(`model bundle ${dir}: manifest.json is not JSON: ${(err as Error).message}`);
-  }
-  const problems: string[] = [];
-  if (m.schema !== 1) problems.push('schema must be 1');
-  if (!['onnx', 'tfjs-layers', 'tfjs-graph'].includes(m.format)) problems.push(`format "${m.format}" unknown`);
-  if (!m.input || !Array.isArray(m.input.size) || m.input.size.length !== 2) problems.push('input.size must be [h, w]');
-  if (!m.input || !(m.input.pixel_size_um > 0)) problems.push('input.pixel_size_um must be > 0');
-  if (!m.input || !['NCHW', 'NHWC'].includes(m.input.layout)) problems.push('input.layout must be NCHW or NHWC');
-  if (!m.outputs?.abs_um || !m.outputs?.sign_logit) problems.push('outputs.abs_um and outputs.sign_logit are required');
-  if (!m.calibration || !['model', 'inverted', 'unrecoverable'].includes(m.calibration.sign)) problems.push('calibration.sign must be model, inverted or unrecoverable');
-  if (problems.length) throw new Error(`model bundle ${dir}: ${problems.join('; ')}`);
-  const modelPath = resolve(dir, m.file);
-  if (!existsSync(modelPath)) throw new Error(`model bundle ${dir}: model file ${m.file} not found`);
-  const sha = createHash('sha256').update(readFileSync(modelPath)).digest('hex');
-  if (m.sha256 && m.sha256 !== sha) throw new Error(`model bundle ${dir}: sha256 of ${m.file} is ${sha}, manifest says ${m.sha256}`);
-  return { dir, manifest: m, modelPath };
+/** The bundle as an engine needs it, loaded and checked by models/bundle.ts (JSON Schema, sha256). */
+export async function loadEngineModel(dir: string): Promise<EngineModel> {
+  const b = await loadBundle(dir);
+  return { dir: resolve(dir), manifest: b.manifest, modelPath: b.modelPath };
 }
 
 export class CnnScorer implements Scorer {
@@ -78,7 +56,7 @@ export class CnnScorer implements Scorer {
   }
 
   async start(signal: AbortSignal): Promise<void> {
-    const model = loadEngineModel(this.modelDir);
+    const model = await loadEngineModel(this.modelDir);
     this.model = model;
     const engine = createEngine(this.ctx, model);
     this.engine = engine;

@@ -128,6 +128,6 @@ describe('CnnScorer', () => {
     mf.sha256 = '0'.repeat(64);
     writeFileSync(join(bad, 'manifest.json'), JSON.stringify(mf));
     const { ctx } = scoringContext({ 'scoring.scorer': 'cnn', 'scoring.model': bad });
-    await expect(new CnnScorer(ctx).start(new AbortController().signal)).rejects.toThrow(/sha256 of model.onnx is [0-9a-f]{64}, manifest says 0{64}/);
+    await expect(new CnnScorer(ctx).start(new AbortController().signal)).rejects.toThrow(/sha256 mismatch: model.onnx hashes to [0-9a-f]{64}, manifest says 0{64}/);
   });
 });

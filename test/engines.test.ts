@@ -26,16 +26,16 @@ async function started(type: 'onnx' | 'tfjs', bundle: string, device = 'cpu') {
   const { ctx, logs } = scoringContext({ 'scoring.scorer': 'classical', 'scoring.engine.type': type, 'scoring.engine.device': device, 'scoring.engine.batchSize': 4 });
   const fallbacks: Array<{ requested: string; chosen: string; reason: string }> = [];
   ctx.events.on('engine:fallback', (f) => fallbacks.push(f));
-  const engine = createEngine(ctx, loadEngineModel(join(dir, bundle)));
+  const engine = createEngine(ctx, await loadEngineModel(join(dir, bundle)));
   await engine.start(new AbortController().signal);
   return { engine, logs, fallbacks, ctx };
 }
 
 /** Patches of one synthetic tile in the given layout, the same cells for both engines. */
-function patches(layout: 'NCHW' | 'NHWC', n: number) {
+async function patches(layout: 'NCHW' | 'NHWC', n: number) {
   const { ctx } = scoringContext();
   const tile = synthTile({ width: 640, height: 512, seed: 21, kind: 'tissue', defocusUm: 2, pixelSizeUm: 0.22 });
-  const input = loadEngineModel(join(dir, layout === 'NCHW' ? 'onnx' : 'tfjs')).manifest.input;
+  const input = (await loadEngineModel(join(dir, layout === 'NCHW' ? 'onnx' : 'tfjs'))).manifest.input;
   const tissue = detectTissue(tile.rgb, tile.width, tile.height, ctx.config.tissue);
   const plan = planPatches(tile.width, tile.height, 0.22, input, tissue, { maxPerTile: n, minTissueFraction: 0 });
   const b = new PatchBatcher(input, n);
@@ -58,7 +58,7 @@ describe('onnx engine', () => {
       const chosen = logs.filter((l) => String(l.message).startsWith('inference: onnxruntime on'));
       expect(chosen).toHaveLength(1);
       expect(String(chosen[0]!.message)).toContain('scoring.engine.device is cpu');
-      const p = patches('NCHW', 6);
+      const p = await patches('NCHW', 6);
       const out = await engine.run(p.data, p.shape);
       expect(out.abs_um).toHaveLength(p.n);
       expect(out.sign_logit).toHaveLength(p.n);
@@ -83,7 +83,7 @@ describe('onnx engine', () => {
       expect(chosen).toHaveLength(1);
       expect(String(chosen[0]!.message)).toContain('fallback from cuda');
       // and it still works
-      const p = patches('NCHW', 2);
+      const p = await patches('NCHW', 2);
       expect((await engine.run(p.data, p.shape)).abs_um).toHaveLength(p.n);
     } finally {
       await engine.stop();
@@ -123,8 +123,8 @@ describe('onnx and tfjs agree', () => {
     const a = await started('onnx', 'onnx');
     const b = await started('tfjs', 'tfjs');
     try {
-      const pc = patches('NCHW', 8);
-      const pl = patches('NHWC', 8);
+      const pc = await patches('NCHW', 8);
+      const pl = await patches('NHWC', 8);
       expect(pc.n).toBe(pl.n);
       const oa = await a.engine.run(pc.data, pc.shape);
       const ob = await b.engine.run(pl.data, pl.shape);
@@ -142,16 +142,16 @@ describe('onnx and tfjs agree', () => {
 });
 
 describe('runBytes (8-bit patches, normalised in the worker) equals run (floats normalised in JS)', () => {
-  for (const [type, bundle, layout] of [
-    ['onnx', 'onnx', 'NCHW'],
-    ['tfjs', 'tfjs', 'NHWC'],
+  for (const [type, bundle] of [
+    ['onnx', 'onnx'],
+    ['tfjs', 'tfjs'],
   ] as const) {
     it(type, async () => {
       const { engine } = await started(type, bundle);
       try {
         const { ctx } = scoringContext();
         const tile = synthTile({ width: 640, height: 512, seed: 22, kind: 'tissue', defocusUm: 1, pixelSizeUm: 0.22 });
-        const input = loadEngineModel(join(dir, bundle)).manifest.input;
+        const input = (await loadEngineModel(join(dir, bundle))).manifest.input;
         const tissue = detectTissue(tile.rgb, tile.width, tile.height, ctx.config.tissue);
         const plan = planPatches(tile.width, tile.height, 0.22, input, tissue, { maxPerTile: 6, minTissueFraction: 0 });
         const f = new PatchBatcher(input, 6);
@@ -182,7 +182,7 @@ describe('inference keeps the event loop free', () => {
     it(`${type}: a slow model's batch runs without blocking timers`, async () => {
       const { engine } = await started(type, bundle);
       try {
-        const p = patches(type === 'onnx' ? 'NCHW' : 'NHWC', 16);
+        const p = await patches(type === 'onnx' ? 'NCHW' : 'NHWC', 16);
         const h = monitorEventLoopDelay({ resolution: 5 });
         h.enable();
         const t0 = performance.now();
