@@ -32,7 +32,7 @@ def loss_fn(out, z):
     w = (abs_t / 0.5).clamp(max=1.0)
     l_sign = (w * F.binary_cross_entropy_with_logits(sign_logit, (z > 0).float()[:, None], reduction="none")).mean()
     l_nll = 0.5 * (torch.exp(-log_var) * (abs_p.detach() - abs_t) ** 2 + log_var).mean()
-    return l_abs + 0.5 * l_sign + 0.1 * l_nll, {"abs": float(l_abs), "sign": float(l_sign), "nll": float(l_nll)}
+    return l_abs + 0.5 * l_sign + 0.1 * l_nll, {"abs": l_abs.item(), "sign": l_sign.item(), "nll": l_nll.item()}
 
 
 def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample=3):
@@ -79,7 +79,7 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         seen += x.shape[0]
-        hist.append({"step": step, "loss": float(loss), **parts})
+        hist.append({"step": step, "loss": loss.item(), **parts})
         if log_every and step % log_every == 0:
             log(f"step {step} loss {float(loss):.4f} abs {parts['abs']:.3f} sign {parts['sign']:.3f} lr {cur_lr:.2e} "
                 f"{seen / max(1e-9, time.time() - t0):.0f} patches/s")
