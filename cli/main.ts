@@ -27,8 +27,7 @@ const commands: Record<string, Command> = {
   demo: demoMain,
   report: reportMain,
   replay: async (argv) => (await import('../tools/replay.js')).replayMain(argv),
-  // TODO(integration): static import once tools/calibrate.ts lands
-  calibrate: async (argv) => ((await import(new URL('../tools/calibrate.js', import.meta.url).href)) as { calibrateMain: Command }).calibrateMain(argv),
+  calibrate: async (argv) => (await import('../tools/calibrate.js')).calibrateMain(argv),
 };
 
 export async function main(argv: string[]): Promise<number> {
