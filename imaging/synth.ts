@@ -9,8 +9,11 @@
  * sensor noise and quantised to 8-bit sRGB. Glass reads ≈ 240-250.
  *
  * Optics (DefocusOptics): incoherent imaging through a circular pupil (NA 0.8, dry), per-channel wavelength,
- * non-paraxial defocus phase 2π/λ·z·sqrt(n²−NA²ρ²), a small primary spherical aberration (Zernike Z(4,0)) so
- * that +z and −z blur differently, and an axial chromatic focus shift per channel. The radial PSF is computed
+ * non-paraxial defocus phase 2π/λ·(z − chroma_c)·(n − sqrt(n²−NA²ρ²)), a small primary spherical aberration
+ * 2π·SA·(6ρ⁴−6ρ²+1) (SA in waves) so that +z and −z blur differently, and an axial chromatic focus shift per
+ * channel. This is the same pupil, the same signs and the same defaults as the training optics
+ * (models/training/optics.py): the shipped CNN reads the sign from exactly these asymmetries, and
+ * test/optics-parity.test.ts holds the two implementations together. The radial PSF is computed
  * exactly (1-D Hankel integral of the pupil), its MTF by a second Hankel transform, times the pixel aperture.
  * APPROXIMATION (documented): the blur is applied as a least-squares fit of that radial MTF by a weighted sum
  * of isotropic Gaussians (weights may be negative, so the first negative lobe of a defocused MTF is roughly
@@ -54,18 +57,27 @@ export interface OpticsParams {
   immersionIndex: number;
   /** wavelength per R, G, B channel, µm. */
   wavelengthsUm: [number, number, number];
-  /** axial chromatic focus shift per channel, µm (added to z). */
+  /**
+   * axial chromatic focus shift per channel, µm: the z at which that channel is sharpest (green defines z = 0),
+   * so the channel sees z − shift. Same meaning as `chroma_um` in models/training/optics.py.
+   */
   chromaticShiftUm: [number, number, number];
-  /** primary spherical aberration, µm of wavefront (Zernike Z(4,0) coefficient). */
-  sphericalUm: number;
+  /**
+   * primary spherical aberration in waves: coefficient of the unnormalised Zernike polynomial 6ρ⁴ − 6ρ² + 1
+   * (RMS = coefficient/√5), the same number of waves in every channel. Same as `sa_waves` in optics.py, whose
+   * definition the shipped model was trained with (a fixed wavefront error in µm would be ∝ 1/λ in waves; the
+   * training model ignores that, so we do too).
+   */
+  sphericalWaves: number;
 }
 
+/** The Python training defaults (models/training/optics.py `Optics`); test/optics-parity.test.ts checks they agree. */
 export const DEFAULT_OPTICS: OpticsParams = {
   na: 0.8,
   immersionIndex: 1.0,
   wavelengthsUm: [0.61, 0.54, 0.46],
-  chromaticShiftUm: [0.25, 0, -0.3],
-  sphericalUm: 0.08,
+  chromaticShiftUm: [0.25, 0, -0.2],
+  sphericalWaves: 0.15,
 };
 
 // ---------------------------------------------------------------- random numbers
@@ -112,7 +124,8 @@ export interface BlurKernel {
 export function channelMtf(p: OpticsParams, channel: 0 | 1 | 2, zUm: number, pixelSizeUm: number, nf = 48): { f: Float64Array; mtf: Float64Array } {
   const lambda = p.wavelengthsUm[channel];
   const n = p.immersionIndex;
-  const z = zUm + p.chromaticShiftUm[channel];
+  // the channel's own defocus: positive z = specimen above (towards the objective) its focal plane
+  const z = zUm - p.chromaticShiftUm[channel];
   const k = (2 * Math.PI) / lambda;
   const tanTheta = p.na / Math.sqrt(Math.max(1e-6, n * n - p.na * p.na));
   // radial extent of the PSF: geometric blur radius + a few Airy radii
@@ -120,7 +133,7 @@ export function channelMtf(p: OpticsParams, channel: 0 | 1 | 2, zUm: number, pix
   const dr = Math.min(0.04, rMax / 200);
   const nr = Math.ceil(rMax / dr) + 1;
   // pupil sampling fine enough that the phase step between samples stays < ~0.4 rad
-  const maxSlope = k * Math.abs(z) * (p.na * p.na) / Math.sqrt(Math.max(1e-6, n * n - p.na * p.na)) + k * Math.abs(p.sphericalUm) * 24;
+  const maxSlope = k * Math.abs(z) * (p.na * p.na) / Math.sqrt(Math.max(1e-6, n * n - p.na * p.na)) + 2 * Math.PI * Math.abs(p.sphericalWaves) * 24;
   const nrho = Math.min(4000, Math.max(200, Math.ceil(maxSlope / 0.4)));
   const re = new Float64Array(nrho);
   const im = new Float64Array(nrho);
@@ -129,7 +142,10 @@ export function channelMtf(p: OpticsParams, channel: 0 | 1 | 2, zUm: number, pix
     const r = (i + 0.5) / nrho;
     rho[i] = r;
     const r2 = r * r;
-    const phase = k * (z * (Math.sqrt(n * n - p.na * p.na * r2) - n) + p.sphericalUm * (6 * r2 * r2 - 6 * r2 + 1));
+    // Angular spectrum of a point source at height z above the focal plane, seen in the focal plane:
+    // exp(−i·k·z·sqrt(n² − NA²ρ²)) = piston · exp(+i·k·z·(n − sqrt(n² − NA²ρ²))). Spherical aberration enters
+    // with the same +i convention, so its sign relative to z decides which side of focus blurs more.
+    const phase = k * z * (n - Math.sqrt(n * n - p.na * p.na * r2)) + 2 * Math.PI * p.sphericalWaves * (6 * r2 * r2 - 6 * r2 + 1);
     // ρ dρ weight folded in
     re[i] = Math.cos(phase) * r;
     im[i] = Math.sin(phase) * r;
@@ -250,7 +266,7 @@ export class DefocusOptics {
     const { f, mtf } = channelMtf(this.params, channel, zUm, pixelSizeUm);
     const p = this.params;
     const tanTheta = p.na / Math.sqrt(p.immersionIndex ** 2 - p.na ** 2);
-    const rPx = (Math.abs(zUm + p.chromaticShiftUm[channel]) * tanTheta) / pixelSizeUm;
+    const rPx = (Math.abs(zUm - p.chromaticShiftUm[channel]) * tanTheta) / pixelSizeUm;
     const k = fitGaussians(f, mtf, rPx);
     if (this.cache.size > 256) this.cache.clear();
     this.cache.set(key, k);
