@@ -58,14 +58,16 @@ class Slots {
 }
 
 /**
- * Bounded pipeline: admit → decode (parallel, bounded) → score (one tile at a time; the engine batches its patches
- * and uses its own threads) → decide → emit 'tile:scored'. Order of scoring follows order of admission.
+ * Bounded pipeline: admit → decode (parallel, bounded) → score (pipeline.scoreConcurrency tiles at once; the engine
+ * batches their patches in its worker) → decide → emit 'tile:scored' in admission order.
  */
 export class Pipeline implements Component, TileSink {
   readonly name = 'pipeline';
   private admission!: Slots;
   private decodeSlots!: Slots;
-  private scoreChain: Promise<unknown> = Promise.resolve();
+  private scoreSlots!: Slots;
+  /** resolves when the most recently admitted tile has been emitted: verdicts leave in admission order. */
+  private emitTail: Promise<void> = Promise.resolve();
   private admitted = 0;
   /** running: admit per policy; draining: score what is handed over, ask for nothing more; stopped: refuse. */
   private phase: 'new' | 'running' | 'draining' | 'stopped' = 'new';
@@ -78,6 +80,7 @@ export class Pipeline implements Component, TileSink {
     const p = this.ctx.config.pipeline;
     this.admission = new Slots(p.queueSize);
     this.decodeSlots = new Slots(p.decodeConcurrency);
+    this.scoreSlots = new Slots(p.scoreConcurrency);
     this.phase = 'running';
   }
 
@@ -139,9 +142,14 @@ export class Pipeline implements Component, TileSink {
     await this.admission.acquire();
     this.admitted++;
     metrics.queueDepth = this.admitted;
+    // reserve this tile's place in the output order now, while admission is still in order
+    const previous = this.emitTail;
+    let emitted!: () => void;
+    this.emitTail = new Promise<void>((r) => (emitted = r));
     try {
-      return await this.process(tile, refuse);
+      return await this.process(tile, refuse, previous);
     } finally {
+      void previous.then(emitted);
       this.admitted--;
       metrics.queueDepth = this.admitted;
       this.admission.release();
@@ -150,7 +158,7 @@ export class Pipeline implements Component, TileSink {
     }
   }
 
-  private async process(tile: IncomingTile, refuse: (r: RejectReason, d: string) => TileReply): Promise<TileReply> {
+  private async process(tile: IncomingTile, refuse: (r: RejectReason, d: string) => TileReply, previous: Promise<void>): Promise<TileReply> {
     const { ctx } = this;
     let decoded: DecodedTile;
     await this.decodeSlots.acquire();
@@ -162,19 +170,20 @@ export class Pipeline implements Component, TileSink {
     } finally {
       this.decodeSlots.release();
     }
-    // one tile at a time through the scorer, in admission order
-    const scored = this.scoreChain.then(() => this.deps.scorer.score(decoded));
-    this.scoreChain = scored.catch(() => undefined);
     let score: ScoreResult;
+    await this.scoreSlots.acquire();
     ctx.metrics.inFlight++;
     try {
-      score = await scored;
+      score = await this.deps.scorer.score(decoded);
     } catch (err) {
       ctx.logger.error('scoring failed', { ...tileMeta(tile.header), error: (err as Error).stack ?? String(err) });
       return refuse('scoring_failed', (err as Error).message);
     } finally {
       ctx.metrics.inFlight--;
+      this.scoreSlots.release();
     }
+    // a later tile may finish first (scoreConcurrency > 1); the controller wants them in scan order
+    await previous;
     const verdict = decide(score, ctx.runtime.toleranceUm);
     const outcome: TileOutcome = {
       header: tile.header,

@@ -88,3 +88,36 @@ describe('pipeline overflow policy', () => {
     await sub.close();
   });
 });
+
+describe('pipeline ordering', () => {
+  it('scores pipeline.scoreConcurrency tiles at once but emits verdicts in arrival order', async () => {
+    const { Pipeline } = await import('../daemon/pipeline.js');
+    const { makeCtx } = await import('./helpers/mqtt-side.js');
+    const ctx = makeCtx({ 'pipeline.scoreConcurrency': 2 });
+    let inFlight = 0;
+    let maxInFlight = 0;
+    // a scorer whose speed depends on the tile: even tiles are slow, so odd ones overtake them
+    const scorer = {
+      name: 'uneven',
+      info: { name: 'uneven', version: '1', sha256: 'x', engine: 'test' },
+      async start() {},
+      async stop() {},
+      async score(t: { header: TileHeader }) {
+        inFlight++;
+        maxInFlight = Math.max(maxInFlight, inFlight);
+        await new Promise((r) => setTimeout(r, t.header.seq % 2 === 0 ? 60 : 5));
+        inFlight--;
+        return { defocus_um: 0.1, uncertainty_um: 0, sign_confidence: 1, tissue_fraction: 0.5, patches: 1, focus_map: null, model: this.info };
+      },
+    };
+    const p = new Pipeline(ctx, { scorer, decode: async (t) => ({ header: t.header, width: W, height: H, rgb: raw, receivedAt: t.receivedAt }) });
+    await p.start();
+    const order: number[] = [];
+    ctx.events.on('tile:scored', (o) => order.push(o.header.seq));
+    const replies = await Promise.all([...Array(8).keys()].map((i) => p.submit({ header: header(i), payload: raw, receivedAt: performance.now() })));
+    expect(replies.every((r) => r.ok)).toBe(true);
+    expect(order).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    expect(maxInFlight).toBe(2);
+    await p.stop();
+  });
+});

@@ -47,6 +47,12 @@ export const ingest = {
       default: 'backpressure',
       env: 'FOCUSD_OVERFLOW',
     },
+    scoreConcurrency: {
+      doc: 'Tiles in the scorer at once. 2 lets one tile\'s tissue search and patch copy (main thread) overlap the previous tile\'s inference (worker); verdicts are still published in arrival order.',
+      format: 'positive-int',
+      default: 2,
+      env: 'FOCUSD_SCORE_CONCURRENCY',
+    },
     decodeConcurrency: {
       doc: 'Tiles decoded in parallel (sharp uses libvips threads underneath).',
       format: 'positive-int',
