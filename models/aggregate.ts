@@ -2,6 +2,9 @@
 import type { FocusMap, ModelInfo, ScoreResult } from '../daemon/types.js';
 import type { PatchPlan } from './patches.js';
 
+/** The focus map's grid: the patch plan's rows and columns. */
+export type PlanGrid = Pick<PatchPlan, 'rows' | 'cols'>;
+
 export interface PatchEstimate {
   row: number;
   col: number;
@@ -22,7 +25,7 @@ export function median(v: number[]): number {
 
 const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
 
-export function noTissueResult(model: ModelInfo, tissueFraction: number, plan: PatchPlan | null): ScoreResult {
+export function noTissueResult(model: ModelInfo, tissueFraction: number, plan: PlanGrid | null): ScoreResult {
   return {
     defocus_um: null,
     uncertainty_um: null,
@@ -39,7 +42,7 @@ export function noTissueResult(model: ModelInfo, tissueFraction: number, plan: P
  * uncertainty = 1.4826·MAD (a σ for normal spread), at least the model's own median σ/√n when it reports one;
  * sign confidence = mean over patches of P(the tile's sign is right) given each patch's sign and confidence.
  */
-export function aggregate(model: ModelInfo, tissueFraction: number, plan: PatchPlan, est: PatchEstimate[]): ScoreResult {
+export function aggregate(model: ModelInfo, tissueFraction: number, plan: PlanGrid, est: PatchEstimate[]): ScoreResult {
   if (est.length === 0) return noTissueResult(model, tissueFraction, plan);
   const d = est.map((e) => e.defocus_um);
   const med = median(d);

@@ -24,9 +24,9 @@ import { PACKAGE_ROOT } from '../config/load.js';
 import type { Context } from '../daemon/context.js';
 import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
 import { gaussianBlur } from '../imaging/synth.js';
-import { detectTissue, type TissueParams } from '../imaging/tissue.js';
+import type { TissueParams } from '../imaging/tissue.js';
 import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
-import { type ModelInput, type PatchOptions, PatchBatcher, planPatches } from './patches.js';
+import { type ModelInput, type PatchOptions, PatchBatcher, planTile } from './patches.js';
 import type { Scorer } from './scorer.js';
 import type { ClassicalWorkResult } from './classical-worker.js';
 import { startModuleWorker } from './worker-entry.js';
@@ -119,6 +119,7 @@ export function loadClassicalCalibration(file: string): ClassicalCalibration {
 
 export interface ClassicalFeatures {
   tissueFraction: number;
+  /** the focus map grid; 0 x 0 for a tissue-free tile smaller than one patch (no map). */
   rows: number;
   cols: number;
   patches: Array<{ row: number; col: number; r: number[] }>;
@@ -135,17 +136,16 @@ export function classicalBuffers(input: ModelInput): ClassicalBuffers {
   return { batcher: new PatchBatcher(input, 1), gray: new Float32Array(n), scratch: CLASSICAL_SIGMAS.map(() => new Float32Array(n)) };
 }
 
-/** Tissue detection, patch selection and band-ratio features of every selected patch of a tile. */
+/** Tissue detection, patch selection (planTile, the sampling rule shared with the CNN scorer) and band-ratio features of every selected patch of a tile. */
 export function classicalFeatures(
   tile: { rgb: Buffer; width: number; height: number; pixelSizeUm: number },
   cfg: { tissue: TissueParams; patches: PatchOptions },
   input: ModelInput,
   bufs: ClassicalBuffers,
 ): ClassicalFeatures {
-  const tissue = detectTissue(tile.rgb, tile.width, tile.height, cfg.tissue);
-  const plan = planPatches(tile.width, tile.height, tile.pixelSizeUm, input, tissue, cfg.patches);
+  const { tissue, hasTissue, plan } = planTile(tile, input, cfg);
   const out: ClassicalFeatures['patches'] = [];
-  if (tissue.fraction >= cfg.tissue.minFraction) {
+  if (hasTissue && plan) {
     const [ph, pw] = input.size;
     const n = ph * pw;
     for (const cell of plan.selected) {
@@ -155,7 +155,7 @@ export function classicalFeatures(
       out.push({ row: cell.row, col: cell.col, r: bandRatios(bufs.gray, pw, ph, bufs.scratch) });
     }
   }
-  return { tissueFraction: tissue.fraction, patches: out, rows: plan.rows, cols: plan.cols };
+  return { tissueFraction: tissue.fraction, patches: out, rows: plan?.rows ?? 0, cols: plan?.cols ?? 0 };
 }
 
 export class ClassicalScorer implements Scorer {
@@ -225,8 +225,9 @@ export class ClassicalScorer implements Scorer {
       this.pending.set(id, { resolve, reject });
       w.postMessage({ id, rgb: rgb.buffer, width: tile.width, height: tile.height, pixelSizeUm: tile.header.pixel_size_um }, [rgb.buffer]);
     });
-    const plan = { rows: r.rows, cols: r.cols, cells: [], selected: [], scale: 1 };
-    if (r.tissueFraction < this.ctx.config.tissue.minFraction || r.estimates.length === 0) return noTissueResult(this.info, r.tissueFraction, plan);
+    const plan = r.rows > 0 ? { rows: r.rows, cols: r.cols } : null;
+    // planTile gives a tile with enough tissue at least one patch, so estimates is empty only below tissue.minFraction
+    if (r.tissueFraction < this.ctx.config.tissue.minFraction || !plan || r.estimates.length === 0) return noTissueResult(this.info, r.tissueFraction, plan);
     const est: PatchEstimate[] = r.estimates.map((p) => ({ row: p.row, col: p.col, defocus_um: p.abs_um, sign_confidence: 0.5, sigma_um: null }));
     return aggregate(this.info, r.tissueFraction, plan, est);
   }

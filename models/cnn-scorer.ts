@@ -1,8 +1,9 @@
 /**
  * CNN scorer: model bundle + inference engine + tissue detection + patches → one result per tile.
  *
- * Per tile: tissue mask (imaging/tissue.ts) → too little tissue: no_tissue; else the patch grid at the model's pixel
- * size (models/patches.ts), the tissue-richest patches (scoring.patches.maxPerTile) in batches of
+ * Per tile: tissue mask and patch plan (planTile, models/patches.ts, the sampling rule shared with the classical
+ * scorer) → too little tissue: no_tissue; else the patches of a grid covering the whole tile at the model's pixel
+ * size, the tissue-richest patches (scoring.patches.maxPerTile) in batches of
  * scoring.engine.batchSize through the engine, each output calibrated by toPrediction() (models/manifest.ts, the one
  * place calibration is applied), then median / MAD / sign confidence and the coarse focus map (models/aggregate.ts).
  * Tissue detection and copying the patches' bytes run on the event loop (a few ms for a 1600x1200 tile, see bench/);
@@ -13,13 +14,12 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Context } from '../daemon/context.js';
 import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
-import { detectTissue } from '../imaging/tissue.js';
 import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
 import { createEngine } from './engines/registry.js';
 import type { EngineModel, InferenceEngine } from './engines/types.js';
 import { loadBundle } from './bundle.js';
 import { type ModelManifest, toPrediction } from './manifest.js';
-import { PatchBytes, planPatches } from './patches.js';
+import { PatchBytes, planTile } from './patches.js';
 import type { Scorer } from './scorer.js';
 
 /** The bundle as an engine needs it, loaded and checked by models/bundle.ts (JSON Schema, sha256). */
@@ -93,9 +93,8 @@ export class CnnScorer implements Scorer {
   private async scoreWith(tile: DecodedTile, engine: InferenceEngine, model: EngineModel, batcher: PatchBytes): Promise<ScoreResult> {
     const cfg = this.ctx.config;
     const m = model.manifest;
-    const tissue = detectTissue(tile.rgb, tile.width, tile.height, cfg.tissue);
-    const plan = planPatches(tile.width, tile.height, tile.header.pixel_size_um, m.input, tissue, cfg.scoring.patches);
-    if (tissue.fraction < cfg.tissue.minFraction || plan.selected.length === 0) return noTissueResult(this.info, tissue.fraction, plan);
+    const { tissue, hasTissue, plan } = planTile({ ...tile, pixelSizeUm: tile.header.pixel_size_um }, m.input, { tissue: cfg.tissue, patches: cfg.scoring.patches });
+    if (!hasTissue || !plan) return noTissueResult(this.info, tissue.fraction, plan);
     const est: PatchEstimate[] = [];
     const bs = batcher.batchSize;
     for (let i = 0; i < plan.selected.length; i += bs) {

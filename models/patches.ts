@@ -1,14 +1,17 @@
 /**
- * Model-input patches of a tile: a regular grid at the model's pixel size, the tissue-bearing cells selected,
- * and a reusable batch buffer filled with the manifest's normalisation.
+ * Model-input patches of a tile: a grid at the model's pixel size that covers the whole tile, the tissue-bearing
+ * patches selected, and reusable batch buffers (floats with the manifest's normalisation, or 8-bit bytes).
  *
  * The grid is laid out in tile pixels: a patch of `size` model pixels covers size·(model µm/px ÷ tile µm/px)
  * tile pixels, so a tile of another pixel size is rescaled (bilinear; fine for the factor ≤ 2 that scanners
- * differ by) while the patch is copied. The grid is centred; leftover border pixels are not scored.
+ * differ by) while the patch is copied. Along each axis there are ceil(L / patch) patches spread evenly from 0 to
+ * L − patch, so every tile pixel lies in some patch (neighbours overlap a little where L is not a multiple of the
+ * patch): tissue at the tile's border is never left unlooked at. This is the one sampling rule; both scorers call
+ * planTile().
  */
 import type { ModelManifest } from './manifest.js';
-import type { TissueMap } from '../imaging/tissue.js';
-import { tissueShareIn } from '../imaging/tissue.js';
+import type { TissueMap, TissueParams } from '../imaging/tissue.js';
+import { detectTissue, tissueShareIn } from '../imaging/tissue.js';
 
 export interface PatchCell {
   row: number;
@@ -30,6 +33,11 @@ export interface PatchPlan {
   selected: PatchCell[];
   /** tile pixels per model pixel. */
   scale: number;
+  /**
+   * true when no patch reached minTissueFraction and `selected` holds the fallback choice (the richest patches,
+   * see planPatches).
+   */
+  fallback: boolean;
 }
 
 export interface PatchOptions {
@@ -39,30 +47,99 @@ export interface PatchOptions {
 
 export type ModelInput = ModelManifest['input'];
 
-/** Lays the patch grid over a tile and picks the patches to score. */
-export function planPatches(width: number, height: number, tilePixelUm: number, input: ModelInput, tissue: TissueMap, opts: PatchOptions): PatchPlan {
+/** Tile pixels one model patch covers, and the tile pixels per model pixel. */
+export function patchFootprint(tilePixelUm: number, input: ModelInput): { tw: number; th: number; scale: number } {
   if (!(tilePixelUm > 0)) throw new Error(`planPatches: tile pixel size must be > 0, got ${tilePixelUm}`);
   const scale = input.pixel_size_um / tilePixelUm;
-  const [ph, pw] = input.size;
-  const tw = pw * scale;
-  const th = ph * scale;
-  const cols = Math.floor(width / tw + 1e-6);
-  const rows = Math.floor(height / th + 1e-6);
-  const ox = (width - cols * tw) / 2;
-  const oy = (height - rows * th) / 2;
-  const cells: PatchCell[] = [];
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) {
-      const x = ox + c * tw;
-      const y = oy + r * th;
-      cells.push({ row: r, col: c, x, y, w: tw, h: th, tissue: tissueShareIn(tissue, Math.floor(x), Math.floor(y), Math.ceil(tw), Math.ceil(th)) });
-    }
+  return { tw: input.size[1] * scale, th: input.size[0] * scale, scale };
+}
+
+/**
+ * Top-left positions of the patches along one axis of `len` pixels: ceil(len / t) of them, evenly spread from 0
+ * to len − t (so the first starts at the tile's first pixel and the last ends at its last one). Integral when t
+ * is (no rescaling), so patches copy rows directly.
+ */
+export function axisPositions(len: number, t: number): number[] {
+  if (len < t - 1e-6) throw new Error(`axisPositions: ${len} px is shorter than one patch of ${t} px`);
+  const n = Math.max(1, Math.ceil(len / t - 1e-6));
+  if (n === 1) return [0];
+  const span = Math.max(0, len - t);
+  const integral = Math.abs(t - Math.round(t)) < 1e-6;
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const x = (i * span) / (n - 1);
+    out.push(integral ? Math.round(x) : x);
   }
-  let selected = cells.filter((p) => p.tissue >= opts.minTissueFraction && p.tissue > 0);
+  return out;
+}
+
+/** Whether a tile is at least one patch wide and high (a smaller tile cannot be scored at the model's scale). */
+export function tileFitsPatch(width: number, height: number, tilePixelUm: number, input: ModelInput): boolean {
+  const { tw, th } = patchFootprint(tilePixelUm, input);
+  return width >= tw - 1e-6 && height >= th - 1e-6;
+}
+
+/**
+ * Lays the patch grid over a tile (whole-tile coverage, see the file header) and picks the patches to score:
+ * patches with at least `minTissueFraction` tissue, richest first, at most `maxPerTile` (0 = all).
+ * Fallback when none reaches minTissueFraction (tissue scattered thinly, or in slivers between patches): the
+ * patches with at least half the richest patch's share, richest first, capped the same way, and always at least
+ * the richest one. Whether the tile has enough tissue to be scored at all is the caller's decision
+ * (tissue.minFraction, see planTile); this function never returns an empty selection.
+ * A tile smaller than one patch is an error (see planTile).
+ */
+export function planPatches(width: number, height: number, tilePixelUm: number, input: ModelInput, tissue: TissueMap, opts: PatchOptions): PatchPlan {
+  const { tw, th, scale } = patchFootprint(tilePixelUm, input);
+  if (!tileFitsPatch(width, height, tilePixelUm, input))
+    throw new Error(
+      `tile ${width}x${height} px is smaller than one model patch (${fmt(tw)}x${fmt(th)} tile px = ${input.size[1]}x${input.size[0]} px at ${input.pixel_size_um} µm/px, tile ${tilePixelUm} µm/px): cannot be scored at the model's scale`,
+    );
+  const xs = axisPositions(width, tw);
+  const ys = axisPositions(height, th);
+  const cells: PatchCell[] = [];
+  ys.forEach((y, r) =>
+    xs.forEach((x, c) => {
+      cells.push({ row: r, col: c, x, y, w: tw, h: th, tissue: tissueShareIn(tissue, Math.floor(x), Math.floor(y), Math.ceil(tw), Math.ceil(th)) });
+    }),
+  );
   // most tissue first; ties keep grid order so the choice is deterministic
-  selected.sort((a, b) => b.tissue - a.tissue || a.row - b.row || a.col - b.col);
+  const richest = [...cells].sort((a, b) => b.tissue - a.tissue || a.row - b.row || a.col - b.col);
+  let selected = richest.filter((p) => p.tissue >= opts.minTissueFraction && p.tissue > 0);
+  const fallback = selected.length === 0;
+  if (fallback) {
+    const best = richest[0]!.tissue;
+    selected = richest.filter((p) => p.tissue >= best / 2 && p.tissue > 0);
+    if (selected.length === 0) selected = [richest[0]!];
+  }
   if (opts.maxPerTile > 0 && selected.length > opts.maxPerTile) selected = selected.slice(0, opts.maxPerTile);
-  return { rows, cols, cells, selected, scale };
+  return { rows: ys.length, cols: xs.length, cells, selected, scale, fallback };
+}
+
+const fmt = (v: number) => (Math.abs(v - Math.round(v)) < 1e-6 ? String(Math.round(v)) : v.toFixed(1));
+
+export interface TilePlan {
+  tissue: TissueMap;
+  /** tissue.fraction ≥ tissue.minFraction: the tile is scored; below it the verdict is no_tissue. */
+  hasTissue: boolean;
+  /** null only for a tile without tissue that is smaller than one patch (nothing to map). */
+  plan: PatchPlan | null;
+}
+
+/**
+ * The sampling rule of both scorers: tissue map, the tissue.minFraction decision, the patch plan.
+ * A tile with enough tissue always gets at least one patch (planPatches' fallback), so a blurred tile with
+ * scattered tissue cannot pass as no_tissue. A tile with tissue that is smaller than one patch throws (the
+ * pipeline refuses it as scoring_failed with this message) rather than being passed unscored.
+ */
+export function planTile(
+  tile: { rgb: Buffer | Uint8Array; width: number; height: number; pixelSizeUm: number },
+  input: ModelInput,
+  cfg: { tissue: TissueParams; patches: PatchOptions },
+): TilePlan {
+  const tissue = detectTissue(tile.rgb, tile.width, tile.height, cfg.tissue);
+  const hasTissue = tissue.fraction >= cfg.tissue.minFraction;
+  if (!hasTissue && !tileFitsPatch(tile.width, tile.height, tile.pixelSizeUm, input)) return { tissue, hasTissue, plan: null };
+  return { tissue, hasTissue, plan: planPatches(tile.width, tile.height, tile.pixelSizeUm, input, tissue, cfg.patches) };
 }
 
 /**

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TileHeader } from '../daemon/types.js';
 import { DefocusOptics, synthTile } from '../imaging/synth.js';
+import { decide } from '../daemon/pipeline.js';
 import { CnnScorer } from '../models/cnn-scorer.js';
 import { createScorer } from '../models/index.js';
 import { scoringContext } from './helpers/scoring-ctx.js';
@@ -118,6 +119,42 @@ describe('CnnScorer', () => {
     } finally {
       await a.s.stop();
       await b.s.stop();
+    }
+  });
+
+  it('the reported 800x600 tile (36 % tissue, +3 µm) is out of focus with the shipped model, the map covers the whole tile', async () => {
+    // was no_tissue with 0 patches: a 1x2 grid skipped the bottom 280 rows, where the tissue is
+    const { ctx } = scoringContext({ 'scoring.scorer': 'cnn', 'scoring.engine.type': 'onnx' });
+    const s = createScorer(ctx);
+    await s.start(new AbortController().signal);
+    try {
+      const r = await s.score(tile(1007, 3, { kind: 'tissue' }, 800, 600));
+      expect(r.tissue_fraction).toBeGreaterThan(0.3);
+      expect(r.patches).toBeGreaterThan(0);
+      expect(r.focus_map).toMatchObject({ rows: 2, cols: 3 });
+      expect(r.defocus_um!).toBeGreaterThan(ctx.config.decision.toleranceUm);
+      expect(decide(r, ctx.config.decision.toleranceUm)).toBe('out_of_focus');
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('scattered tissue that no patch holds 25 % of is still scored (fallback), not no_tissue', async () => {
+    const { ctx } = scoringContext({ 'scoring.scorer': 'cnn', 'scoring.engine.type': 'onnx' });
+    const s = createScorer(ctx);
+    await s.start(new AbortController().signal);
+    try {
+      // glass with bands of 12 rows of blurred tissue every 64 rows
+      const g = synthTile({ width: 1600, height: 1200, seed: 41, kind: 'glass' }, optics);
+      const t = synthTile({ width: 1600, height: 1200, seed: 42, kind: 'tissue', defocusUm: 4 }, optics);
+      for (let y = 0; y < 1200; y += 64) t.rgb.copy(g.rgb, y * 1600 * 3, y * 1600 * 3, (y + 12) * 1600 * 3);
+      const r = await s.score({ header, width: 1600, height: 1200, rgb: g.rgb, receivedAt: 0 });
+      expect(r.tissue_fraction).toBeGreaterThanOrEqual(ctx.config.tissue.minFraction);
+      expect(r.patches).toBeGreaterThan(0);
+      expect(r.defocus_um).not.toBeNull();
+      expect(decide(r, ctx.config.decision.toleranceUm)).not.toBe('no_tissue');
+    } finally {
+      await s.stop();
     }
   });
 
