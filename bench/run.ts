@@ -15,10 +15,8 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadConfig, PACKAGE_ROOT } from '../config/load.js';
-import type { Context } from '../daemon/context.js';
-import { TypedEmitter, type DaemonEvents } from '../daemon/events.js';
+import { createContext, type Context } from '../daemon/context.js';
 import { createLogger } from '../daemon/logger.js';
-import { Metrics } from '../daemon/metrics.js';
 import type { DecodedTile, IncomingTile, TileHeader, TileReply } from '../daemon/types.js';
 import { decodeTile } from '../imaging/decode.js';
 import { DefocusOptics, encodePng, synthTile } from '../imaging/synth.js';
@@ -26,6 +24,7 @@ import { detectTissue } from '../imaging/tissue.js';
 import { ClassicalScorer } from '../models/classical.js';
 import { CnnScorer } from '../models/cnn-scorer.js';
 import { PatchBytes, planPatches } from '../models/patches.js';
+import { freePort } from '../tools/net.js';
 import { TileSender } from '../tools/replay.js';
 
 const { values: args } = parseArgs({
@@ -225,14 +224,7 @@ async function drive(child: Child, tiles: BenchTile[], format: 'raw' | 'png', n:
 // ------------------------------------------------------------------ bare parts
 
 function benchContext(overrides: Record<string, unknown>): Context {
-  const config = loadConfig({ overrides, env: {} });
-  return {
-    config,
-    logger: createLogger({ level: 'warn', format: 'json', stream: process.stderr }),
-    metrics: new Metrics(),
-    events: new TypedEmitter<DaemonEvents>(),
-    runtime: { toleranceUm: config.decision.toleranceUm, dryRun: true, paused: false },
-  };
+  return createContext(loadConfig({ overrides, env: {} }), createLogger({ level: 'warn', format: 'json', stream: process.stderr }));
 }
 
 async function bareDecode(tiles: BenchTile[], format: 'raw' | 'png', n: number): Promise<number> {
@@ -447,18 +439,6 @@ ${row(`fixed ${d.fixed_rate_raw.rate} tiles/s, raw`, d.fixed_rate_raw)}
 
 ${Object.entries(r.targets).map(([k, v]) => `- ${v ? 'MET' : 'NOT MET'}: ${k}`).join('\n')}
 ${r.soak ? `\n## Soak\n\n${r.soak.minutes} min at ${d.fixed_rate_raw.rate} tiles/s: RSS ${r.soak.rss_first_quarter_mb} → ${r.soak.rss_last_quarter_mb} MB (${r.soak.drift_mb_per_min} MB/min)\n` : ''}`;
-}
-
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.on('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => res(p));
-    });
-  });
 }
 
 main().catch((err) => {

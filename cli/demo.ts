@@ -1,5 +1,4 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -9,6 +8,7 @@ import { Daemon } from '../daemon/daemon.js';
 import { createLogger } from '../daemon/logger.js';
 import type { TileHeader } from '../daemon/types.js';
 import { DefocusOptics, encodePng, synthTile, type SynthKind } from '../imaging/synth.js';
+import { freePort } from '../tools/net.js';
 import { TileSender } from '../tools/replay.js';
 
 interface DemoTile {
@@ -43,17 +43,6 @@ export function sampleScan(): DemoTile[] {
       tiles.push({ row, col, ...(s ?? { kind: 'tissue', defocusUm: ((row * 5 + col) % 5) * 0.15 - 0.3, note: 'in focus' }) });
     }
   return tiles;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
 }
 
 const fmtUm = (v: number | null | undefined) => (v === null || v === undefined ? '    –   ' : `${v >= 0 ? '+' : ''}${v.toFixed(2)} µm`);

@@ -1,10 +1,8 @@
 import { parseArgs } from 'node:util';
 import { Store } from '../adapters/store.js';
 import { ConfigError, loadConfig } from '../config/load.js';
-import type { Context } from '../daemon/context.js';
-import { TypedEmitter, type DaemonEvents } from '../daemon/events.js';
+import { createContext } from '../daemon/context.js';
 import { createLogger } from '../daemon/logger.js';
-import { Metrics } from '../daemon/metrics.js';
 import { buildDriftReport, renderDriftMarkdown, writeDriftReport } from '../daemon/reports.js';
 import { splitConfigArgs } from './args.js';
 
@@ -47,13 +45,7 @@ export async function reportMain(argv: string[]): Promise<number> {
     process.stderr.write('focusd report: --from and --to must be ISO-8601 times with --from before --to\n');
     return 64;
   }
-  const ctx: Context = {
-    config,
-    logger: createLogger({ level: 'warn', format: 'pretty', stream: process.stderr }),
-    metrics: new Metrics(),
-    events: new TypedEmitter<DaemonEvents>(),
-    runtime: { toleranceUm: config.decision.toleranceUm, dryRun: true, paused: true },
-  };
+  const ctx = createContext(config, createLogger({ level: 'warn', format: 'pretty', stream: process.stderr }));
   const store = new Store(ctx);
   await store.start(new AbortController().signal);
   try {

@@ -2,10 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config/load.js';
-import type { Context } from '../daemon/context.js';
-import { TypedEmitter, type DaemonEvents } from '../daemon/events.js';
+import { createContext } from '../daemon/context.js';
 import { createLogger } from '../daemon/logger.js';
-import { Metrics } from '../daemon/metrics.js';
 import { decide } from '../daemon/pipeline.js';
 import type { TileFormat, TileHeader } from '../daemon/types.js';
 import { decodeTile } from '../imaging/decode.js';
@@ -57,14 +55,8 @@ export async function scoreMain(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  const ctx: Context = {
-    config,
-    // logs go to stderr so stdout stays machine-readable
-    logger: createLogger({ level: config.log.level === 'info' ? 'warn' : config.log.level, format: 'pretty', stream: process.stderr }),
-    metrics: new Metrics(),
-    events: new TypedEmitter<DaemonEvents>(),
-    runtime: { toleranceUm: config.decision.toleranceUm, dryRun: true, paused: false },
-  };
+  // logs go to stderr so stdout stays machine-readable
+  const ctx = createContext(config, createLogger({ level: config.log.level === 'info' ? 'warn' : config.log.level, format: 'pretty', stream: process.stderr }));
   const scorer = createScorer(ctx);
   await scorer.start(new AbortController().signal);
   const pixelSize = values['pixel-size'] ? Number(values['pixel-size']) : null;

@@ -1,7 +1,7 @@
 import type { FocusdConfig } from '../config/load.js';
-import type { DaemonEmitter } from './events.js';
+import { TypedEmitter, type DaemonEmitter, type DaemonEvents } from './events.js';
 import type { Logger } from './logger.js';
-import type { Metrics } from './metrics.js';
+import { Metrics } from './metrics.js';
 
 /** Settings that may change while running (MQTT control requests); everything else is frozen config. */
 export interface RuntimeState {
@@ -17,4 +17,15 @@ export interface Context {
   readonly metrics: Metrics;
   readonly events: DaemonEmitter;
   readonly runtime: RuntimeState;
+}
+
+/** A fresh context: new counters, a new event bus, runtime settings from the config. */
+export function createContext(config: FocusdConfig, logger: Logger): Context {
+  return {
+    config,
+    logger,
+    metrics: new Metrics(),
+    events: new TypedEmitter<DaemonEvents>(),
+    runtime: { toleranceUm: config.decision.toleranceUm, dryRun: config.controller.dryRun, paused: false },
+  };
 }

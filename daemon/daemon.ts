@@ -5,11 +5,9 @@ import { ZmqIngest } from '../adapters/zmq-ingest.js';
 import { decodeTile } from '../imaging/decode.js';
 import { createScorer } from '../models/index.js';
 import type { Scorer } from '../models/scorer.js';
-import type { Context } from './context.js';
-import { TypedEmitter, type DaemonEvents } from './events.js';
+import { createContext, type Context } from './context.js';
 import { Lifecycle, type Component } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
-import { Metrics } from './metrics.js';
 import { Pipeline } from './pipeline.js';
 import { buildMqttSide, type MqttSide } from './wiring.js';
 
@@ -39,13 +37,7 @@ export class Daemon {
 
   constructor(readonly config: FocusdConfig, private readonly opts: DaemonOptions = {}) {
     const logger = opts.logger ?? createLogger({ level: config.log.level, format: config.log.format as 'auto' });
-    this.ctx = {
-      config,
-      logger,
-      metrics: new Metrics(),
-      events: new TypedEmitter<DaemonEvents>(),
-      runtime: { toleranceUm: config.decision.toleranceUm, dryRun: config.controller.dryRun, paused: false },
-    };
+    this.ctx = createContext(config, logger);
   }
 
   private get scorerReady(): boolean {

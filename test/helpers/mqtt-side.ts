@@ -5,34 +5,17 @@ import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
-import { PassThrough } from 'node:stream';
 import AjvModule from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
-import { loadConfig } from '../../config/load.js';
 import type { Context } from '../../daemon/context.js';
-import { TypedEmitter, type DaemonEvents } from '../../daemon/events.js';
-import { createLogger } from '../../daemon/logger.js';
-import { Metrics } from '../../daemon/metrics.js';
 import type { TileOutcome, Verdict } from '../../daemon/types.js';
+import { testContext } from './context.js';
 import { freePort } from './net.js';
 
 export function makeCtx(overrides: Record<string, unknown> = {}): Context & { logLines: () => string[] } {
-  const config = loadConfig({
-    env: {},
-    overrides: { 'scoring.scorer': 'classical', 'log.format': 'json', 'log.level': 'debug', ...overrides },
-  });
-  const stream = new PassThrough();
-  const lines: string[] = [];
-  stream.on('data', (b: Buffer) => lines.push(...b.toString().split('\n').filter(Boolean)));
-  return {
-    config,
-    logger: createLogger({ level: 'debug', format: 'json', stream }),
-    metrics: new Metrics(),
-    events: new TypedEmitter<DaemonEvents>(),
-    runtime: { toleranceUm: config.decision.toleranceUm, dryRun: config.controller.dryRun, paused: false },
-    logLines: () => lines,
-  };
+  const { ctx, logs } = testContext(overrides);
+  return { ...ctx, logLines: () => logs.map((l) => JSON.stringify(l)) };
 }
 
 export function tempDir(prefix = 'focusd-test-'): string {

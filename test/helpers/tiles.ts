@@ -1,12 +1,6 @@
 // Test images for the ingest edge, generated in memory: headers, raw payloads of every pixel type, a PNG bomb.
 import { createHash } from 'node:crypto';
-import { PassThrough } from 'node:stream';
 import zlib from 'node:zlib';
-import { loadConfig } from '../../config/load.js';
-import type { Context } from '../../daemon/context.js';
-import { TypedEmitter, type DaemonEvents } from '../../daemon/events.js';
-import { createLogger } from '../../daemon/logger.js';
-import { Metrics } from '../../daemon/metrics.js';
 import type { PixelType, TileHeader } from '../../daemon/types.js';
 import { BYTES_PER_PIXEL } from '../../protocol/header.js';
 
@@ -153,20 +147,4 @@ export async function bombPng(w: number, h: number, grey = 200): Promise<Buffer>
   ]);
 }
 
-/** A daemon context for one component under test; log lines are kept in `logs`. */
-export function testContext(overrides: Record<string, unknown>): { ctx: Context; logs: Array<Record<string, unknown>> } {
-  const config = loadConfig({ env: {}, args: [], overrides: { 'scoring.scorer': 'classical', ...overrides } });
-  const stream = new PassThrough();
-  const logs: Array<Record<string, unknown>> = [];
-  stream.on('data', (d: Buffer) => {
-    for (const line of d.toString('utf8').split('\n')) if (line.trim()) logs.push(JSON.parse(line) as Record<string, unknown>);
-  });
-  const ctx: Context = {
-    config,
-    logger: createLogger({ level: 'debug', format: 'json', stream }),
-    metrics: new Metrics(),
-    events: new TypedEmitter<DaemonEvents>(),
-    runtime: { toleranceUm: 1, dryRun: false, paused: false },
-  };
-  return { ctx, logs };
-}
+export { testContext } from './context.js';
