@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { synthTile } from '../imaging/synth.js';
 import { detectTissue } from '../imaging/tissue.js';
@@ -9,6 +8,7 @@ import { loadEngineModel } from '../models/cnn-scorer.js';
 import { ENGINE_TYPES, createEngine } from '../models/engines/registry.js';
 import type { InferenceEngine } from '../models/engines/types.js';
 import { PatchBatcher, PatchBytes, planPatches } from '../models/patches.js';
+import { LoopProbe } from './helpers/loop-probe.js';
 import { scoringContext } from './helpers/scoring-ctx.js';
 import { TINY_PIXEL_UM, writeOnnxBundle, writeSlowTfjsBundle, writeTfjsBundle } from './helpers/tiny-model.js';
 
@@ -179,36 +179,49 @@ describe('inference keeps the event loop free', () => {
     ['onnx', 'onnx-slow'],
     ['tfjs', 'tfjs-slow'],
   ] as const) {
-    it(`${type}: a slow model's batch runs without blocking timers`, async () => {
+    it(`${type}: timers keep firing all through each slow batch (relative to the batch time, load-robust)`, async () => {
       const { engine } = await started(type, bundle);
       try {
         const p = await patches(type === 'onnx' ? 'NCHW' : 'NHWC', 16);
-        const h = monitorEventLoopDelay({ resolution: 5 });
-        h.enable();
-        const t0 = performance.now();
-        let batches = 0;
-        let slowest = 0;
-        // keep inferring for ≥ 800 ms; each batch is far longer than the event-loop delay we allow
-        while (performance.now() - t0 < 800) {
-          const b0 = performance.now();
-          await engine.run(p.data, p.shape);
-          slowest = Math.max(slowest, performance.now() - b0);
-          batches++;
+        // the same patches repeated until one batch takes ≥ 600 ms (so ≥ 300 ms even when the load drops): long against
+        // any scheduler hiccup
+        let reps = 1;
+        for (;;) {
+          const data = repeat(p.data, reps);
+          const shape = [p.n * reps, ...p.shape.slice(1)];
+          const t0 = performance.now();
+          await engine.run(data, shape);
+          if (performance.now() - t0 >= 600 || reps >= 64) break;
+          reps *= 2;
         }
-        const ms = performance.now() - t0;
-        h.disable();
-        const maxLagMs = h.max / 1e6;
-        console.log(`${type}: ${batches} batches of ${p.n} slow patches in ${ms.toFixed(0)} ms (slowest ${slowest.toFixed(0)} ms), worst event-loop delay ${maxLagMs.toFixed(1)} ms`);
-        // a batch on the loop would delay some timer by a whole batch; the bound is relative because this 2-core
-        // machine is shared and timers also wait for a CPU
-        expect(slowest).toBeGreaterThan(100);
-        expect(maxLagMs).toBeLessThan(Math.min(50, slowest / 2));
+        const data = repeat(p.data, reps);
+        const shape = [p.n * reps, ...p.shape.slice(1)];
+        const probe = new LoopProbe();
+        probe.start();
+        try {
+          for (let i = 0; i < 3; i++) await probe.time(() => engine.run(data, shape));
+        } finally {
+          probe.stop();
+        }
+        console.log(`${type}: batches of ${shape[0]} slow patches: ${probe.summary()}`);
+        // a batch on the loop would make the longest timer gap a whole batch and leave no tick inside it; in the
+        // worker, gaps are scheduler noise (tens of ms on a loaded 2-core box), far below a batch
+        expect(probe.shortest).toBeGreaterThan(300);
+        expect(probe.maxGap).toBeLessThan(0.5 * probe.shortest);
+        for (const n of probe.ticksPerSpan) expect(n).toBeGreaterThanOrEqual(5);
       } finally {
         await engine.stop();
       }
     });
   }
 });
+
+/** `data` repeated `k` times end to end (a bigger batch of the same patches). */
+function repeat(data: Float32Array, k: number): Float32Array {
+  const out = new Float32Array(data.length * k);
+  for (let i = 0; i < k; i++) out.set(data, i * data.length);
+  return out;
+}
 
 export type { InferenceEngine };
 void TINY_PIXEL_UM;
