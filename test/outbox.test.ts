@@ -158,6 +158,11 @@ describe('durable action outbox', () => {
     await until(() => replies.some((r) => r.ready), 30_000, 'child ready');
 
     await mosq.stop();
+    // the child notices the broker is gone a moment later (socket close); only then is this a test of the outbox
+    await until(() => {
+      child.send({ query: true });
+      return replies.some((r) => r.connected === false);
+    }, 10_000, 'child sees the broker down');
     const live = [mkAction(uniqueId('keep'), 60_000), mkAction(uniqueId('keep'), 60_000), mkAction(uniqueId('keep'), 60_000)];
     const doomed = mkAction(uniqueId('doomed'), 800);
     child.send({ emit: [live[0], doomed, live[1], live[2]] });
