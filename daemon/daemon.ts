@@ -1,4 +1,6 @@
-import type { FocusdConfig } from '../config/load.js';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { PACKAGE_ROOT, type FocusdConfig } from '../config/load.js';
 import { HttpStatus } from '../adapters/http.js';
 import { SdNotify } from '../adapters/sd-notify.js';
 import { ZmqIngest } from '../adapters/zmq-ingest.js';
@@ -162,4 +164,5 @@ export interface StopReport {
   failures: string[];
 }
 
-export const DAEMON_VERSION = '0.1.0';
+/** The package version (package.json is the one place it is written). */
+export const DAEMON_VERSION: string = (JSON.parse(readFileSync(resolve(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
