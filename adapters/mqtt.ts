@@ -6,6 +6,7 @@ import { PACKAGE_ROOT } from '../config/load.js';
 import type { Context } from '../daemon/context.js';
 import type { SurfacePrediction } from '../daemon/focus-surface.js';
 import type { Component } from '../daemon/lifecycle.js';
+import { LogThrottle } from '../daemon/log-throttle.js';
 import { tileMeta } from '../daemon/logger.js';
 import type { ActionPublisher } from '../daemon/outbox.js';
 import type { Action, Rejection, TileHeader, TileOutcome } from '../daemon/types.js';
@@ -143,7 +144,7 @@ export class MqttAdapter implements Component, ActionPublisher {
   private offlineQueued = 0;
   private wasConnected = false;
   private lastConnectError = '';
-  private readonly failureLog = new Map<string, { at: number; suppressed: number }>();
+  private readonly failureLog = new LogThrottle(FAILURE_LOG_INTERVAL_MS);
   private stopping = false;
   private topicNames: ReturnType<typeof topicsFor>;
 
@@ -399,11 +400,8 @@ export class MqttAdapter implements Component, ActionPublisher {
   private failed(name: string, err: Error): Error {
     this.ctx.metrics.publishFailures++;
     const now = Date.now();
-    const f = this.failureLog.get(name);
-    if (!f || now - f.at >= FAILURE_LOG_INTERVAL_MS) {
-      this.ctx.logger.error(`MQTT publish on ${name} failed`, { err: err.message, failures_total: this.ctx.metrics.publishFailures, suppressed: f?.suppressed ?? 0 });
-      this.failureLog.set(name, { at: now, suppressed: 0 });
-    } else f.suppressed++;
+    const t = this.failureLog.take(name, now);
+    if (t) this.ctx.logger.error(`MQTT publish on ${name} failed`, { err: err.message, failures_total: this.ctx.metrics.publishFailures, suppressed: t.suppressed });
     return err;
   }
 

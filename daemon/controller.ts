@@ -3,6 +3,7 @@ import type { FocusdConfig } from '../config/load.js';
 import type { Context } from './context.js';
 import { FocusSurface, median, type SurfacePrediction } from './focus-surface.js';
 import type { Component } from './lifecycle.js';
+import { LogThrottle } from './log-throttle.js';
 import type { Action, ActionType, TileHeader, TileOutcome } from './types.js';
 
 /**
@@ -413,6 +414,8 @@ export class Controller implements Component {
   readonly name = 'controller';
   private off: (() => void) | null = null;
   private logic: FocusController | null = null;
+  /** a limit that refuses every tile of a slide is logged once per 10 s per slide and limit. */
+  private readonly refusedLog = new LogThrottle(10_000);
 
   constructor(private readonly ctx: Context, private readonly deps: ControllerDeps = {}) {}
 
@@ -443,7 +446,10 @@ export class Controller implements Component {
       this.ctx.logger.error('controller failed on tile', { err: (err as Error).message, stack: (err as Error).stack, slide: o.header.slide, seq: o.header.seq });
       return;
     }
-    for (const r of d.refused) this.ctx.logger.warn('controller: action refused by safety limit', { ...r });
+    for (const r of d.refused) {
+      const t = this.refusedLog.take(`${o.header.scanner}/${o.header.slide}/${String((r as { limit?: unknown }).limit)}`);
+      if (t) this.ctx.logger.warn('controller: action refused by safety limit', { ...r, suppressed: t.suppressed });
+    }
     for (const a of d.actions) {
       this.ctx.metrics.actions++;
       this.ctx.logger.info(`action ${a.type}${a.dry_run ? ' (dry run)' : ''}`, {
