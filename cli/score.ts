@@ -77,8 +77,8 @@ export async function scoreMain(argv: string[]): Promise<number> {
         const header: TileHeader = {
           v: 1, scanner: 'offline', slide: 'offline', scan: 'offline', seq: i,
           tile: { index: i, row: 0, col: i }, stage_um: { x: 0, y: 0, z: 0 },
-          // without --pixel-size the tile is assumed to be at the model's own pixel size
-          pixel_size_um: pixelSize ?? scorer.info.pixelSizeUm ?? 0.22,
+          // without --pixel-size the tile is assumed to be at the scorer's own pixel size (no rescaling)
+          pixel_size_um: pixelSize ?? scorer.info.pixel_size_um,
           objective: 'unknown', acquired_at: new Date().toISOString(), attempt: 0, format,
         };
         const tile = await decodeTile({ header, payload, receivedAt: performance.now() }, { maxPixels: config.ingest.maxPixels });

@@ -53,7 +53,7 @@ export interface ModelInfo {
   /** engine actually running, e.g. "onnxruntime/cpu", "tfjs/wasm", "classical". */
   engine: string;
   /** µm per pixel the scorer expects (the model bundle's input pixel size); tiles of other sizes are rescaled. */
-  pixelSizeUm?: number;
+  pixel_size_um: number;
 }
 
 /** Coarse per-patch focus map of one tile: row-major, null where a cell holds no tissue patch. */

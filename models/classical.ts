@@ -210,6 +210,7 @@ export class ClassicalScorer implements Scorer {
       version: cal.created_at.slice(0, 10),
       sha256: createHash('sha256').update(readFileSync(file)).digest('hex'),
       engine: 'classical',
+      pixel_size_um: cal.pixel_size_um,
     };
     this.ctx.logger.info(`scorer: classical focus measure in a worker thread (no sign: sign_confidence 0.5), calibration ${file}`);
   }

@@ -9,8 +9,6 @@
  * Tissue detection and copying the patches' bytes run on the event loop (a few ms for a 1600x1200 tile, see bench/);
  * normalisation and inference run in the engine's worker thread.
  */
-import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Context } from '../daemon/context.js';
 import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
@@ -66,8 +64,10 @@ export class CnnScorer implements Scorer {
     this._info = {
       name: m.name,
       version: m.version,
-      sha256: createHash('sha256').update(readFileSync(model.modelPath)).digest('hex'),
+      // loadBundle has checked that the model file hashes to the manifest's sha256
+      sha256: m.sha256,
       engine: engine.info.engine,
+      pixel_size_um: m.input.pixel_size_um,
     };
     this.ctx.logger.info(`scorer: cnn ${m.name} ${m.version} (${m.architecture}) on ${engine.info.engine}`, { sha256: this._info.sha256 });
   }

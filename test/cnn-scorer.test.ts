@@ -9,7 +9,7 @@ import { decide } from '../daemon/pipeline.js';
 import { CnnScorer } from '../models/cnn-scorer.js';
 import { createScorer } from '../models/index.js';
 import { scoringContext } from './helpers/scoring-ctx.js';
-import { writeOnnxBundle, writeTfjsBundle } from './helpers/tiny-model.js';
+import { TINY_PIXEL_UM, writeOnnxBundle, writeTfjsBundle } from './helpers/tiny-model.js';
 
 let dir: string;
 const optics = new DefocusOptics();
@@ -51,7 +51,7 @@ describe('CnnScorer', () => {
       expect(r.focus_map).toMatchObject({ rows: 6, cols: 8 });
       expect(r.focus_map!.defocus_um.filter((v) => v !== null)).toHaveLength(r.patches);
       const sha = createHash('sha256').update(readFileSync(join(dir, 'onnx', 'model.onnx'))).digest('hex');
-      expect(r.model).toEqual({ name: 'tiny-laplacian', version: '0.0.1-test', sha256: sha, engine: 'onnxruntime/cpu' });
+      expect(r.model).toEqual({ name: 'tiny-laplacian', version: '0.0.1-test', sha256: sha, engine: 'onnxruntime/cpu', pixel_size_um: TINY_PIXEL_UM });
     } finally {
       await s.stop();
     }

@@ -93,7 +93,7 @@ class DecodingSink implements TileSink {
           patches: 0,
           // the channel means, as a 1x3 "map"
           focus_map: { rows: 1, cols: 3, defocus_um: mean.map((m) => m / n) },
-          model: { name: 'decoding-sink', version: `${d.width}x${d.height}`, sha256: sha256(d.rgb), engine: 'test' },
+          model: { name: 'decoding-sink', version: `${d.width}x${d.height}`, sha256: sha256(d.rgb), engine: 'test', pixel_size_um: 0.22 },
         },
       };
     } catch (err) {

@@ -99,7 +99,7 @@ describe('pipeline ordering', () => {
     // a scorer whose speed depends on the tile: even tiles are slow, so odd ones overtake them
     const scorer = {
       name: 'uneven',
-      info: { name: 'uneven', version: '1', sha256: 'x', engine: 'test' },
+      info: { name: 'uneven', version: '1', sha256: 'x', engine: 'test', pixel_size_um: 0.22 },
       async start() {},
       async stop() {},
       async score(t: { header: TileHeader }) {

@@ -37,7 +37,7 @@ class Sink implements TileSink {
         tissue_fraction: 1,
         patches: 1,
         focus_map: null,
-        model: { name: 'sink', version: '0', sha256: sha256(d.rgb), engine: 'test' },
+        model: { name: 'sink', version: '0', sha256: sha256(d.rgb), engine: 'test', pixel_size_um: 0.22 },
       },
     };
   }

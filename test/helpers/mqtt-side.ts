@@ -69,7 +69,7 @@ export function outcome(t: TileSpec): TileOutcome {
       tissue_fraction: t.d === null ? 0.01 : 0.6,
       patches: t.d === null ? 0 : 8,
       focus_map: t.d === null ? null : { rows: 2, cols: 2, defocus_um: [t.d, t.d, null, t.d] },
-      model: { name: 'test-model', version: '1.0.0', sha256: 'abc', engine: 'classical' },
+      model: { name: 'test-model', version: '1.0.0', sha256: 'abc', engine: 'classical', pixel_size_um: 0.22 },
     },
     latency_ms: 12.5,
   };
