@@ -90,7 +90,7 @@ export class Daemon {
     this.scorer = createScorer(ctx);
     this.pipeline = new Pipeline(ctx, { scorer: this.scorer, decode: decodeTile });
     this.ingest = new ZmqIngest(ctx, this.pipeline);
-    this.mqttSide = buildMqttSide(ctx, { status: () => this.status(), pipeline: this.pipeline });
+    this.mqttSide = buildMqttSide(ctx, { status: () => this.status() });
     this.http = new HttpStatus(ctx, { status: () => this.status(), ready: () => this.ready });
     const components: Component[] = [
       this.sd,

@@ -21,8 +21,6 @@ export interface MqttSide {
 export interface MqttSideDeps {
   /** the daemon's status (engine, model, version, ingest endpoint/pattern...): merged into status and stats messages. */
   status: () => Record<string, unknown>;
-  /** unused here; the pipeline reads ctx.runtime.paused itself. */
-  pipeline?: unknown;
 }
 
 export function buildMqttSide(ctx: Context, deps: MqttSideDeps): MqttSide {
