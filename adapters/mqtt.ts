@@ -226,6 +226,18 @@ export class MqttAdapter implements Component, ActionPublisher {
 
     this.offs.push(this.ctx.events.on('tile:scored', (o) => this.publishTile(o)));
     this.offs.push(this.ctx.events.on('tile:rejected', (r) => this.publishRejection(r)));
+    this.offs.push(
+      this.ctx.events.on('action:refused', (r) =>
+        void this.fire('error', this.topics.error, {
+          schema: SCHEMA_IDS.error,
+          scanner: this.ctx.config.scanner.id,
+          at: new Date().toISOString(),
+          reason: 'action_refused',
+          detail: `${r.type} for ${r.slide} tile ${r.tile} refused by ${r.limit}: ${r.detail}${r.suppressed ? ` (${r.suppressed} more since the last report)` : ''}`,
+          refusal: r,
+        }),
+      ),
+    );
     this.offs.push(this.ctx.events.on('status:changed', () => this.connected && void this.publishStatus()));
 
     await new Promise<void>((res, rej) => {

@@ -447,8 +447,12 @@ export class Controller implements Component {
       return;
     }
     for (const r of d.refused) {
-      const t = this.refusedLog.take(`${o.header.scanner}/${o.header.slide}/${String((r as { limit?: unknown }).limit)}`);
-      if (t) this.ctx.logger.warn('controller: action refused by safety limit', { ...r, suppressed: t.suppressed });
+      // dead band and hysteresis are the controller working as intended; the other limits need a person
+      if (r.limit === 'dead_band' || r.limit === 'hysteresis') continue;
+      const t = this.refusedLog.take(`${o.header.scanner}/${o.header.slide}/${r.limit}`);
+      if (!t) continue;
+      this.ctx.logger.warn('controller: action refused by safety limit', { ...r, suppressed: t.suppressed });
+      this.ctx.events.emit('action:refused', { ...r, scanner: o.header.scanner, suppressed: t.suppressed });
     }
     for (const a of d.actions) {
       this.ctx.metrics.actions++;

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { Action, IncomingTile, Rejection, TileOutcome } from './types.js';
+import type { Action, ActionRefusal, IncomingTile, Rejection, TileOutcome } from './types.js';
 
 /** Everything the daemon's parts tell each other, typed. Listeners must not throw. */
 export interface DaemonEvents {
@@ -8,6 +8,8 @@ export interface DaemonEvents {
   'tile:rejected': [rejection: Rejection];
   'action': [action: Action];
   'action:expired': [action: Action];
+  /** a safety limit stopped a command that someone should know about (throttled per slide and limit). */
+  'action:refused': [refusal: ActionRefusal];
   'engine:fallback': [info: { requested: string; chosen: string; reason: string }];
   'status:changed': [];
 }

@@ -114,6 +114,19 @@ export type TileReply = ({ ok: true } & TileOutcome) | ({ ok: false } & Rejectio
 
 export type ActionType = 'reacquire' | 'z_offset';
 
+/** A command the controller decided against because of a safety limit. */
+export interface ActionRefusal {
+  type: ActionType;
+  limit: string;
+  detail: string;
+  scanner: string;
+  slide: string;
+  tile: number;
+  seq: number;
+  /** refusals of the same slide and limit not reported since the previous one. */
+  suppressed: number;
+}
+
 export interface Action {
   id: string;
   type: ActionType;

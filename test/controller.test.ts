@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Store } from '../adapters/store.js';
 import { Controller, FocusController, type Decision, type RuntimeView } from '../daemon/controller.js';
 import { FocusSurface, evaluate } from '../daemon/focus-surface.js';
-import type { Action } from '../daemon/types.js';
+import type { Action, ActionRefusal } from '../daemon/types.js';
 import { makeCtx, outcome, tempDir, type TileSpec } from './helpers/mqtt-side.js';
 
 const base = makeCtx().config.controller;
@@ -347,14 +347,16 @@ describe('Controller across a restart', () => {
       const store = new Store(ctx);
       const c = new Controller(ctx, { store });
       const got: Action[] = [];
+      const refused: ActionRefusal[] = [];
       // what the outbox does first with every action: write it to the store
       ctx.events.on('action', (a) => (got.push(a), store.outboxPut(a)));
+      ctx.events.on('action:refused', (r) => refused.push(r));
       await store.start(new AbortController().signal);
       await c.start(new AbortController().signal);
       fn(ctx);
       await c.stop();
       await store.stop();
-      return { got, logs: ctx.logLines() };
+      return { got, refused, logs: ctx.logLines() };
     };
     const first = await run((ctx) => drift(ctx, 'S-1', 0));
     expect(first.got.filter((a) => a.type === 'z_offset').map((a) => a.z_offset_um)).toEqual([-3]);
@@ -367,6 +369,8 @@ describe('Controller across a restart', () => {
     });
     expect(second.got.filter((a) => a.type === 'z_offset' && a.slide === 'S-1')).toHaveLength(0);
     expect(second.logs.some((l) => l.includes('max_cumulative'))).toBe(true);
+    // the refusal is an event too (published on the error topic as action_refused), once per slide and limit
+    expect(second.refused.filter((r) => r.limit === 'max_cumulative' && r.slide === 'S-1')).toHaveLength(1);
     expect(second.got.filter((a) => a.slide === 'S-1' && a.tile.index === 0)).toHaveLength(1);
     expect(second.got.filter((a) => a.type === 'z_offset' && a.slide === 'S-2').map((a) => a.z_offset_um)).toEqual([-3]);
   });

@@ -108,6 +108,10 @@ describe('MQTT adapter (real Mosquitto)', () => {
     const err = await sub.wait((m) => m.topic === s.topics.error, 5000, 'error');
     assertSchema('error', err.json);
     expect(err.json).toMatchObject({ reason: 'invalid_header', received: { frames: 2 } });
+    s.ctx.events.emit('action:refused', { type: 'z_offset', limit: 'max_cumulative', detail: 'slide total would be 5.5 µm (limit 5)', scanner: 'scanner-a', slide: 'slide-1', tile: 9, seq: 9, suppressed: 2 });
+    const refused = await sub.wait((m) => m.topic === s.topics.error && m.json.reason === 'action_refused', 5000, 'action_refused');
+    assertSchema('error', refused.json);
+    expect(refused.json.detail).toMatch(/z_offset for slide-1 tile 9 refused by max_cumulative: .*\(2 more since the last report\)/);
 
     const act = await sub.wait((m) => m.topic === s.topics.action, 5000, 'action');
     assertSchema('action', act.json);
