@@ -1,4 +1,4 @@
-import { describeSchema } from '../config/load.js';
+import { ConfigError, describeSchema, loadConfig, type FocusdConfig } from '../config/load.js';
 
 export interface SplitArgs {
   configFile: string | null;
@@ -25,4 +25,17 @@ export function splitConfigArgs(argv: string[]): SplitArgs {
     } else out.rest.push(a);
   }
   return out;
+}
+
+/** The configuration of an offline command; a ConfigError is printed (every problem, with its key) as exit code 78. */
+export function loadCommandConfig(command: string, split: SplitArgs): FocusdConfig | number {
+  try {
+    return loadConfig({ file: split.configFile, args: split.configArgs });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`focusd ${command}: ${err.message}\n`);
+      return 78;
+    }
+    throw err;
+  }
 }

@@ -1,10 +1,9 @@
 import { parseArgs } from 'node:util';
 import { Store } from '../adapters/store.js';
-import { ConfigError, loadConfig } from '../config/load.js';
 import { createContext } from '../daemon/context.js';
 import { createLogger } from '../daemon/logger.js';
 import { buildDriftReport, renderDriftMarkdown, writeDriftReport } from '../daemon/reports.js';
-import { splitConfigArgs } from './args.js';
+import { loadCommandConfig, splitConfigArgs } from './args.js';
 
 /** `focusd report`: the drift report of the history on demand (the daemon writes one nightly on its own). */
 export async function reportMain(argv: string[]): Promise<number> {
@@ -29,16 +28,8 @@ export async function reportMain(argv: string[]): Promise<number> {
     process.stdout.write('usage: focusd report [--config FILE] [--from ISO] [--to ISO] [--out DIR] [--json]\n  default period: the last reports.windowHours hours\n');
     return 0;
   }
-  let config;
-  try {
-    config = loadConfig({ file: split.configFile, args: split.configArgs });
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`focusd report: ${err.message}\n`);
-      return 78;
-    }
-    throw err;
-  }
+  const config = loadCommandConfig('report', split);
+  if (typeof config === 'number') return config;
   const to = values.to ? Date.parse(values.to) : Date.now();
   const from = values.from ? Date.parse(values.from) : to - config.reports.windowHours * 3_600_000;
   if (!Number.isFinite(from) || !Number.isFinite(to) || from >= to) {

@@ -1,14 +1,13 @@
 import { readFile } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from '../config/load.js';
 import { createContext } from '../daemon/context.js';
 import { createLogger } from '../daemon/logger.js';
 import { decide } from '../daemon/pipeline.js';
 import type { TileFormat, TileHeader } from '../daemon/types.js';
 import { decodeTile } from '../imaging/decode.js';
 import { createScorer } from '../models/index.js';
-import { splitConfigArgs } from './args.js';
+import { loadCommandConfig, splitConfigArgs } from './args.js';
 
 const FORMATS: Record<string, TileFormat> = { '.png': 'png', '.jpg': 'jpeg', '.jpeg': 'jpeg', '.tif': 'tiff', '.tiff': 'tiff' };
 const CSV_COLUMNS = ['file', 'defocus_um', 'verdict', 'tissue_fraction', 'uncertainty_um', 'sign_confidence', 'patches', 'model', 'error'] as const;
@@ -45,16 +44,8 @@ export async function scoreMain(argv: string[]): Promise<number> {
     process.stderr.write(`focusd score: --format must be json or csv, not ${values.format}\n`);
     return 64;
   }
-  let config;
-  try {
-    config = loadConfig({ file: split.configFile, args: split.configArgs });
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`focusd score: ${err.message}\n`);
-      return 78;
-    }
-    throw err;
-  }
+  const config = loadCommandConfig('score', split);
+  if (typeof config === 'number') return config;
   // logs go to stderr so stdout stays machine-readable
   const ctx = createContext(config, createLogger({ level: config.log.level === 'info' ? 'warn' : config.log.level, format: 'pretty', stream: process.stderr }));
   const scorer = createScorer(ctx);

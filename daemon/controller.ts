@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { FocusdConfig } from '../config/load.js';
 import type { Context } from './context.js';
-import { FocusSurface, median, type SurfacePrediction } from './focus-surface.js';
+import { FocusSurface, type SurfacePrediction } from './focus-surface.js';
+import { median } from './stats.js';
 import type { Component } from './lifecycle.js';
 import { LogThrottle } from './log-throttle.js';
 import type { Action, ActionType, TileHeader, TileOutcome } from './types.js';

@@ -4,6 +4,7 @@
  * spread over the slide. Used to predict the defocus of the next tile and to tell tilt (the focal plane is where
  * it was, the scanner does not follow it) from drift (the focal plane itself moved).
  */
+import { median } from './stats.js';
 
 export interface SurfaceOptions {
   minPointsPlane: number;
@@ -129,12 +130,6 @@ function dot(a: number[], b: number[]): number {
   return s;
 }
 
-export function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 /** Normal equations with a small ridge, solved by Gaussian elimination with partial pivoting. */
 function solveLeastSquares(rows: number[][], ys: number[]): number[] | null {

@@ -1,5 +1,6 @@
 /** Per-tile aggregation shared by the scorers: robust centre and spread of patch estimates, focus map. */
 import type { FocusMap, ModelInfo, ScoreResult } from '../daemon/types.js';
+import { median } from '../daemon/stats.js';
 import type { PatchPlan } from './patches.js';
 
 /** The focus map's grid: the patch plan's rows and columns. */
@@ -16,12 +17,6 @@ export interface PatchEstimate {
   sigma_um: number | null;
 }
 
-export function median(v: number[]): number {
-  if (v.length === 0) return NaN;
-  const s = [...v].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
 

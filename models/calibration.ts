@@ -1,6 +1,7 @@
 // Per-instrument calibration: pure functions (focus measures, in-focus slice, robust linear fit, sign test, Spearman)
 // and writeCalibratedBundle. The calibration semantics are the ones toPrediction() in models/manifest.ts applies.
 import { copyFile, cp, mkdir, readdir, writeFile } from 'node:fs/promises';
+import { median } from '../daemon/stats.js';
 import { join, resolve } from 'node:path';
 import { loadBundle, sha256File, validateManifest } from './bundle.js';
 import { type ModelManifest, toPrediction } from './manifest.js';
@@ -133,11 +134,6 @@ function ols(x: number[], y: number[], w?: number[]): { slope: number; intercept
   return { slope, intercept: my - slope * mx };
 }
 
-function median(v: number[]): number {
-  const s = [...v].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 /** y ≈ slope·x + intercept. robust: Huber IRLS (k = 1.345 robust sigmas), so a few wild points do not pull the line. */
 export function fitLinear(x: number[], y: number[], opts: { robust?: boolean } = {}): LinearFit {

@@ -4,6 +4,7 @@
 // predicts with the bundle (onnxruntime-node, the default engine), fits output → µm, decides whether the sign is
 // recoverable, prints a JSON report and writes the calibrated bundle.
 import { existsSync } from 'node:fs';
+import { median } from '../daemon/stats.js';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { basename, extname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -99,11 +100,6 @@ export function extractPatches(rgb: Uint8Array, w: number, h: number, m: ModelMa
   return { data, n: chosen.length };
 }
 
-function median(v: number[]): number {
-  const s = [...v].sort((a, b) => a - b);
-  const k = s.length >> 1;
-  return s.length % 2 ? s[k]! : (s[k - 1]! + s[k]!) / 2;
-}
 
 export async function calibrateMain(argv: string[]): Promise<number> {
   let args;
