@@ -94,9 +94,19 @@ class Variation:
     full_well_e: tuple = (2000.0, 20000.0)
     read_noise_e: tuple = (2.0, 12.0)
     downscale: tuple = (0.85, 1.0)
+    # Stain colour beyond the sources' own (training only): the optical density of each output channel becomes a
+    # random non-negative mix of the source channels' densities (off-diagonal weights up to stain_mix), and with
+    # probability stain_permute the channels' densities are permuted. Both act on the specimen, before the optics, so
+    # every result is a physically possible stain under the same objective: the chromatic sign cue stays tied to the
+    # wavelengths, not to the colours of the 13 training images. 0 = the sources' own colours (evaluation).
+    stain_mix: float = 0.0
+    stain_permute: float = 0.0
 
 
 NO_VARIATION = Variation((1, 1), (1, 1), (1, 1), (1, 1), (20000.0, 20000.0), (2.0, 2.0), (1.0, 1.0))
+# `train.py --stain-aug`. Measured (models/README.md, "Stain augmentation"): it did not reduce the held-out stain error,
+# so the shipped model is trained without it.
+STAIN_AUG_VARIATION = Variation(stain_mix=0.35, stain_permute=0.5)
 
 
 def _u(lo_hi, shape, gen, device):
@@ -140,6 +150,8 @@ def render(srgb: torch.Tensor, z: torch.Tensor, ob: O.OpticsBatch, gen: torch.Ge
     # stain / density variation acts on the specimen (before the optics), in optical density
     od = -torch.log(lin.clamp_min(1e-3))
     od = od * _u(var.stain_od_scale, (b, 3, 1, 1), gen, dev) * _u(var.density, (b, 1, 1, 1), gen, dev)
+    if var.stain_mix > 0 or var.stain_permute > 0:
+        od = torch.einsum("bij,bjhw->bihw", stain_matrices(b, gen, var).to(dev), od)
     lin = torch.exp(-od)
     k = O.psf_kernels(z.to(dev), ob, KERNEL, psf_oversample)
     lin = O.convolve(lin, k)[:, :, MARGIN:MARGIN + PATCH, MARGIN:MARGIN + PATCH]
@@ -151,6 +163,18 @@ def render(srgb: torch.Tensor, z: torch.Tensor, ob: O.OpticsBatch, gen: torch.Ge
     e = e + rn * torch.randn(e.shape, device=dev)
     out = O.linear_to_srgb(e / fw)
     return torch.round(out * 255.0).clamp(0, 255)
+
+
+def stain_matrices(b: int, gen: torch.Generator, var: Variation) -> torch.Tensor:
+    """[b,3,3] non-negative OD mixing matrices: identity (or a channel permutation) plus random off-diagonal weights,
+    rows rescaled so each output channel keeps its mean density scale."""
+    eye = torch.eye(3).expand(b, 3, 3).clone()
+    perm = torch.rand(b, generator=gen) < var.stain_permute
+    for i in torch.nonzero(perm).flatten().tolist():
+        eye[i] = eye[i][torch.randperm(3, generator=gen)]
+    off = torch.rand(b, 3, 3, generator=gen) * var.stain_mix
+    m = eye + off * (1 - eye)
+    return m / m.sum(dim=2, keepdim=True)
 
 
 def sample_z(b: int, gen: torch.Generator, z_max: float, near_frac: float = 0.5, near: float = 4.0) -> torch.Tensor:

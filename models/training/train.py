@@ -46,14 +46,15 @@ def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample
 
 
 def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=None, fixed_batch=False,
-          log_every=50, amp=False, oversample=3, log=print):
+          log_every=50, amp=False, oversample=3, log=print, var=None, on_checkpoint=None, checkpoint_every_s=60.0):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.time()
     hist = []
-    fixed = make_batch(sources, batch, gen, device, z_max, oversample=oversample) if fixed_batch else None
+    fixed = make_batch(sources, batch, gen, device, z_max, var=var, oversample=oversample) if fixed_batch else None
+    last_ck = t0
     step = 0
     seen = 0
     while step < steps:
@@ -66,7 +67,7 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
         cur_lr = lr * (min(1.0, (step + 1) / 200) if not fixed_batch else 1.0) * (0.5 * (1 + math.cos(math.pi * prog)) if not fixed_batch else 1.0)
         for g in opt.param_groups:
             g["lr"] = cur_lr
-        x, z = fixed if fixed is not None else make_batch(sources, batch, gen, device, z_max, oversample=oversample)
+        x, z = fixed if fixed is not None else make_batch(sources, batch, gen, device, z_max, var=var, oversample=oversample)
         if amp and str(device).startswith("cuda"):
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 out = model(x)
@@ -84,6 +85,10 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
             log(f"step {step} loss {float(loss):.4f} abs {parts['abs']:.3f} sign {parts['sign']:.3f} lr {cur_lr:.2e} "
                 f"{seen / max(1e-9, time.time() - t0):.0f} patches/s")
         step += 1
+        # periodic checkpoints: a run cut off by a wall-clock limit (a lent GPU) still leaves a usable model
+        if on_checkpoint and time.time() - last_ck >= checkpoint_every_s:
+            on_checkpoint(step, seen)
+            last_ck = time.time()
     return {"steps": step, "seconds": time.time() - t0, "patches": seen, "patches_per_s": seen / max(1e-9, time.time() - t0),
             "history": hist}
 
@@ -102,6 +107,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--stain-aug", action="store_true", help="random OD channel mixing/permutation (synth.STAIN_AUG_VARIATION)")
+    ap.add_argument("--init", default=None, help="start from this checkpoint's weights (same arch/width/depth)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.backends.cudnn.benchmark = True
@@ -109,18 +116,30 @@ def main(argv=None):
     sources = S.load_sources(root, {"train"}, a.device)
     kw = {"width": a.width, "depth": a.depth}
     model = nets.build(a.arch, **kw)
+    if a.init:
+        model.load_state_dict(torch.load(a.init, map_location="cpu")["state_dict"])
+    var = S.STAIN_AUG_VARIATION if a.stain_aug else S.Variation()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{nets.describe(a.arch, **kw)}: {sum(p.numel() for p in model.parameters())} params, device {a.device}, "
-          f"{len(sources)} training images from {root}", flush=True)
+          f"{len(sources)} training images from {root}, variation {var}", flush=True)
+
+    def save(steps, patches, seconds):
+        ck = {"arch": a.arch, "kw": kw, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+              "args": vars(a), "z_max": a.z_max, "train_sources": [s.path for s in sources],
+              "optics_ranges": O.OpticsRanges().__dict__, "variation": var.__dict__,
+              "steps": steps, "patches": patches, "patches_per_s": patches / max(1e-9, seconds),
+              "device_name": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu"}
+        tmp = out / "checkpoint.pt.tmp"
+        torch.save(ck, tmp)
+        os.replace(tmp, out / "checkpoint.pt")  # atomic: a cut-off run never leaves half a checkpoint
+        return ck
+
+    t0 = time.time()
     res = train(model, sources, steps=a.steps, batch=a.batch, lr=a.lr, device=a.device, seed=a.seed, z_max=a.z_max,
-                minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True))
-    ck = {"arch": a.arch, "kw": kw, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-          "args": vars(a), "z_max": a.z_max, "train_sources": [s.path for s in sources],
-          "optics_ranges": O.OpticsRanges().__dict__, "variation": S.Variation().__dict__,
-          "steps": res["steps"], "patches": res["patches"], "patches_per_s": res["patches_per_s"],
-          "device_name": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu"}
-    torch.save(ck, out / "checkpoint.pt")
+                minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True), var=var,
+                on_checkpoint=lambda st, seen: save(st, seen, time.time() - t0))
+    ck = save(res["steps"], res["patches"], res["seconds"])
     h = res.pop("history")
     res["loss_first100"] = sum(x["loss"] for x in h[:100]) / max(1, len(h[:100]))
     res["loss_last100"] = sum(x["loss"] for x in h[-100:]) / max(1, len(h[-100:]))
