@@ -4,6 +4,7 @@
 #   OUT=/path MINUTES=7 bash models/training/device_run.sh
 #   VARIANTS="name:train.py args;name2:args"   (';'-separated; default: the shipped focusnet-w32d2 without and with
 #                                              stain augmentation, the comparison in models/README.md)
+#   EXTRA_EVAL="name:checkpoint ..."           evaluate existing checkpoints too (e.g. the model being replaced)
 #   INCEPTION=1                                 also train the published InceptionV3 + 6 FC (checkpoint kept in /tmp:
 #                                              too large to bring back), evaluated on the GPU
 # Checkpoints are written every minute (atomically), so a run cut off by the lender's wall clock still returns models.
@@ -53,6 +54,12 @@ if [ "$INCEPTION" = 1 ]; then
   $PY $T/evaluate.py --checkpoint /tmp/incv3/checkpoint.pt --out "$OUT/incv3/eval.json" --per-z "$PER_Z" --bench > "$OUT/incv3/eval.out" 2>&1 &
   pids+=($!)
 fi
+for item in ${EXTRA_EVAL:-}; do  # "name:checkpoint ..." evaluated beside the new ones (e.g. the model they replace)
+  name=${item%%:*}; ck=${item#*:}
+  mkdir -p "$OUT/$name"
+  $PY $T/evaluate.py --checkpoint "$ck" --out "$OUT/$name/eval.json" --per-z "$PER_Z" > "$OUT/$name/eval.out" 2>&1 &
+  pids+=($!)
+done
 for p in "${pids[@]}"; do wait "$p"; echo "eval pid $p rc $?"; done
 for f in "$OUT"/*/eval.out; do echo "== $f"; cat "$f"; done
 for f in "$OUT"/*/train.out; do echo "== $f"; tail -n 2 "$f"; done

@@ -121,6 +121,7 @@ def main(argv=None):
                 "optics_ranges": ck.get("optics_ranges"), "default_optics": O.Optics().to_dict(),
                 "variation": ck.get("variation"), "steps": ck.get("steps"), "patches": ck.get("patches"),
                 "trained_on": ck.get("device_name"), "seed": ck.get("args", {}).get("seed"),
+                "train_args": ck.get("args"), "continued_from": ck.get("lineage", []),
                 "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     elif a.random_init:
         arch, kw, z_max = a.arch, {"width": a.width, "depth": a.depth}, 8.0

@@ -35,25 +35,31 @@ def loss_fn(out, z):
     return l_abs + 0.5 * l_sign + 0.1 * l_nll, {"abs": l_abs.item(), "sign": l_sign.item(), "nll": l_nll.item()}
 
 
-def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample=3):
+def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample=3, sparse_frac=0.0):
     var = var or S.Variation()
     ranges = ranges or O.OpticsRanges()
     z = S.sample_z(b, gen, z_max)
     ob = O.OpticsBatch.sample(ranges, b, gen, device)
     crops = S.random_crops(sources, b, gen, var, device)
+    if sparse_frac > 0:  # tissue-rim patches: part of the specimen is bare glass (white before the optics)
+        pick = torch.nonzero(torch.rand(b, generator=gen) < sparse_frac).flatten()
+        if len(pick):
+            m = S.sparse_tissue_masks(len(pick), gen, device=device)
+            crops[pick.to(device)] = crops[pick.to(device)] * m + (1 - m)
     x8 = S.render(crops, z.to(device), ob, gen, var, psf_oversample=oversample)
     return S.normalise(x8, S.NORMALISATION), z.to(device)
 
 
 def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=None, fixed_batch=False,
-          log_every=50, amp=False, oversample=3, log=print, var=None, on_checkpoint=None, checkpoint_every_s=60.0):
+          log_every=50, amp=False, oversample=3, log=print, var=None, on_checkpoint=None, checkpoint_every_s=60.0,
+          sparse_frac=0.0, warmup=200):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.time()
     hist = []
-    fixed = make_batch(sources, batch, gen, device, z_max, var=var, oversample=oversample) if fixed_batch else None
+    fixed = make_batch(sources, batch, gen, device, z_max, var=var, oversample=oversample, sparse_frac=sparse_frac) if fixed_batch else None
     last_ck = t0
     step = 0
     seen = 0
@@ -64,10 +70,10 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
             prog = max(prog, elapsed / (minutes * 60))
             if prog >= 1:
                 break
-        cur_lr = lr * (min(1.0, (step + 1) / 200) if not fixed_batch else 1.0) * (0.5 * (1 + math.cos(math.pi * prog)) if not fixed_batch else 1.0)
+        cur_lr = lr * (min(1.0, (step + 1) / warmup) if not fixed_batch else 1.0) * (0.5 * (1 + math.cos(math.pi * prog)) if not fixed_batch else 1.0)
         for g in opt.param_groups:
             g["lr"] = cur_lr
-        x, z = fixed if fixed is not None else make_batch(sources, batch, gen, device, z_max, var=var, oversample=oversample)
+        x, z = fixed if fixed is not None else make_batch(sources, batch, gen, device, z_max, var=var, oversample=oversample, sparse_frac=sparse_frac)
         if amp and str(device).startswith("cuda"):
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 out = model(x)
@@ -109,6 +115,8 @@ def main(argv=None):
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--stain-aug", action="store_true", help="random OD channel mixing/permutation (synth.STAIN_AUG_VARIATION)")
     ap.add_argument("--init", default=None, help="start from this checkpoint's weights (same arch/width/depth)")
+    ap.add_argument("--sparse-frac", type=float, default=0.0, help="share of tissue-rim patches (part bare glass)")
+    ap.add_argument("--warmup", type=int, default=200, help="linear LR warm-up steps")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.backends.cudnn.benchmark = True
@@ -116,8 +124,12 @@ def main(argv=None):
     sources = S.load_sources(root, {"train"}, a.device)
     kw = {"width": a.width, "depth": a.depth}
     model = nets.build(a.arch, **kw)
+    lineage = []  # earlier runs this one continues (--init), oldest first, so a bundle can say all it was trained on
     if a.init:
-        model.load_state_dict(torch.load(a.init, map_location="cpu")["state_dict"])
+        init = torch.load(a.init, map_location="cpu")
+        model.load_state_dict(init["state_dict"])
+        lineage = init.get("lineage", []) + [{k: init.get(k) for k in ("steps", "patches", "device_name", "variation")} |
+                                             {"args": init.get("args")}]
     var = S.STAIN_AUG_VARIATION if a.stain_aug else S.Variation()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +141,8 @@ def main(argv=None):
               "args": vars(a), "z_max": a.z_max, "train_sources": [s.path for s in sources],
               "optics_ranges": O.OpticsRanges().__dict__, "variation": var.__dict__,
               "steps": steps, "patches": patches, "patches_per_s": patches / max(1e-9, seconds),
-              "device_name": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu"}
+              "device_name": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu",
+              "lineage": lineage}
         tmp = out / "checkpoint.pt.tmp"
         torch.save(ck, tmp)
         os.replace(tmp, out / "checkpoint.pt")  # atomic: a cut-off run never leaves half a checkpoint
@@ -137,7 +150,8 @@ def main(argv=None):
 
     t0 = time.time()
     res = train(model, sources, steps=a.steps, batch=a.batch, lr=a.lr, device=a.device, seed=a.seed, z_max=a.z_max,
-                minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True), var=var,
+                minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True), var=var, sparse_frac=a.sparse_frac,
+                warmup=a.warmup,
                 on_checkpoint=lambda st, seen: save(st, seen, time.time() - t0))
     ck = save(res["steps"], res["patches"], res["seconds"])
     h = res.pop("history")
