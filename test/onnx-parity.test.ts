@@ -63,3 +63,43 @@ describe('ONNX export parity (PyTorch vs onnxruntime-node)', () => {
     }
   });
 });
+
+// The model card's numbers come from the committed PyTorch checkpoint (evaluate.py); the daemon runs the committed
+// ONNX file. This ties the two: the shipped model.onnx answers what the checkpoint answers in PyTorch.
+describe('the shipped bundle is the committed checkpoint', () => {
+  const CHECKPOINT = join(ROOT, 'models/training/checkpoints/focusnet-w32d2-0.2.0.pt');
+  let dir: string;
+  let ref: Reference;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'focusd-shipped-'));
+    await run('/usr/bin/python3', [join(ROOT, 'models/training/export_onnx.py'), '--checkpoint', CHECKPOINT, '--out', dir,
+      '--reference', join(dir, 'reference.json'), '--reference-n', '3'], { timeout: 120_000 });
+    ref = JSON.parse(await readFile(join(dir, 'reference.json'), 'utf8')) as Reference;
+  }, 150_000);
+  afterAll(async () => rm(dir, { recursive: true, force: true }));
+
+  it('models/default/model.onnx gives the checkpoint\'s PyTorch outputs, and the manifest names its architecture', async () => {
+    const { manifest, modelPath } = await loadBundle(join(ROOT, 'models/default'));
+    const exported = await loadBundle(dir);
+    expect(manifest.architecture).toBe(exported.manifest.architecture);
+    const [n, c, h, w] = ref.shape;
+    const { scale, mean, std } = manifest.input.normalisation;
+    const x = new Float32Array(n * c * h * w);
+    for (let i = 0; i < x.length; i++) {
+      const ch = Math.floor(i / (h * w)) % c;
+      x[i] = (ref.input_u8[i]! * scale - mean[ch]!) / std[ch]!;
+    }
+    const session = await ort.InferenceSession.create(modelPath, { intraOpNumThreads: 1 });
+    try {
+      const out = await session.run({ input: new ort.Tensor('float32', x, [n, c, h, w]) });
+      for (const name of ['abs_um', 'sign_logit', 'log_var'] as const) {
+        const got = Array.from(out[manifest.outputs[name] ?? name]!.data as Float32Array);
+        got.forEach((g, i) => expect(Math.abs(g - ref[name][i]!)).toBeLessThanOrEqual(ATOL + RTOL * Math.abs(ref[name][i]!)));
+      }
+      // a different model would be caught: the three reference patches do not all give the same answer
+      expect(new Set(ref.abs_um.map((v) => v.toFixed(3))).size).toBeGreaterThan(1);
+    } finally {
+      await session.release();
+    }
+  });
+});
