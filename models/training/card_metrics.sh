@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The model card's daemon-side numbers for a bundle, from commands a reader can rerun (CPU only, ~5 min on 2 cores):
-#   - held-out tiles (make_eval_tiles.py, shifted optics, seeded) through `focusd score`, CNN and classical side by side;
+#   - held-out tiles (make_eval_tiles.py, shifted optics, seeded) through `focusd score`, CNN and classical side by side,
+#     one patch per tile (as the published per-patch numbers) and 768x768 tiles (the daemon aggregates 8-9 patches);
 #   - glass/dust and tissue-rim tiles: share called no_tissue;
 #   - CPU latency per 320x320 patch in onnxruntime-node, 1 and 2 threads;
 #   - the real focus stack: `focusd calibrate` (in-focus slice, fit, sign test) and Spearman of |defocus| vs |z|.
@@ -22,6 +23,12 @@ $FOCUSD score --pixel-size 0.22 --scorer cnn --model "$BUNDLE" "$W"/tiles/*.png 
 $FOCUSD score --pixel-size 0.22 --scorer classical "$W"/tiles/*.png > "$W/classical.jsonl"
 $PY $T/score_metrics.py --tiles "$W/tiles" --scored cnn="$W/cnn.jsonl" --scored classical="$W/classical.jsonl" --out "$W/daemon.json" >/dev/null
 
+echo "== held-out 768x768 tiles (several patches each, as a scanner's tiles)" >&2
+$PY $T/make_eval_tiles.py --out "$W/tiles768" --tile-px 768 --per-z 2 >&2
+$FOCUSD score --pixel-size 0.22 --scorer cnn --model "$BUNDLE" "$W"/tiles768/*.png > "$W/cnn768.jsonl"
+$FOCUSD score --pixel-size 0.22 --scorer classical "$W"/tiles768/*.png > "$W/classical768.jsonl"
+$PY $T/score_metrics.py --tiles "$W/tiles768" --scored cnn="$W/cnn768.jsonl" --scored classical="$W/classical768.jsonl" --out "$W/daemon768.json" >/dev/null
+
 echo "== CPU latency" >&2
 node scripts/bench-model-latency.mjs "$BUNDLE" 500 > "$W/latency.json"
 
@@ -42,6 +49,7 @@ import json, sys
 from pathlib import Path
 w = Path(sys.argv[1])
 d = json.loads((w / "daemon.json").read_text())
+d768 = json.loads((w / "daemon768.json").read_text())
 lat = json.loads((w / "latency.json").read_text())
 cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
 extra = {
@@ -51,6 +59,9 @@ extra = {
                                  "threads_2_median": lat["threads_2"]["median_ms"]},
     "daemon_path_eval": {"what": "make_eval_tiles.py held-out tiles (shifted optics) through `focusd score --scorer cnn|classical "
                                  "--pixel-size 0.22`; models/training/card_metrics.sh", "cnn": d["cnn"], "classical": d["classical"]},
+    "daemon_path_eval_768px_tiles": {"what": "make_eval_tiles.py --tile-px 768 --per-z 2: held-out 768x768 tiles (shifted optics), "
+                                         "8-9 patches each aggregated by the daemon; models/training/card_metrics.sh",
+                                         "cnn": d768["cnn"], "classical": d768["classical"]},
     "no_tissue_daemon_detector": {k: d["cnn"][k] for k in ("glass_no_tissue_rate", "glass_n", "rim_no_tissue_rate", "rim_n") if k in d["cnn"]},
 }
 if (w / "stack.json").exists():

@@ -29,6 +29,8 @@ def main(argv=None):
     ap.add_argument("--optics", choices=["shifted", "default"], default="shifted")
     ap.add_argument("--seed", type=int, default=321)
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--tile-px", type=int, default=S.PATCH, help="tile edge in pixels (default one model patch; larger "
+                    "tiles hold several patches, as a scanner's do, and show what the daemon's per-tile aggregation adds)")
     ap.add_argument("--glass", type=int, default=0, help="also write N glass/dust tiles and N tissue-rim tiles (z = nan)")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -42,7 +44,7 @@ def main(argv=None):
     zs = np.round(np.arange(-a.z_max, a.z_max + 1e-9, a.z_step), 3)
     for si, src in enumerate(held):
         for z in zs:
-            crops = S.random_crops([src], a.per_z, gen, S.Variation(), "cpu")
+            crops = S.random_crops([src], a.per_z, gen, S.Variation(), "cpu", size=a.tile_px + 2 * S.MARGIN)
             x8 = S.render(crops, torch.full((a.per_z,), float(z)), O.OpticsBatch.fixed(optics, a.per_z), gen, S.Variation())
             for k in range(a.per_z):
                 name = f"s{si}_k{k}_z{'+' if z >= 0 else '-'}{abs(z):07.3f}um.png"
@@ -55,7 +57,7 @@ def main(argv=None):
                 Image.fromarray(x8[k].permute(1, 2, 0).to(torch.uint8).numpy()).save(out / name)
                 rows.append(f"{name},nan,{kind},none")
     (out / "manifest.csv").write_text("\n".join(rows) + "\n")
-    print(f"{len(rows) - 1} tiles in {out} ({a.optics} optics)")
+    print(f"{len(rows) - 1} tiles of {a.tile_px} px in {out} ({a.optics} optics)")
 
 
 if __name__ == "__main__":

@@ -114,15 +114,15 @@ def _u(lo_hi, shape, gen, device):
     return (lo + (hi - lo) * torch.rand(shape, generator=gen)).to(device)
 
 
-def random_crops(sources: list[Source], b: int, gen: torch.Generator, var: Variation, device) -> torch.Tensor:
-    """b crops of CROP x CROP as float sRGB in [0,1], [b,3,CROP,CROP]."""
+def random_crops(sources: list[Source], b: int, gen: torch.Generator, var: Variation, device, size: int = CROP) -> torch.Tensor:
+    """b crops of size x size (default CROP: one patch plus the PSF margin) as float sRGB in [0,1], [b,3,size,size]."""
     weights = torch.tensor([float(s.img.shape[1] * s.img.shape[2]) for s in sources])
     idx = torch.multinomial(weights, b, replacement=True, generator=gen)
     crops = []
     for i in idx.tolist():
         im = sources[i].img
         scale = float(_u(var.downscale, (1,), gen, "cpu"))
-        cs = int(math.ceil(CROP / scale))
+        cs = int(math.ceil(size / scale))
         _, h, w = im.shape
         if h < cs or w < cs:  # small sources: reflect-pad (the pad lands mostly in the cropped margin)
             ph, pw = max(0, cs - h), max(0, cs - w)
@@ -131,8 +131,8 @@ def random_crops(sources: list[Source], b: int, gen: torch.Generator, var: Varia
         y = int(torch.randint(0, h - cs + 1, (1,), generator=gen))
         x = int(torch.randint(0, w - cs + 1, (1,), generator=gen))
         c = im[:, y:y + cs, x:x + cs].float()[None] / 255.0
-        if cs != CROP:
-            c = F.interpolate(c, size=(CROP, CROP), mode="bilinear", align_corners=False, antialias=True)
+        if cs != size:
+            c = F.interpolate(c, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         k = int(torch.randint(0, 4, (1,), generator=gen))
         c = torch.rot90(c, k, dims=(-2, -1))
         if int(torch.randint(0, 2, (1,), generator=gen)):
@@ -143,7 +143,9 @@ def random_crops(sources: list[Source], b: int, gen: torch.Generator, var: Varia
 
 def render(srgb: torch.Tensor, z: torch.Tensor, ob: O.OpticsBatch, gen: torch.Generator, var: Variation,
            psf_oversample: int = 3) -> torch.Tensor:
-    """In-focus sRGB crops [B,3,CROP,CROP] -> defocused 8-bit camera patches (float 0..255) [B,3,PATCH,PATCH]."""
+    """In-focus sRGB crops [B,3,S,S] -> defocused 8-bit camera images (float 0..255) [B,3,S-2*MARGIN,S-2*MARGIN]
+    (S = CROP gives one PATCH)."""
+    out_px = srgb.shape[-1] - 2 * MARGIN
     dev = srgb.device
     b = srgb.shape[0]
     lin = O.srgb_to_linear(srgb)
@@ -154,7 +156,7 @@ def render(srgb: torch.Tensor, z: torch.Tensor, ob: O.OpticsBatch, gen: torch.Ge
         od = torch.einsum("bij,bjhw->bihw", stain_matrices(b, gen, var).to(dev), od)
     lin = torch.exp(-od)
     k = O.psf_kernels(z.to(dev), ob, KERNEL, psf_oversample)
-    lin = O.convolve(lin, k)[:, :, MARGIN:MARGIN + PATCH, MARGIN:MARGIN + PATCH]
+    lin = O.convolve(lin, k)[:, :, MARGIN:MARGIN + out_px, MARGIN:MARGIN + out_px]
     lin = lin * _u(var.brightness, (b, 1, 1, 1), gen, dev) * _u(var.white_balance, (b, 3, 1, 1), gen, dev)
     lin = lin.clamp(0, 1)
     fw = _u(var.full_well_e, (b, 1, 1, 1), gen, dev)
