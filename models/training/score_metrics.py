@@ -26,6 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from evaluate import metrics as patch_metrics  # noqa: E402
 
 TOLERANCE_UM = 1.0
+# controller.signConfidence default (config/sections/controller.ts): below it the controller probes instead of
+# trusting the sign, so a wrong sign below it costs a probe, not a move in the wrong direction
+SIGN_CONFIDENCE = 0.8
 
 
 def load_scored(path: Path) -> dict:
@@ -58,6 +61,12 @@ def scorer_metrics(truth: list[dict], scored: dict) -> dict:
     m["has_sign"] = bool(np.any(np.abs(conf - 0.5) > 1e-9))
     if not m["has_sign"]:
         m["sign_acc_abs_z_ge_1"] = None  # a scorer without a sign has no sign accuracy (its signed metrics use d >= 0)
+    else:
+        far = (np.abs(z) >= 1.0) & (np.abs(z) <= 6.0)
+        sure = far & (conf >= SIGN_CONFIDENCE)
+        m["sign_confident_share_abs_z_ge_1"] = float(np.mean(sure[far])) if far.any() else None
+        m["sign_acc_confident_abs_z_ge_1"] = float(np.mean((d[sure] >= 0) == (z[sure] > 0))) if sure.any() else None
+        m["wrong_sign_confident"] = int(np.sum(sure & ((d >= 0) != (z > 0))))
     m["spearman_abs"] = float(spearmanr(np.abs(d), np.abs(z)).correlation)
     m["verdict_acc"] = float(np.mean([v == w for v, w in zip(verdicts, want)]))
     # the costly errors for a scanner: an in-focus tile re-acquired, an out-of-focus tile kept

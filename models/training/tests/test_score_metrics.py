@@ -36,6 +36,9 @@ class TestScoreMetrics(unittest.TestCase):
         self.assertEqual(m["rim_no_tissue_rate"], 0.0)
         self.assertTrue(m["has_sign"])
         self.assertAlmostEqual(m["sign_acc_abs_z_ge_1"], 2 / 3, places=3)
+        # b, c, d have |z| >= 1, all with confidence >= 0.8: c's wrong sign would move the stage the wrong way
+        self.assertEqual(m["sign_confident_share_abs_z_ge_1"], 1.0)
+        self.assertEqual(m["wrong_sign_confident"], 1)
 
     def test_a_scorer_without_a_sign_has_no_sign_accuracy(self):
         scored = {r["file"].split("/")[-1]: r for r in (
