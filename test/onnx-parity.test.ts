@@ -23,6 +23,28 @@ interface Reference {
   log_var: number[];
 }
 
+/** Normalises the reference's 8-bit input exactly as the daemon does (from the manifest) and opens the model. */
+async function referenceInput(bundleDir: string, ref: Reference) {
+  const { manifest, modelPath } = await loadBundle(bundleDir);
+  const [n, c, h, w] = ref.shape;
+  const { scale, mean, std } = manifest.input.normalisation;
+  const x = new Float32Array(n * c * h * w);
+  for (let i = 0; i < x.length; i++) {
+    const ch = Math.floor(i / (h * w)) % c;
+    x[i] = (ref.input_u8[i]! * scale - mean[ch]!) / std[ch]!;
+  }
+  const session = await ort.InferenceSession.create(modelPath, { intraOpNumThreads: 1 });
+  return { manifest, session, x, dims: [n, c, h, w] as const };
+}
+
+function expectReferenceOutputs(out: ort.InferenceSession.OnnxValueMapType, outputs: Record<string, string>, ref: Reference) {
+  for (const name of ['abs_um', 'sign_logit', 'log_var'] as const) {
+    const got = Array.from(out[outputs[name] ?? name]!.data as Float32Array);
+    expect(got).toHaveLength(ref.shape[0]);
+    got.forEach((g, i) => expect(Math.abs(g - ref[name][i]!)).toBeLessThanOrEqual(ATOL + RTOL * Math.abs(ref[name][i]!)));
+  }
+}
+
 describe('ONNX export parity (PyTorch vs onnxruntime-node)', () => {
   let dir: string;
   let ref: Reference;
@@ -35,24 +57,11 @@ describe('ONNX export parity (PyTorch vs onnxruntime-node)', () => {
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
   it('the exported bundle validates and gives the PyTorch outputs for fixed inputs, batch 3 and batch 1', async () => {
-    const { manifest, modelPath } = await loadBundle(dir);
+    const { manifest, session, x, dims } = await referenceInput(dir, ref);
+    const [n, c, h, w] = dims;
     expect(manifest.input.name).toBe('input');
-    const [n, c, h, w] = ref.shape;
-    const { scale, mean, std } = manifest.input.normalisation;
-    // normalise exactly as the daemon does, from the manifest
-    const x = new Float32Array(n * c * h * w);
-    for (let i = 0; i < x.length; i++) {
-      const ch = Math.floor(i / (h * w)) % c;
-      x[i] = (ref.input_u8[i]! * scale - mean[ch]!) / std[ch]!;
-    }
-    const session = await ort.InferenceSession.create(modelPath, { intraOpNumThreads: 1 });
     try {
-      const out = await session.run({ input: new ort.Tensor('float32', x, [n, c, h, w]) });
-      for (const name of ['abs_um', 'sign_logit', 'log_var'] as const) {
-        const got = Array.from(out[manifest.outputs[name] ?? name]!.data as Float32Array);
-        expect(got).toHaveLength(n);
-        got.forEach((g, i) => expect(Math.abs(g - ref[name][i]!)).toBeLessThanOrEqual(ATOL + RTOL * Math.abs(ref[name][i]!)));
-      }
+      expectReferenceOutputs(await session.run({ input: new ort.Tensor('float32', x, [n, c, h, w]) }), manifest.outputs, ref);
       // dynamic batch axis: one patch alone gives the same answer
       const one = await session.run({ input: new ort.Tensor('float32', x.slice(c * h * w, 2 * c * h * w), [1, c, h, w]) });
       expect(Math.abs((one['abs_um']!.data as Float32Array)[0]! - ref.abs_um[1]!)).toBeLessThanOrEqual(ATOL + RTOL * Math.abs(ref.abs_um[1]!));
@@ -79,23 +88,10 @@ describe('the shipped bundle is the committed checkpoint', () => {
   afterAll(async () => rm(dir, { recursive: true, force: true }));
 
   it('models/default/model.onnx gives the checkpoint\'s PyTorch outputs, and the manifest names its architecture', async () => {
-    const { manifest, modelPath } = await loadBundle(join(ROOT, 'models/default'));
-    const exported = await loadBundle(dir);
-    expect(manifest.architecture).toBe(exported.manifest.architecture);
-    const [n, c, h, w] = ref.shape;
-    const { scale, mean, std } = manifest.input.normalisation;
-    const x = new Float32Array(n * c * h * w);
-    for (let i = 0; i < x.length; i++) {
-      const ch = Math.floor(i / (h * w)) % c;
-      x[i] = (ref.input_u8[i]! * scale - mean[ch]!) / std[ch]!;
-    }
-    const session = await ort.InferenceSession.create(modelPath, { intraOpNumThreads: 1 });
+    const { manifest, session, x, dims } = await referenceInput(join(ROOT, 'models/default'), ref);
+    expect(manifest.architecture).toBe((await loadBundle(dir)).manifest.architecture);
     try {
-      const out = await session.run({ input: new ort.Tensor('float32', x, [n, c, h, w]) });
-      for (const name of ['abs_um', 'sign_logit', 'log_var'] as const) {
-        const got = Array.from(out[manifest.outputs[name] ?? name]!.data as Float32Array);
-        got.forEach((g, i) => expect(Math.abs(g - ref[name][i]!)).toBeLessThanOrEqual(ATOL + RTOL * Math.abs(ref[name][i]!)));
-      }
+      expectReferenceOutputs(await session.run({ input: new ort.Tensor('float32', x, [...dims]) }), manifest.outputs, ref);
       // a different model would be caught: the three reference patches do not all give the same answer
       expect(new Set(ref.abs_um.map((v) => v.toFixed(3))).size).toBeGreaterThan(1);
     } finally {
