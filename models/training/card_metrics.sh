@@ -5,6 +5,8 @@
 #   - glass/dust and tissue-rim tiles: share called no_tissue;
 #   - CPU latency per 320x320 patch in onnxruntime-node, 1 and 2 threads;
 #   - the real focus stack: `focusd calibrate` (in-focus slice, fit, sign test) and Spearman of |defocus| vs |z|.
+#   - with CHECKPOINT=path (the bundle's PyTorch checkpoint): the in-distribution check on the training images
+#     (evaluate.py --training-images, ~5 min more on 2 cores), the published model's kind of validation.
 # Usage: bash models/training/card_metrics.sh BUNDLE_DIR WORK_DIR   -> WORK_DIR/extra.json (export_onnx.py --extra-metrics)
 # Needs a built dist/ (npm run build), /usr/bin/python3 with torch, the in-focus sources and (optional) the stack.
 set -euo pipefail
@@ -44,6 +46,11 @@ if [ -d "$STACK" ]; then
     --scored classical="$W/stack-classical.jsonl" --out "$W/stack.json" >/dev/null
 fi
 
+if [ -n "${CHECKPOINT:-}" ]; then
+  echo "== in-distribution check on the training images" >&2
+  $PY $T/evaluate.py --checkpoint "$CHECKPOINT" --out "$W/eval-training-images.json" --device cpu --per-z 4 --training-images >/dev/null
+fi
+
 $PY - "$W" "$(uname -m)" "$(nproc)" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -72,6 +79,13 @@ if (w / "stack.json").exists():
         "calibrate_spearman_abs_in_range": rep["spearman_abs_in_range"], "calibrate_spearman_abs_all": rep["spearman_abs_all"],
         "focusd_score": json.loads((w / "stack.json").read_text()),
     }
+if (w / "eval-training-images.json").exists():
+    e = json.loads((w / "eval-training-images.json").read_text())
+    keys = ("n", "mae_um_abs_z_le_4", "r2", "fit_slope", "fit_intercept", "within_1um", "sign_acc_abs_z_ge_1", "abs_mae_um_z_le_4", "abs_r2")
+    extra["in_distribution_training_images"] = {
+        "what": "NOT held out: the 13 training images, new crops/noise/optics draws, per-z 4 on CPU (evaluate.py "
+                "--training-images); the published model's kind of validation",
+        **{o: {k: round(e[o][k], 4) for k in keys} for o in ("shifted_optics", "default_optics")}}
 (w / "extra.json").write_text(json.dumps(extra, indent=1) + "\n")
 print(json.dumps(extra, indent=1))
 EOF
