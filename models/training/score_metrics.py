@@ -46,13 +46,12 @@ def scorer_metrics(truth: list[dict], scored: dict) -> dict:
         raise SystemExit(f"{len(missing)} tiles have no score, e.g. {missing[0]}")
     tissue = [t for t in truth if not math.isnan(t["z"])]
     empty = [t for t in truth if math.isnan(t["z"])]
-    z_all = np.array([t["z"] for t in tissue])
     verdicts = [scored[t["file"]]["verdict"] for t in tissue]
     want = ["in_focus" if abs(t["z"]) <= TOLERANCE_UM else "out_of_focus" for t in tissue]
-    ok = [s for s, t in zip((scored[t["file"]] for t in tissue), tissue) if s["defocus_um"] is not None]
-    z = np.array([t["z"] for s, t in zip((scored[t["file"]] for t in tissue), tissue) if s["defocus_um"] is not None])
-    d = np.array([s["defocus_um"] for s in ok], dtype=float)
-    conf = np.array([s["sign_confidence"] if s["sign_confidence"] is not None else 0.5 for s in ok], dtype=float)
+    ok = [(t["z"], scored[t["file"]]) for t in tissue if scored[t["file"]]["defocus_um"] is not None]
+    z = np.array([zt for zt, _ in ok], dtype=float)
+    d = np.array([s["defocus_um"] for _, s in ok], dtype=float)
+    conf = np.array([s["sign_confidence"] if s["sign_confidence"] is not None else 0.5 for _, s in ok], dtype=float)
     # evaluate.metrics wants |d| and a sign logit; a scorer without a sign (confidence 0.5) reports d >= 0
     m = patch_metrics(z, np.abs(d), np.where(d >= 0, 1.0, -1.0))
     m["n_tiles"] = len(tissue)
@@ -75,8 +74,7 @@ def scorer_metrics(truth: list[dict], scored: dict) -> dict:
     # tiles exactly at the tolerance (|z| = 1 µm on a 1 µm grid) are a coin flip for any scorer: also without them
     clear = [abs(abs(t["z"]) - TOLERANCE_UM) > 0.25 for t in tissue]
     m["verdict_acc_away_from_tolerance"] = float(np.mean([v == w for v, w, c in zip(verdicts, want, clear) if c]))
-    m["verdict_acc_scored"] = float(np.mean([scored[t["file"]]["verdict"] == w for t, w in zip(tissue, want)
-                                             if scored[t["file"]]["verdict"] != "no_tissue"]))
+    m["verdict_acc_scored"] = float(np.mean([v == w for v, w in zip(verdicts, want) if v != "no_tissue"]))
     for kind in ("glass", "rim"):
         ks = [t for t in empty if t["source"] == kind]
         if ks:
