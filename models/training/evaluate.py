@@ -121,7 +121,7 @@ def evaluate(model, root: Path, device, per_z=8, seed=123, z_step=0.5, splits=HE
         for src in held:
             crops = S.random_crops([src], 4, gen, S.Variation(), device)
             m = S.sparse_tissue_masks(4, gen, frac=(0.05, 0.25), device=device)
-            x8 = S.render(crops * m + (1 - m), torch.full((4,), float(z)).to(device), O.OpticsBatch.fixed(SHIFTED, 4, device), gen, S.Variation())
+            x8 = S.render(S.on_glass(crops, m), torch.full((4,), float(z)).to(device), O.OpticsBatch.fixed(SHIFTED, 4, device), gen, S.Variation())
             a, sg, _ = predict(model, x8)
             z_all.append(np.full(4, z)); a_all.append(a); s_all.append(sg)
     out["sparse_tissue_shifted_optics"] = {**metrics(np.concatenate(z_all), np.concatenate(a_all), np.concatenate(s_all)),

@@ -104,7 +104,7 @@ class Variation:
 
 
 NO_VARIATION = Variation((1, 1), (1, 1), (1, 1), (1, 1), (20000.0, 20000.0), (2.0, 2.0), (1.0, 1.0))
-# `train.py --stain-aug`. Measured (models/README.md, "Stain augmentation"): it did not reduce the held-out stain error,
+# `train.py --stain-aug`. Measured (models/README.md, "How 0.2.0 was trained"): it did not reduce the held-out stain error,
 # so the shipped model is trained without it.
 STAIN_AUG_VARIATION = Variation(stain_mix=0.35, stain_permute=0.5)
 
@@ -184,6 +184,12 @@ def sparse_tissue_masks(b: int, gen: torch.Generator, frac=(0.03, 0.4), device="
     t = srt.gather(1, ((1 - f).clamp(0, 1) * (srt.shape[1] - 1)).long())  # per-mask (1 - f) quantile
     edge = _u((1.0, 3.0), (b, 1, 1), gen, device)
     return torch.sigmoid((u - t.view(b, 1, 1)) / edge)[:, None]
+
+
+def on_glass(srgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Specimen crops [B,3,S,S] with bare glass (transmittance 1, white before illumination) where mask [B,1,S,S] is 0:
+    the rim is part of the specimen, so it goes through the optics with the tissue."""
+    return srgb * mask + (1 - mask)
 
 
 def stain_matrices(b: int, gen: torch.Generator, var: Variation) -> torch.Tensor:

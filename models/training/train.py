@@ -42,10 +42,9 @@ def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample
     ob = O.OpticsBatch.sample(ranges, b, gen, device)
     crops = S.random_crops(sources, b, gen, var, device)
     if sparse_frac > 0:  # tissue-rim patches: part of the specimen is bare glass (white before the optics)
-        pick = torch.nonzero(torch.rand(b, generator=gen) < sparse_frac).flatten()
+        pick = torch.nonzero(torch.rand(b, generator=gen) < sparse_frac).flatten().to(device)
         if len(pick):
-            m = S.sparse_tissue_masks(len(pick), gen, device=device)
-            crops[pick.to(device)] = crops[pick.to(device)] * m + (1 - m)
+            crops[pick] = S.on_glass(crops[pick], S.sparse_tissue_masks(len(pick), gen, device=device))
     x8 = S.render(crops, z.to(device), ob, gen, var, psf_oversample=oversample)
     return S.normalise(x8, S.NORMALISATION), z.to(device)
 
