@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:net';
 import { Aedes } from 'aedes';
-import type { Context } from '../daemon/context.js';
-import type { Component } from '../daemon/lifecycle.js';
+import type { Context } from '../core/context.js';
+import type { Component } from '../core/lifecycle.js';
 
 /**
  * In-process MQTT broker (aedes 1.x) for mqtt.url = "embedded": demos and single-box setups. It listens on

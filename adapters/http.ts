@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Component } from '../daemon/lifecycle.js';
-import type { Context } from '../daemon/context.js';
+import type { Component } from '../core/lifecycle.js';
+import type { Context } from '../core/context.js';
 
 /** GET /status (JSON), /healthz (200 when ready, 503 otherwise), /metrics (Prometheus text). Disabled when http.port = 0. */
 export class HttpStatus implements Component {

@@ -3,13 +3,11 @@ import { resolve } from 'node:path';
 import AjvModule, { type ValidateFunction } from 'ajv';
 import mqtt, { type IClientOptions, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { PACKAGE_ROOT } from '../config/load.js';
-import type { Context } from '../daemon/context.js';
-import type { SurfacePrediction } from '../daemon/focus-surface.js';
-import type { Component } from '../daemon/lifecycle.js';
-import { LogThrottle } from '../daemon/log-throttle.js';
-import { tileMeta } from '../daemon/logger.js';
-import type { ActionPublisher } from '../daemon/outbox.js';
-import type { Action, Rejection, TileHeader, TileOutcome } from '../daemon/types.js';
+import type { Context } from '../core/context.js';
+import type { Component } from '../core/lifecycle.js';
+import { LogThrottle } from '../core/log-throttle.js';
+import { tileMeta } from '../core/logger.js';
+import type { Action, ActionPublisher, Rejection, SurfacePrediction, TileHeader, TileOutcome } from '../core/types.js';
 
 /**
  * MQTT side of focusd (docs/mqtt.md). Topics under config.resolved.baseTopic:

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
-import type { Component } from '../daemon/lifecycle.js';
-import type { Context } from '../daemon/context.js';
+import type { Component } from '../core/lifecycle.js';
+import type { Context } from '../core/context.js';
 
 interface DgramSocket {
   send(buf: Buffer, offset: number, length: number, path: string, cb?: (err?: Error) => void): void;

@@ -1,9 +1,9 @@
 import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
 import Database from 'better-sqlite3';
-import type { Context } from '../daemon/context.js';
-import type { Component } from '../daemon/lifecycle.js';
-import type { Action, TileOutcome, Verdict } from '../daemon/types.js';
+import type { Context } from '../core/context.js';
+import type { Component } from '../core/lifecycle.js';
+import type { Action, TileOutcome, Verdict } from '../core/types.js';
 
 /**
  * The daemon's state in one SQLite file (WAL) under config.resolved.stateDir:

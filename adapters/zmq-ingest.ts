@@ -1,10 +1,10 @@
 // ZeroMQ ingest edge (wire protocol v1, docs/protocol.md): binds PULL or ROUTER, validates each message cheaply
 // (protocol/header.ts) and hands tiles to the TileSink; in router mode every message gets exactly one JSON reply.
 import * as zmq from 'zeromq';
-import type { Component } from '../daemon/lifecycle.js';
-import type { Context } from '../daemon/context.js';
-import { tileMeta } from '../daemon/logger.js';
-import type { Rejection, TileReply, TileSink } from '../daemon/types.js';
+import type { Component } from '../core/lifecycle.js';
+import type { Context } from '../core/context.js';
+import { tileMeta } from '../core/logger.js';
+import type { Rejection, TileReply, TileSink } from '../core/types.js';
 import { parseMessage } from '../protocol/header.js';
 
 /**

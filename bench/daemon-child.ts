@@ -1,7 +1,7 @@
 // The daemon under benchmark, in its own process so its CPU time and RSS are its own. Driven by bench/run.ts over IPC.
 import { loadConfig } from '../config/load.js';
 import { Daemon } from '../daemon/daemon.js';
-import { createLogger } from '../daemon/logger.js';
+import { createLogger } from '../core/logger.js';
 
 const overrides = JSON.parse(process.argv[2] ?? '{}') as Record<string, unknown>;
 const config = loadConfig({ overrides, env: {} });

@@ -15,17 +15,18 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadConfig, PACKAGE_ROOT } from '../config/load.js';
-import { createContext, type Context } from '../daemon/context.js';
-import { createLogger } from '../daemon/logger.js';
-import type { DecodedTile, IncomingTile, TileHeader, TileReply } from '../daemon/types.js';
+import { createContext, type Context } from '../core/context.js';
+import { createLogger } from '../core/logger.js';
+import type { DecodedTile, IncomingTile, TileHeader, TileReply } from '../core/types.js';
 import { decodeTile } from '../imaging/decode.js';
-import { DefocusOptics, encodePng, synthTile } from '../imaging/synth.js';
+import { encodePng, synthTile } from '../sim/procedural.js';
+import { DefocusOptics } from '../imaging/optics.js';
 import { detectTissue } from '../imaging/tissue.js';
 import { ClassicalScorer } from '../models/classical.js';
 import { CnnScorer } from '../models/cnn-scorer.js';
 import { PatchBytes, planPatches } from '../models/patches.js';
-import { freePort } from '../tools/net.js';
-import { TileSender } from '../tools/replay.js';
+import { freePort } from '../core/net.js';
+import { TileSender } from '../sim/replay.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -418,7 +419,7 @@ function markdown(r: Record<string, any>, stamp: string): string {
   return `# focusd benchmark (${stamp})
 
 Machine: ${r.machine.cpus} CPU (${r.machine.cpu_model}), ${r.machine.mem_gb} GB, Node ${r.machine.node}.
-Model: ${r.model}. Engine: ${r.engine}. Tiles: ${r.tile.width}x${r.tile.height} synthetic (imaging/synth.ts), ≤ ${r.tile.max_patches_per_tile} patches/tile, batch ${r.tile.batch_size}.
+Model: ${r.model}. Engine: ${r.engine}. Tiles: ${r.tile.width}x${r.tile.height} synthetic (sim/procedural.ts), ≤ ${r.tile.max_patches_per_tile} patches/tile, batch ${r.tile.batch_size}.
 
 ## Daemon (child process, ZeroMQ router ← TileSender dealer)
 

@@ -5,11 +5,12 @@ import { parseArgs } from 'node:util';
 import mqtt from 'mqtt';
 import { loadConfig } from '../config/load.js';
 import { Daemon } from '../daemon/daemon.js';
-import { createLogger } from '../daemon/logger.js';
-import type { TileHeader } from '../daemon/types.js';
-import { DefocusOptics, encodePng, synthTile, type SynthKind } from '../imaging/synth.js';
-import { freePort } from '../tools/net.js';
-import { TileSender } from '../tools/replay.js';
+import { createLogger } from '../core/logger.js';
+import type { TileHeader } from '../core/types.js';
+import { encodePng, synthTile, type SynthKind } from '../sim/procedural.js';
+import { DefocusOptics } from '../imaging/optics.js';
+import { freePort } from '../core/net.js';
+import { TileSender } from '../sim/replay.js';
 
 interface DemoTile {
   row: number;

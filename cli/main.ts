@@ -26,8 +26,8 @@ const commands: Record<string, Command> = {
   score: scoreMain,
   demo: demoMain,
   report: reportMain,
-  replay: async (argv) => (await import('../tools/replay.js')).replayMain(argv),
-  calibrate: async (argv) => (await import('../tools/calibrate.js')).calibrateMain(argv),
+  replay: async (argv) => (await import('./replay.js')).replayMain(argv),
+  calibrate: async (argv) => (await import('./calibrate.js')).calibrateMain(argv),
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { Store } from '../adapters/store.js';
-import { createContext } from '../daemon/context.js';
-import { createLogger } from '../daemon/logger.js';
+import { createContext } from '../core/context.js';
+import { createLogger } from '../core/logger.js';
 import { buildDriftReport, renderDriftMarkdown, writeDriftReport } from '../daemon/reports.js';
 import { loadCommandConfig, splitConfigArgs } from './args.js';
 

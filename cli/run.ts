@@ -1,6 +1,6 @@
 import { ConfigError, loadConfig } from '../config/load.js';
 import { Daemon } from '../daemon/daemon.js';
-import { createLogger } from '../daemon/logger.js';
+import { createLogger } from '../core/logger.js';
 import { splitConfigArgs } from './args.js';
 
 /**

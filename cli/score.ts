@@ -1,10 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { createContext } from '../daemon/context.js';
-import { createLogger } from '../daemon/logger.js';
+import { createContext } from '../core/context.js';
+import { createLogger } from '../core/logger.js';
 import { decide } from '../daemon/pipeline.js';
-import type { TileFormat, TileHeader } from '../daemon/types.js';
+import type { TileFormat, TileHeader } from '../core/types.js';
 import { decodeTile } from '../imaging/decode.js';
 import { createScorer } from '../models/index.js';
 import { loadCommandConfig, splitConfigArgs } from './args.js';

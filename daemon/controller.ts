@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import type { FocusdConfig } from '../config/load.js';
-import type { Context } from './context.js';
-import { FocusSurface, type SurfacePrediction } from './focus-surface.js';
-import { median } from './stats.js';
-import type { Component } from './lifecycle.js';
-import { LogThrottle } from './log-throttle.js';
-import type { Action, ActionType, TileHeader, TileOutcome } from './types.js';
+import type { Context } from '../core/context.js';
+import { FocusSurface } from './focus-surface.js';
+import { median } from '../core/stats.js';
+import type { Component } from '../core/lifecycle.js';
+import { LogThrottle } from '../core/log-throttle.js';
+import type { Action, ActionType, SurfacePrediction, TileHeader, TileOutcome } from '../core/types.js';
 
 /**
  * Feedback controller (docs/controller.md). `FocusController` is the pure decision logic: scored tiles in,

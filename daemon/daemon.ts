@@ -7,9 +7,9 @@ import { ZmqIngest } from '../adapters/zmq-ingest.js';
 import { decodeTile } from '../imaging/decode.js';
 import { createScorer } from '../models/index.js';
 import type { Scorer } from '../models/scorer.js';
-import { createContext, type Context } from './context.js';
-import { Lifecycle, type Component } from './lifecycle.js';
-import { createLogger, type Logger } from './logger.js';
+import { createContext, type Context } from '../core/context.js';
+import { Lifecycle, type Component } from '../core/lifecycle.js';
+import { createLogger, type Logger } from '../core/logger.js';
 import { Pipeline } from './pipeline.js';
 import { buildMqttSide, type MqttSide } from './wiring.js';
 

@@ -4,35 +4,14 @@
  * spread over the slide. Used to predict the defocus of the next tile and to tell tilt (the focal plane is where
  * it was, the scanner does not follow it) from drift (the focal plane itself moved).
  */
-import { median } from './stats.js';
+import { median } from '../core/stats.js';
+import type { SurfaceFit, SurfacePrediction } from '../core/types.js';
+
 
 export interface SurfaceOptions {
   minPointsPlane: number;
   minPointsQuadratic: number;
   maxPoints: number;
-}
-
-export interface SurfaceFit {
-  model: 'plane' | 'quadratic';
-  /** coefficients in normalised coordinates u = (x − cx) / s, v = (y − cy) / s: [1, u, v, u², uv, v²]. */
-  coef: number[];
-  center: { x: number; y: number };
-  scale: number;
-  points: number;
-  /** points dropped as outliers in the robust refit. */
-  outliers: number;
-  rms_um: number;
-  /** gradient at the centre, µm of z per mm of stage travel (the slide's tilt). */
-  tilt_um_per_mm: { x: number; y: number };
-}
-
-export interface SurfacePrediction {
-  best_focus_z_um: number;
-  /** stage z − predicted best focus: the defocus this tile should show. */
-  defocus_um: number;
-  model: SurfaceFit['model'];
-  points: number;
-  rms_um: number;
 }
 
 /** Smallest number of points for each model, whatever the configuration says (one per coefficient plus one). */

@@ -1,7 +1,8 @@
 import type { Store } from '../adapters/store.js';
-import type { Context } from './context.js';
-import type { Component } from './lifecycle.js';
-import type { Action } from './types.js';
+import type { Context } from '../core/context.js';
+import type { Component } from '../core/lifecycle.js';
+import type { Action, ActionPublisher } from '../core/types.js';
+
 
 /**
  * Durable action outbox. The SQLite table is the source of truth, not MQTT.js's in-memory queue:
@@ -15,16 +16,6 @@ import type { Action } from './types.js';
  * A publish in flight when the connection drops stays in MQTT.js's store and is resent by it on reconnect; the
  * in-flight set keeps the outbox from sending the same row a second time meanwhile.
  */
-export interface ActionPublisher {
-  readonly connected: boolean;
-  /** Resolves on PUBACK, rejects when the publish failed. */
-  publishAction(a: Action): Promise<void>;
-  /** Publishes the expiry report of an action (error topic); resolves on PUBACK. */
-  publishExpired(a: Action): Promise<void>;
-  /** Calls back after every (re)connect; returns an unsubscribe function. */
-  onConnect(listener: () => void): () => void;
-}
-
 export interface OutboxDeps {
   store: Store;
   publisher: ActionPublisher;

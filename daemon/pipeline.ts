@@ -1,6 +1,6 @@
-import type { Component } from './lifecycle.js';
-import type { Context } from './context.js';
-import { tileMeta } from './logger.js';
+import type { Component } from '../core/lifecycle.js';
+import type { Context } from '../core/context.js';
+import { tileMeta } from '../core/logger.js';
 import type { Scorer } from '../models/scorer.js';
 import type {
   DecodedTile,
@@ -12,7 +12,7 @@ import type {
   TileReply,
   TileSink,
   Verdict,
-} from './types.js';
+} from '../core/types.js';
 
 export type DecodeFn = (tile: IncomingTile, opts: { maxPixels: number }) => Promise<DecodedTile>;
 

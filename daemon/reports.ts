@@ -2,8 +2,8 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { DriftStats, Store } from '../adapters/store.js';
-import type { Context } from './context.js';
-import type { Component } from './lifecycle.js';
+import type { Context } from '../core/context.js';
+import type { Component } from '../core/lifecycle.js';
 
 export interface DriftReport {
   schema: 1;

@@ -1,9 +1,9 @@
 import { EmbeddedBroker } from '../adapters/embedded-broker.js';
 import { createControlApi, MqttAdapter } from '../adapters/mqtt.js';
 import { Store } from '../adapters/store.js';
-import type { Context } from './context.js';
+import type { Context } from '../core/context.js';
 import { Controller } from './controller.js';
-import type { Component } from './lifecycle.js';
+import type { Component } from '../core/lifecycle.js';
 import { Outbox } from './outbox.js';
 import { DriftReporter } from './reports.js';
 

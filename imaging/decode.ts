@@ -1,7 +1,7 @@
 // Tile payload → 8-bit interleaved RGB (DecodedTile). Encoded formats go through sharp/libvips; raw pixel buffers are
 // converted here in tight loops, because a 1600x1200 tile arrives every few ten milliseconds.
 import sharp from 'sharp';
-import type { DecodedTile, IncomingTile, PixelType, RejectReason, TileFormat } from '../daemon/types.js';
+import type { DecodedTile, IncomingTile, PixelType, RejectReason, TileFormat } from '../core/types.js';
 import { BYTES_PER_PIXEL, rawStride } from '../protocol/header.js';
 
 /** A tile that cannot become pixels; `reason` is the stable rejection code (the pipeline reports it as is). */

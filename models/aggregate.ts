@@ -1,6 +1,6 @@
 /** Per-tile aggregation shared by the scorers: robust centre and spread of patch estimates, focus map. */
-import type { FocusMap, ModelInfo, ScoreResult } from '../daemon/types.js';
-import { median } from '../daemon/stats.js';
+import type { FocusMap, ModelInfo, ScoreResult } from '../core/types.js';
+import { median } from '../core/stats.js';
 import type { PatchPlan } from './patches.js';
 
 /** The focus map's grid: the patch plan's rows and columns. */

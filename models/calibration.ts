@@ -1,7 +1,7 @@
 // Per-instrument calibration: pure functions (focus measures, in-focus slice, robust linear fit, sign test, Spearman)
 // and writeCalibratedBundle. The calibration semantics are the ones toPrediction() in models/manifest.ts applies.
 import { copyFile, cp, mkdir, readdir, writeFile } from 'node:fs/promises';
-import { median } from '../daemon/stats.js';
+import { median } from '../core/stats.js';
 import { join, resolve } from 'node:path';
 import { loadBundle, sha256File, validateManifest } from './bundle.js';
 import { type ModelManifest, toPrediction } from './manifest.js';

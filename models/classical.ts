@@ -8,7 +8,7 @@
  * factor cancels in every ratio.
  *
  * Calibration (models/classical/calibration.json, made by scripts/calibrate-classical.ts from OUR optics model,
- * imaging/synth.ts): mean and spread of the feature vector at known |z|. A patch's |d| is the |z| whose tabulated
+ * sim/procedural.ts): mean and spread of the feature vector at known |z|. A patch's |d| is the |z| whose tabulated
  * features are nearest (σ-weighted) on a 0.05 µm interpolated grid. It is a no-reference measure: it depends on
  * the tissue's own texture, so it is calibrated to our synthetic H&E/PAS scenes, not to every slide.
  *
@@ -21,9 +21,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Worker } from 'node:worker_threads';
 import { PACKAGE_ROOT } from '../config/load.js';
-import type { Context } from '../daemon/context.js';
-import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
-import { gaussianBlur } from '../imaging/synth.js';
+import type { Context } from '../core/context.js';
+import type { DecodedTile, ModelInfo, ScoreResult } from '../core/types.js';
+import { gaussianBlur } from '../imaging/optics.js';
 import type { TissueParams } from '../imaging/tissue.js';
 import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
 import { type ModelInput, type PatchOptions, PatchBatcher, planTile } from './patches.js';

@@ -10,8 +10,8 @@
  * normalisation and inference run in the engine's worker thread.
  */
 import { resolve } from 'node:path';
-import type { Context } from '../daemon/context.js';
-import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
+import type { Context } from '../core/context.js';
+import type { DecodedTile, ModelInfo, ScoreResult } from '../core/types.js';
 import { aggregate, noTissueResult, type PatchEstimate } from './aggregate.js';
 import { createEngine } from './engines/registry.js';
 import type { EngineModel, InferenceEngine } from './engines/types.js';

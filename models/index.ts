@@ -1,4 +1,4 @@
-import type { Context } from '../daemon/context.js';
+import type { Context } from '../core/context.js';
 import { ClassicalScorer } from './classical.js';
 import { CnnScorer } from './cnn-scorer.js';
 import type { Scorer } from './scorer.js';

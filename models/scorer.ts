@@ -1,5 +1,5 @@
-import type { Component } from '../daemon/lifecycle.js';
-import type { DecodedTile, ModelInfo, ScoreResult } from '../daemon/types.js';
+import type { Component } from '../core/lifecycle.js';
+import type { DecodedTile, ModelInfo, ScoreResult } from '../core/types.js';
 
 /**
  * Rates one decoded tile. Implementations: classical (models/classical.ts) and cnn (models/cnn-scorer.ts,

@@ -3,7 +3,7 @@
 import { Ajv2020, type ErrorObject } from 'ajv/dist/2020.js';
 import addFormatsModule from 'ajv-formats';
 import schema from '../docs/schemas/tile-header.schema.json' with { type: 'json' };
-import { PIXEL_TYPES, type IncomingTile, type PixelType, type Rejection, type RejectReason, type TileHeader } from '../daemon/types.js';
+import { PIXEL_TYPES, type IncomingTile, type PixelType, type Rejection, type RejectReason, type TileHeader } from '../core/types.js';
 
 export const PROTOCOL_VERSION = 1;
 

@@ -2,8 +2,8 @@
 // Run: npx tsx scripts/bench-decode.ts [iterations]
 import sharp from 'sharp';
 import { decodeTile } from '../imaging/decode.js';
-import { synthTile } from '../imaging/synth.js';
-import type { IncomingTile, PixelType, TileFormat, TileHeader } from '../daemon/types.js';
+import { synthTile } from '../sim/procedural.js';
+import type { IncomingTile, PixelType, TileFormat, TileHeader } from '../core/types.js';
 import { BYTES_PER_PIXEL } from '../protocol/header.js';
 
 const W = 1600;

@@ -8,7 +8,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { loadConfig, PACKAGE_ROOT } from '../config/load.js';
-import { DefocusOptics, synthTile, type SynthKind } from '../imaging/synth.js';
+import { synthTile, type SynthKind } from '../sim/procedural.js';
+import { DefocusOptics } from '../imaging/optics.js';
 import {
   CLASSICAL_PATCH,
   CLASSICAL_SIGMAS,
@@ -59,7 +60,7 @@ const cal: ClassicalCalibration = {
   patch_px: CLASSICAL_PATCH,
   pixel_size_um: PX,
   table,
-  source: `scripts/calibrate-classical.ts: synthetic ${KINDS.join('+')} tiles ${W}x${H} @${PX} µm/px, seeds 1000..${1000 + seeds - 1}, z = ±${Z.join(', ±')} µm, optics NA 0.8 (imaging/synth.ts DefocusOptics)`,
+  source: `scripts/calibrate-classical.ts: synthetic ${KINDS.join('+')} tiles ${W}x${H} @${PX} µm/px, seeds 1000..${1000 + seeds - 1}, z = ±${Z.join(', ±')} µm, optics NA 0.8 (imaging/optics.ts DefocusOptics)`,
   created_at: new Date().toISOString(),
 };
 mkdirSync(dirname(out), { recursive: true });

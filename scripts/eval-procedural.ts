@@ -1,12 +1,12 @@
 /**
- * The default CNN (or any bundle) on procedural tiles (imaging/synth.ts): the tests/demo/benchmark domain.
+ * The default CNN (or any bundle) on procedural tiles (sim/procedural.ts): the tests/demo/benchmark domain.
  * Renders tiles at known z, scores them through the daemon's own scorer (createScorer: tissue detection,
  * patching, aggregation, calibration) and prints the metrics of the model card.
  *
  *   npx tsx scripts/eval-procedural.ts [--seeds 3] [--kinds tissue,pale] [--z -5:5:0.5] [--size 1600x1200]
  *       [--model DIR] [--synth MODULE] [--out FILE.json]
  *
- * --synth loads another copy of the synth module (e.g. an older imaging/synth.ts, to measure "before").
+ * --synth loads another copy of the synth module (e.g. an older sim/procedural.ts, to measure "before").
  * --write-sharp DIR only writes noise-free in-focus tiles as PNG (input of scripts/procedural-exact-blur.py);
  * --png DIR scores the PNGs there instead of rendering (z from the name: <kind>_<seed>_z<z>.png).
  */
@@ -15,12 +15,13 @@ import sharp from 'sharp';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { loadConfig } from '../config/load.js';
-import type { Context } from '../daemon/context.js';
-import { TypedEmitter, type DaemonEvents } from '../daemon/events.js';
-import { createLogger } from '../daemon/logger.js';
-import { Metrics } from '../daemon/metrics.js';
-import type { TileHeader } from '../daemon/types.js';
-import type * as SynthModule from '../imaging/synth.js';
+import type { Context } from '../core/context.js';
+import { TypedEmitter, type DaemonEvents } from '../core/events.js';
+import { createLogger } from '../core/logger.js';
+import { Metrics } from '../core/metrics.js';
+import type { TileHeader } from '../core/types.js';
+import { DefocusOptics } from '../imaging/optics.js';
+import type * as SynthModule from '../sim/procedural.js';
 import { createScorer } from '../models/index.js';
 
 const arg = (name: string, def: string) => {
@@ -33,7 +34,7 @@ const [z0, z1, dz] = arg('z', '-5:5:0.5').split(':').map(Number) as [number, num
 const [W, H] = arg('size', '1600x1200').split('x').map(Number) as [number, number];
 const PX = 0.22;
 const synthPath = arg('synth', '');
-const synth: typeof SynthModule = synthPath ? await import(pathToFileURL(resolve(synthPath)).href) : await import('../imaging/synth.js');
+const synth: typeof SynthModule = synthPath ? await import(pathToFileURL(resolve(synthPath)).href) : await import('../sim/procedural.js');
 
 const overrides: Record<string, unknown> = { 'scoring.scorer': 'cnn' };
 if (arg('model', '')) overrides['scoring.model'] = resolve(arg('model', ''));
@@ -48,7 +49,8 @@ const ctx: Context = {
 const scorer = createScorer(ctx);
 await scorer.start(new AbortController().signal);
 const header = { pixel_size_um: PX } as TileHeader;
-const optics = new synth.DefocusOptics();
+// an alternative generator (--synth) may bring its own optics; ours otherwise
+const optics = new ((synth as { DefocusOptics?: typeof DefocusOptics }).DefocusOptics ?? DefocusOptics)();
 
 interface Row { kind: string; seed: number; z: number; d: number | null; signConf: number | null; patches: number }
 const rows: Row[] = [];

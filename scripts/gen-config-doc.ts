@@ -1,5 +1,5 @@
 // Writes docs/configuration.md from the convict schema (the one home of defaults), so the reference cannot drift.
-// Run: npx tsx scripts/gen-config-doc.ts   (test/config-doc.test.ts fails when the file is stale)
+// Run: npx tsx scripts/gen-config-doc.ts   (test/config/config-doc.test.ts fails when the file is stale)
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describeSchema } from '../config/load.js';

@@ -1,5 +1,5 @@
 """Procedural tiles defocused by the TRAINING optics (exact PSF, models/training/optics.py) instead of the
-Gaussian-sum approximation imaging/synth.ts uses: separates "the procedural texture is foreign to the CNN" from
+Gaussian-sum approximation sim/procedural.ts uses: separates "the procedural texture is foreign to the CNN" from
 "the TS blur approximation loses the sign cue".
 
     npx tsx scripts/eval-procedural.ts --write-sharp DIR        # noise-free in-focus procedural tiles (PNG)
@@ -8,7 +8,7 @@ Gaussian-sum approximation imaging/synth.ts uses: separates "the procedural text
 
 Each in-focus tile is decoded to linear light, blurred per channel with optics.psf_kernels (training default
 optics, 128-px kernels, circular FFT convolution: the tile edges wrap by 64 px), given Poisson-Gaussian noise
-(3 000 e- full well, 6 e- read noise, as imaging/synth.ts) and written as 8-bit sRGB PNG named <stem>_z<z>.png.
+(3 000 e- full well, 6 e- read noise, as sim/procedural.ts) and written as 8-bit sRGB PNG named <stem>_z<z>.png.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
  */
 import { resolve } from 'node:path';
 import { PACKAGE_ROOT } from '../../config/load.js';
-import type { Context } from '../../daemon/context.js';
+import type { Context } from '../../core/context.js';
 import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, matchOutput, reportFallback, type RunOptions, transferable } from './types.js';
 import { WorkerRpc } from './worker-rpc.js';
 

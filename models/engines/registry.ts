@@ -1,4 +1,4 @@
-import type { Context } from '../../daemon/context.js';
+import type { Context } from '../../core/context.js';
 import { OnnxEngine } from './onnx.js';
 import { TfjsEngine } from './tfjs.js';
 import type { EngineFactory, EngineModel, EngineType, InferenceEngine } from './types.js';

@@ -9,7 +9,7 @@
  * source is an eval'd string so the same file works from TypeScript sources (tsx, vitest) and from dist/.
  */
 import { createRequire } from 'node:module';
-import type { Context } from '../../daemon/context.js';
+import type { Context } from '../../core/context.js';
 import { PACKAGE_ROOT } from '../../config/load.js';
 import { type EngineInfo, type EngineModel, type EngineOutputs, type InferenceEngine, reportFallback, type RunOptions, transferable } from './types.js';
 import { WorkerRpc } from './worker-rpc.js';

@@ -1,6 +1,6 @@
 import type { FocusdConfig } from '../../config/load.js';
-import type { Context } from '../../daemon/context.js';
-import type { Component } from '../../daemon/lifecycle.js';
+import type { Context } from '../../core/context.js';
+import type { Component } from '../../core/lifecycle.js';
 import type { ModelManifest } from '../manifest.js';
 
 export type EngineType = FocusdConfig['scoring']['engine']['type'];

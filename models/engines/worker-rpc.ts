@@ -7,7 +7,7 @@
  * Protocol: the worker answers every {id, ...} message with {id, ok, result | error}.
  */
 import { Worker } from 'node:worker_threads';
-import type { Logger } from '../../daemon/logger.js';
+import type { Logger } from '../../core/logger.js';
 
 interface Pending {
   resolve: (v: unknown) => void;

@@ -3,7 +3,7 @@
     /usr/bin/python3 models/training/optics_mtf.py [--z=-3,-1,0,1,3] [--nf 48] [--pixel 0.22]
 
 Prints JSON: the Optics() defaults and, per z and channel, the OTF along the x axis at f = 0.5*q/nf cycles/px
-(q = 0..nf), i.e. the same frequencies as channelMtf() in imaging/synth.ts. The OTF is the Fourier transform of
+(q = 0..nf), i.e. the same frequencies as channelMtf() in imaging/optics.ts. The OTF is the Fourier transform of
 the pixel-integrated kernel the training blur uses. The kernel is computed on a grid `--sub` times finer than the
 camera pixel (pixel integration then applied as the pixel's sinc), so the number is the continuous OTF and not
 one aliased by sampling the PSF at the camera pitch (channelMtf has no aliasing either).

@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import { loadConfig } from '../../config/load.js';
-import { createContext, type Context } from '../../daemon/context.js';
-import { createLogger } from '../../daemon/logger.js';
+import { createContext, type Context } from '../../core/context.js';
+import { createLogger } from '../../core/logger.js';
 
 /**
  * A real daemon context (config with the given overrides, winston logger, metrics, events) for one component under

@@ -8,8 +8,8 @@ import { join, resolve } from 'node:path';
 import AjvModule from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
-import type { Context } from '../../daemon/context.js';
-import type { TileOutcome, Verdict } from '../../daemon/types.js';
+import type { Context } from '../../core/context.js';
+import type { TileOutcome, Verdict } from '../../core/types.js';
 import { testContext } from './context.js';
 import { freePort } from './net.js';
 

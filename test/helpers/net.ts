@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 
-export { freePort } from '../../tools/net.js';
+export { freePort } from '../../core/net.js';
 
 /** Unique id for topics, scanner ids and temp dirs, so parallel test files never see each other's messages. */
 export function uniqueId(prefix = 't'): string {

@@ -1,9 +1,9 @@
-// Child process of test/outbox.test.ts: store + MQTT adapter + outbox as the daemon wires them. The test sends
+// Child process of test/daemon/outbox.test.ts: store + MQTT adapter + outbox as the daemon wires them. The test sends
 // actions over IPC while the broker is down and then SIGKILLs this process, to show nothing is lost in a crash.
 import { createControlApi, MqttAdapter } from '../../adapters/mqtt.js';
 import { Store } from '../../adapters/store.js';
 import { Outbox } from '../../daemon/outbox.js';
-import type { Action } from '../../daemon/types.js';
+import type { Action } from '../../core/types.js';
 import { makeCtx } from './mqtt-side.js';
 
 const ctx = makeCtx({

@@ -1,7 +1,7 @@
 // Test images for the ingest edge, generated in memory: headers, raw payloads of every pixel type, a PNG bomb.
 import { createHash } from 'node:crypto';
 import zlib from 'node:zlib';
-import type { PixelType, TileHeader } from '../../daemon/types.js';
+import type { PixelType, TileHeader } from '../../core/types.js';
 import { BYTES_PER_PIXEL } from '../../protocol/header.js';
 
 export function header(over: Partial<TileHeader> & Record<string, unknown> = {}): TileHeader {

@@ -1,0 +1,79 @@
+// focusd calibrate STACK_DIR --out DIR: fit the model to one instrument's focus stack (models/calibrate-stack.ts does the work).
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { DEFAULT_MODEL_DIR } from '../config/load.js';
+import type { FocusMeasure } from '../models/calibration.js';
+import { calibrate } from '../models/calibrate-stack.js';
+
+const USAGE = `usage: focusd calibrate STACK_DIR --out DIR [options]
+  --model DIR          bundle to calibrate (default: the shipped models/default)
+  --pixel-size UM      µm per pixel of the stack images (default: from a JSON beside each image with imageWidth in µm,
+                       else the model's own pixel size)
+  --measure M          focus measure that defines the in-focus slice: nvl (default), std, brenner
+  --patches N          patches per image, central ones first (default 16)
+  --fit-range UM       fit only slices with |z - z_focus| <= UM (default: the model's trained range)
+  --min-abs-z UM       sign test uses slices with |z - z_focus| >= UM (default 1)
+  --robust             Huber fit instead of least squares`;
+
+export async function calibrateMain(argv: string[]): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        out: { type: 'string' },
+        model: { type: 'string' },
+        'pixel-size': { type: 'string' },
+        measure: { type: 'string', default: 'nvl' },
+        patches: { type: 'string', default: '16' },
+        'fit-range': { type: 'string' },
+        'min-abs-z': { type: 'string', default: '1' },
+        robust: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (err) {
+    process.stderr.write(`focusd calibrate: ${(err as Error).message}\n${USAGE}\n`);
+    return 64;
+  }
+  const v = args.values;
+  if (v.help) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  const stackDir = args.positionals[0];
+  if (!stackDir || !v.out) {
+    process.stderr.write(`focusd calibrate: STACK_DIR and --out are required\n${USAGE}\n`);
+    return 64;
+  }
+  const measure = v.measure as FocusMeasure;
+  if (!['nvl', 'std', 'brenner'].includes(measure)) {
+    process.stderr.write(`focusd calibrate: --measure must be nvl, std or brenner, got "${v.measure}"\n`);
+    return 64;
+  }
+  const num = (name: string, s: string | undefined): number | null => {
+    if (s === undefined) return null;
+    const x = Number(s);
+    if (!Number.isFinite(x) || x <= 0) throw new Error(`--${name} must be a positive number, got "${s}"`);
+    return x;
+  };
+  try {
+    const report = await calibrate({
+      stackDir: resolve(stackDir),
+      outDir: resolve(v.out),
+      modelDir: resolve(v.model ?? DEFAULT_MODEL_DIR),
+      pixelSizeUm: num('pixel-size', v['pixel-size']),
+      measure,
+      patches: num('patches', v.patches) ?? 16,
+      fitRangeUm: num('fit-range', v['fit-range']),
+      minAbsZUm: num('min-abs-z', v['min-abs-z']) ?? 1,
+      robust: v.robust ?? false,
+    });
+    process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+    return 0;
+  } catch (err) {
+    process.stderr.write(`focusd calibrate: ${(err as Error).message}\n`);
+    return 1;
+  }
+}

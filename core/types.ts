@@ -1,0 +1,188 @@
+// Domain types shared by every part of focusd. Wire formats are described by the JSON Schemas in docs/schemas.
+
+export const PIXEL_TYPES = ['GRAY8', 'GRAY16', 'RGB24', 'BGR24', 'RGB48', 'BGR48'] as const;
+export type PixelType = (typeof PIXEL_TYPES)[number];
+export const TILE_FORMATS = ['png', 'jpeg', 'tiff', 'raw'] as const;
+export type TileFormat = (typeof TILE_FORMATS)[number];
+
+/** Frame 1 of a wire-protocol v1 message (docs/protocol.md). */
+export interface TileHeader {
+  v: 1;
+  scanner: string;
+  slide: string;
+  scan: string;
+  seq: number;
+  tile: { index: number; row: number; col: number };
+  stage_um: { x: number; y: number; z: number };
+  pixel_size_um: number;
+  objective: string;
+  acquired_at: string;
+  attempt: number;
+  format: TileFormat;
+  width?: number;
+  height?: number;
+  pixel_type?: PixelType;
+  stride?: number;
+  /** raw 16-bit types: data bits per sample (12 for a 12-bit camera in a 16-bit container); default 16. */
+  significant_bits?: number;
+  /** vendor fields (docs/protocol.md): passed through, never interpreted. */
+  [vendor: `x_${string}`]: unknown;
+}
+
+/** A tile as it came off the socket, header validated, payload not yet decoded. */
+export interface IncomingTile {
+  header: TileHeader;
+  payload: Buffer;
+  /** performance.now() when the first frame was received; latency is measured from here. */
+  receivedAt: number;
+}
+
+/** A decoded tile: 8-bit sRGB, interleaved RGB, tightly packed (width*3 bytes per row). */
+export interface DecodedTile {
+  header: TileHeader;
+  width: number;
+  height: number;
+  rgb: Buffer;
+  receivedAt: number;
+}
+
+export interface ModelInfo {
+  name: string;
+  version: string;
+  sha256: string;
+  /** engine actually running, e.g. "onnxruntime/cpu", "tfjs/wasm", "classical". */
+  engine: string;
+  /** µm per pixel the scorer expects (the model bundle's input pixel size); tiles of other sizes are rescaled. */
+  pixel_size_um: number;
+}
+
+/** Coarse per-patch focus map of one tile: row-major, null where a cell holds no tissue patch. */
+export interface FocusMap {
+  rows: number;
+  cols: number;
+  defocus_um: (number | null)[];
+}
+
+export interface ScoreResult {
+  /** Signed defocus in µm (positive = stage too high / above focus, see docs/protocol.md); null when no tissue. */
+  defocus_um: number | null;
+  /** Spread of the patch estimates (µm), an uncertainty for the controller; null when no tissue. */
+  uncertainty_um: number | null;
+  /** Probability that the sign of defocus_um is right, 0.5..1; null when no tissue. */
+  sign_confidence: number | null;
+  tissue_fraction: number;
+  patches: number;
+  focus_map: FocusMap | null;
+  model: ModelInfo;
+}
+
+export type Verdict = 'in_focus' | 'out_of_focus' | 'no_tissue';
+
+export interface TileOutcome {
+  header: TileHeader;
+  verdict: Verdict;
+  score: ScoreResult;
+  /** ms from first frame received to verdict. */
+  latency_ms: number;
+}
+
+/** Why a message was rejected; stable codes, documented in docs/protocol.md. */
+export type RejectReason =
+  | 'bad_frames'
+  | 'bad_json'
+  | 'invalid_header'
+  | 'unsupported_version'
+  | 'payload_size_mismatch'
+  | 'message_too_large'
+  | 'too_many_pixels'
+  | 'decode_failed'
+  | 'unknown_pixel_type'
+  | 'skipped_overload'
+  | 'shutting_down'
+  | 'scoring_failed'
+  | 'paused';
+
+export interface Rejection {
+  reason: RejectReason;
+  detail: string;
+  /** what was received: header (when it parsed), frame sizes. */
+  received: { header?: unknown; frames: number; bytes: number[] };
+}
+
+/** What the pipeline answers for one message: router mode sends this back to the sender. */
+export type TileReply = ({ ok: true } & TileOutcome) | ({ ok: false } & Rejection);
+
+export type ActionType = 'reacquire' | 'z_offset';
+
+/** A command the controller decided against because of a safety limit. */
+export interface ActionRefusal {
+  type: ActionType;
+  limit: string;
+  detail: string;
+  scanner: string;
+  slide: string;
+  tile: number;
+  seq: number;
+  /** refusals of the same slide and limit not reported since the previous one. */
+  suppressed: number;
+}
+
+export interface Action {
+  id: string;
+  type: ActionType;
+  z_offset_um: number;
+  scanner: string;
+  slide: string;
+  scan: string;
+  tile: TileHeader['tile'] & { seq: number; attempt: number };
+  reason: string;
+  dry_run: boolean;
+  created_at: string;
+  expires_at: string;
+  [extra: string]: unknown;
+}
+
+/** What the ingest hands tiles to (implemented by daemon/pipeline.ts). */
+export interface TileSink {
+  /** Resolves when another tile may be submitted: with overflow=backpressure waits for queue space, with skip resolves at once. */
+  ready(): Promise<void>;
+  /** Queues a validated tile; resolves with its verdict or the reason it was not scored. Never rejects. */
+  submit(tile: IncomingTile): Promise<TileReply>;
+  /** Counts, logs and publishes a message the ingest rejected before it became a tile. */
+  reject(rejection: Rejection): void;
+}
+
+/** Focus surface of one slide (daemon/focus-surface.ts); tile messages carry its prediction. */
+export interface SurfaceFit {
+  model: 'plane' | 'quadratic';
+  /** coefficients in normalised coordinates u = (x − cx) / s, v = (y − cy) / s: [1, u, v, u², uv, v²]. */
+  coef: number[];
+  center: { x: number; y: number };
+  scale: number;
+  points: number;
+  /** points dropped as outliers in the robust refit. */
+  outliers: number;
+  rms_um: number;
+  /** gradient at the centre, µm of z per mm of stage travel (the slide's tilt). */
+  tilt_um_per_mm: { x: number; y: number };
+}
+
+export interface SurfacePrediction {
+  best_focus_z_um: number;
+  /** stage z − predicted best focus: the defocus this tile should show. */
+  defocus_um: number;
+  model: SurfaceFit['model'];
+  points: number;
+  rms_um: number;
+}
+
+/** What the durable outbox (daemon/outbox.ts) needs from the MQTT side. */
+export interface ActionPublisher {
+  readonly connected: boolean;
+  /** Resolves on PUBACK, rejects when the publish failed. */
+  publishAction(a: Action): Promise<void>;
+  /** Publishes the expiry report of an action (error topic); resolves on PUBACK. */
+  publishExpired(a: Action): Promise<void>;
+  /** Calls back after every (re)connect; returns an unsubscribe function. */
+  onConnect(listener: () => void): () => void;
+}

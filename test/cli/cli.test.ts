@@ -1,0 +1,60 @@
+// The `focusd` executable's offline commands, run as a user would.
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { encodePng, synthTile } from '../../sim/procedural.js';
+import { runFocusd } from '../helpers/proc.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'focusd-cli-'));
+const files = { sharp: join(dir, 'sharp.png'), blurred: join(dir, 'blurred.png'), glass: join(dir, 'glass.png'), missing: join(dir, 'missing.png'), notImage: join(dir, 'notes.png') };
+
+beforeAll(async () => {
+  writeFileSync(files.sharp, await encodePng(synthTile({ width: 960, height: 720, seed: 31, kind: 'tissue', defocusUm: 0 })));
+  writeFileSync(files.blurred, await encodePng(synthTile({ width: 960, height: 720, seed: 32, kind: 'tissue', defocusUm: 4 })));
+  writeFileSync(files.glass, await encodePng(synthTile({ width: 960, height: 720, seed: 33, kind: 'glass', defocusUm: 0 })));
+  writeFileSync(files.notImage, 'this is not a PNG');
+});
+
+describe('focusd score', () => {
+  it('prints one JSON line per file, in order, with the shipped model; a bad file gets an error line and exit 1', async () => {
+    const r = await runFocusd(['score', files.sharp, files.blurred, files.glass, files.missing, files.notImage]);
+    expect(r.code, r.stderr).toBe(1);
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
+    expect(rows.map((x) => x.file)).toEqual([files.sharp, files.blurred, files.glass, files.missing, files.notImage]);
+    expect(rows[0]).toMatchObject({ verdict: 'in_focus', model: expect.stringMatching(/^focusd-defocus@/) });
+    expect(Math.abs(rows[0]!.defocus_um)).toBeLessThanOrEqual(1);
+    expect(rows[1]!.verdict).toBe('out_of_focus');
+    expect(Math.abs(rows[1]!.defocus_um)).toBeGreaterThan(2);
+    expect(rows[2]).toMatchObject({ verdict: 'no_tissue', defocus_um: null });
+    expect(rows[2]!.tissue_fraction).toBeLessThan(0.05);
+    expect(rows[3]!.error).toMatch(/ENOENT|no such file/);
+    expect(rows[4]!.error).toBeTruthy();
+    for (const row of rows.slice(0, 3)) expect(row.tissue_fraction).toBeTypeOf('number');
+  });
+
+  it('writes CSV with a header row; the classical scorer needs no model', async () => {
+    const r = await runFocusd(['score', '--format', 'csv', '--scorer', 'classical', files.blurred, files.glass]);
+    expect(r.code, r.stderr).toBe(0);
+    const [head, blurred, glass] = r.stdout.trim().split('\n');
+    expect(head).toBe('file,defocus_um,verdict,tissue_fraction,uncertainty_um,sign_confidence,patches,model,error');
+    expect(blurred!.split(',')[2]).toBe('out_of_focus');
+    expect(glass!.split(',').slice(1, 3)).toEqual(['', 'no_tissue']);
+  });
+
+  it('rejects bad usage with exit 64', async () => {
+    expect((await runFocusd(['score'])).code).toBe(64);
+    expect((await runFocusd(['score', '--format', 'xml', files.sharp])).code).toBe(64);
+    expect((await runFocusd(['nonsense'])).code).toBe(64);
+  });
+});
+
+describe('focusd demo', () => {
+  it('runs the whole loop on the embedded broker and reports every tile', async () => {
+    const r = await runFocusd(['demo', '--width', '640', '--height', '480']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/summary: 20 tiles — \d+ in focus, \d+ out of focus, \d+ no tissue; \d+ actions/);
+    expect(r.stdout).toMatch(/tile r0c0 seq {2}0 {2}no_tissue/);
+    expect(r.stdout).toMatch(/▶ ACTION (reacquire|z_offset)/);
+  });
+});

@@ -1,0 +1,105 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, describeSchema, loadConfig } from '../../config/load.js';
+import { runFocusd } from '../helpers/proc.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'focusd-config-'));
+const file = (name: string, text: string) => {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+};
+const problems = (fn: () => unknown): string[] => {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  throw new Error('expected a ConfigError');
+};
+
+describe('configuration', () => {
+  it('has the documented defaults and derived values', () => {
+    const c = loadConfig({ env: {} });
+    expect(c.ingest.endpoint).toBe('tcp://127.0.0.1:5555');
+    expect(c.ingest.pattern).toBe('pull');
+    expect(c.mqtt.url).toBe('embedded');
+    expect(c.decision.toleranceUm).toBe(1);
+    expect(c.resolved.baseTopic).toBe(`focusd/${c.scanner.id}`);
+  });
+
+  it('documents every key with a doc line', () => {
+    const keys = describeSchema();
+    expect(keys.length).toBeGreaterThan(30);
+    for (const k of keys) expect(k.doc.length, k.key).toBeGreaterThan(10);
+    const env = Object.fromEntries(keys.filter((k) => k.env).map((k) => [k.key, k.env]));
+    expect(env).toMatchObject({
+      'scanner.id': 'FOCUSD_SCANNER_ID',
+      'ingest.endpoint': 'FOCUSD_INGEST_ENDPOINT',
+      'ingest.pattern': 'FOCUSD_INGEST_PATTERN',
+      'mqtt.url': 'FOCUSD_MQTT_URL',
+      'mqtt.baseTopic': 'FOCUSD_MQTT_BASE_TOPIC',
+      'decision.toleranceUm': 'FOCUSD_TOLERANCE_UM',
+    });
+  });
+
+  it('layers file < environment < command line', () => {
+    const f = file('layers.yaml', 'scanner:\n  id: from-file\ndecision:\n  toleranceUm: 2\ningest:\n  pattern: router\n');
+    const c = loadConfig({ file: f, env: { FOCUSD_TOLERANCE_UM: '1.5', FOCUSD_SCANNER_ID: 'from-env' }, args: ['--scanner-id', 'from-args'] });
+    expect(c.scanner.id).toBe('from-args');
+    expect(c.decision.toleranceUm).toBe(1.5);
+    expect(c.ingest.pattern).toBe('router');
+    expect(c.resolved.baseTopic).toBe('focusd/from-args');
+    const j = loadConfig({ file: file('c.json', JSON.stringify({ mqtt: { baseTopic: 'lab/a/focusd' } })), env: {} });
+    expect(j.resolved.baseTopic).toBe('lab/a/focusd');
+  });
+
+  it('rejects unknown keys, bad values and bad combinations, naming each key', () => {
+    const f = file('bad.yaml', ['ingest:', '  pattern: pub', '  endpoint: localhost:5555', 'decision:', '  toleranceUm: -1', 'mqt:', '  url: x'].join('\n'));
+    const p = problems(() => loadConfig({ file: f, env: {} }));
+    expect(p.some((l) => l.startsWith('ingest.pattern:'))).toBe(true);
+    expect(p.some((l) => l.startsWith('ingest.endpoint:'))).toBe(true);
+    expect(p.some((l) => l.startsWith('decision.toleranceUm:'))).toBe(true);
+    expect(p.some((l) => l.includes("'mqt'") || l.includes('mqt.url'))).toBe(true);
+
+    const cross = problems(() =>
+      loadConfig({ env: { FOCUSD_MQTT_URL: 'mqtt://broker:1883', FOCUSD_MQTT_CERT: '/nonexistent/cert.pem', FOCUSD_MQTT_BASE_TOPIC: 'a/+/b' } }),
+    );
+    expect(cross.some((l) => l.startsWith('mqtt.tls.cert / mqtt.tls.key:'))).toBe(true);
+    expect(cross.some((l) => l.startsWith('mqtt.tls.cert: file not found'))).toBe(true);
+    expect(cross.some((l) => l.startsWith('mqtt.baseTopic:'))).toBe(true);
+    expect(cross.some((l) => l.startsWith('mqtt.url: TLS files are set'))).toBe(true);
+
+    expect(problems(() => loadConfig({ env: { FOCUSD_ENGINE: 'tfjs', FOCUSD_DEVICE: 'cuda' } }))[0]).toMatch(/^scoring\.engine\.device:/);
+    expect(problems(() => loadConfig({ file: join(dir, 'missing.yaml'), env: {} }))[0]).toMatch(/^--config: file not found/);
+  });
+
+  it('reads the MQTT password from a file or the systemd credential, never from the config text', () => {
+    const pw = file('pw', 's3cret\n');
+    expect(loadConfig({ env: { FOCUSD_MQTT_URL: 'mqtt://b:1883', FOCUSD_MQTT_PASSWORD_FILE: pw } }).resolved.mqttPassword).toBe('s3cret');
+    const creds = mkdtempSync(join(tmpdir(), 'focusd-creds-'));
+    writeFileSync(join(creds, 'mqtt-password'), 'from-credential\n');
+    expect(loadConfig({ env: { FOCUSD_MQTT_URL: 'mqtt://b:1883', CREDENTIALS_DIRECTORY: creds } }).resolved.mqttPassword).toBe('from-credential');
+    expect(loadConfig({ env: { STATE_DIRECTORY: '/var/lib/focusd' } }).resolved.stateDir).toBe('/var/lib/focusd');
+  });
+
+  it('check-config exits non-zero and names every problem; accepts the development example', async () => {
+    const bad = file('bad2.yaml', 'ingest:\n  pattern: pub\ndecision:\n  toleranceUm: zero\nnope: 1\n');
+    const r = await runFocusd(['check-config', '--config', bad]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toMatch(/ingest\.pattern:/);
+    expect(r.stderr).toMatch(/decision\.toleranceUm:/);
+    expect(r.stderr).toMatch(/nope/);
+    const ok = await runFocusd(['check-config', '--config', 'config/development.yaml', '--print']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(JSON.parse(ok.stdout.slice(ok.stdout.indexOf('{'))).scanner.id).toBe('dev-scanner');
+    // the production example points at TLS files that only exist on a deployed host: each one is named
+    const prod = await runFocusd(['check-config', '--config', 'config/production.yaml']);
+    expect(prod.code).toBe(78);
+    expect(prod.stderr).toMatch(/mqtt\.tls\.ca: file not found: \/etc\/focusd\/tls\/ca\.pem/);
+    expect(prod.stderr).toMatch(/mqtt\.tls\.key: file not found/);
+  });
+});

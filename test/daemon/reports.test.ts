@@ -1,0 +1,76 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { Store } from '../../adapters/store.js';
+import { DriftReporter } from '../../daemon/reports.js';
+import { makeCtx, outcome, tempDir } from '../helpers/mqtt-side.js';
+import { runFocusd } from '../helpers/proc.js';
+
+const HOUR = 3_600_000;
+
+/** A night of history in a real SQLite file: slide-drift creeps out of focus at ~1 µm/h, slide-ok stays put. */
+async function nightOfHistory(stateDir: string, now: number) {
+  const ctx = makeCtx({ 'store.dir': stateDir, 'scanner.id': 'scanner-a', 'reports.schedule': '' });
+  const store = new Store(ctx);
+  await store.start(new AbortController().signal);
+  for (let i = 0; i < 40; i++) {
+    const at = now - 6 * HOUR + (i * 5 * HOUR) / 40;
+    store.recordTile(outcome({ slide: 'slide-drift', seq: i, d: 0.1 + ((at - (now - 6 * HOUR)) / HOUR) * 1.0 }), at);
+    store.recordTile(outcome({ slide: 'slide-ok', seq: i, d: i % 2 ? 0.2 : -0.2 }), at);
+    store.recordTile(outcome({ slide: 'slide-ok', seq: 1000 + i, d: null }), at);
+  }
+  // outside the 24 h window: must not count
+  store.recordTile(outcome({ slide: 'slide-old', seq: 1, d: 3 }), now - 30 * HOUR);
+  return { ctx, store };
+}
+
+describe('nightly drift report', () => {
+  it('summarises the window per slide, flags drift and out-of-focus rates, writes Markdown and JSON', async () => {
+    const dir = tempDir('focusd-report-');
+    const now = Date.parse('2026-11-25T02:00:00Z');
+    const { ctx, store } = await nightOfHistory(dir, now);
+    const reporter = new DriftReporter(ctx, store);
+    const files = await reporter.runOnce(now);
+    await store.stop();
+    expect(files).not.toBeNull();
+    expect(files!.markdown).toBe(join(dir, 'reports', 'drift-2026-11-25.md'));
+    const r = JSON.parse(readFileSync(files!.json, 'utf8'));
+    expect(r.slides.map((s: { slide: string }) => s.slide).sort()).toEqual(['slide-drift', 'slide-ok']);
+    const drift = r.slides.find((s: { slide: string }) => s.slide === 'slide-drift');
+    expect(drift.drift_um_per_h).toBeCloseTo(1.0, 1);
+    const ok = r.slides.find((s: { slide: string }) => s.slide === 'slide-ok');
+    expect(ok.tiles).toBe(80);
+    expect(ok.with_tissue).toBe(40);
+    expect(Math.abs(ok.drift_um_per_h)).toBeLessThan(0.1);
+    expect(r.alerts.map((a: { slide: string; kind: string }) => `${a.slide}:${a.kind}`).sort()).toEqual(['slide-drift:drift', 'slide-drift:out_of_focus_rate']);
+    const md = readFileSync(files!.markdown, 'utf8');
+    expect(md).toMatch(/\*\*slide-drift\*\*: focus drifted 1\.0\d µm\/h/);
+    expect(md).toMatch(/\| slide-ok \| 80 \| 40 \| 0 \|/);
+  });
+
+  it('a report that cannot be written is an error in the log, not a silent success', async () => {
+    const dir = tempDir('focusd-report-');
+    const now = Date.now();
+    const { ctx, store } = await nightOfHistory(dir, now);
+    // the report directory lies below a regular file: writing must fail (ENOTDIR)
+    writeFileSync(join(dir, 'a-file'), 'x');
+    const bad = makeCtx({ 'store.dir': dir, 'reports.dir': join(dir, 'a-file', 'reports') });
+    const reporter = new DriftReporter({ ...ctx, config: bad.config, logger: bad.logger }, store);
+    expect(await reporter.runOnce(now)).toBeNull();
+    await store.stop();
+    expect(bad.logLines().some((l) => l.includes('drift report failed'))).toBe(true);
+  });
+
+  it('focusd report writes the report of a state directory on demand', async () => {
+    const dir = tempDir('focusd-report-');
+    const now = Date.now();
+    const { store } = await nightOfHistory(dir, now);
+    await store.stop();
+    const out = tempDir('focusd-report-out-');
+    const r = await runFocusd(['report', '--out', out, '--scanner-id', 'scanner-a'], { FOCUSD_STATE_DIR: dir, FOCUSD_SCORER: 'classical' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/# Focus drift report — scanner-a/);
+    expect(r.stdout).toMatch(/slide-drift/);
+    expect(existsSync(join(out, `drift-${new Date(now).toISOString().slice(0, 10)}.json`))).toBe(true);
+  });
+});

@@ -1,0 +1,146 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { MAX_HEADER_BYTES, parseMessage } from '../../protocol/header.js';
+import type { Rejection } from '../../core/types.js';
+import { header } from '../helpers/tiles.js';
+
+const limits = { maxMessageBytes: 1024 * 1024, maxPixels: 1_000_000 };
+const enc = (h: unknown) => Buffer.from(JSON.stringify(h));
+
+function rejectionOf(frames: Buffer[], l = limits): Rejection {
+  const r = parseMessage(frames, l, 123);
+  if (r.ok) throw new Error(`expected a rejection, got a tile: ${JSON.stringify(r.tile.header)}`);
+  return r.rejection;
+}
+
+describe('parseMessage', () => {
+  it('accepts a valid png message and keeps payload and receivedAt', () => {
+    const payload = Buffer.from('not checked here');
+    const r = parseMessage([enc(header()), payload], limits, 42.5);
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.tile.header.stage_um).toEqual({ x: 100.5, y: 200.25, z: -3.5 });
+    expect(r.tile.payload).toBe(payload);
+    expect(r.tile.receivedAt).toBe(42.5);
+  });
+
+  it('accepts a raw message with stride and vendor x_ fields', () => {
+    const h = header({ format: 'raw', width: 10, height: 4, pixel_type: 'BGR48', stride: 64, significant_bits: 12, x_zen: { scene: 2 } });
+    const r = parseMessage([enc(h), Buffer.alloc(64 * 4)], limits, 0);
+    expect(r.ok).toBe(true);
+    if (r.ok) expect(r.tile.header.x_zen).toEqual({ scene: 2 });
+  });
+
+  it('rejects a wrong number of frames with bad_frames and still reports the header it could read', () => {
+    const h = header({ seq: 7 });
+    const three = rejectionOf([enc(h), Buffer.alloc(3), Buffer.alloc(5)]);
+    expect(three.reason).toBe('bad_frames');
+    expect(three.detail).toContain('got 3');
+    expect(three.received).toEqual({ header: h, frames: 3, bytes: [enc(h).length, 3, 5] });
+    const one = rejectionOf([enc(h)]);
+    expect(one.reason).toBe('bad_frames');
+    expect(one.received.frames).toBe(1);
+  });
+
+  it('rejects a message over maxMessageBytes with message_too_large', () => {
+    const h = header({ seq: 9 });
+    const r = rejectionOf([enc(h), Buffer.alloc(limits.maxMessageBytes)]);
+    expect(r.reason).toBe('message_too_large');
+    expect(r.detail).toContain(String(limits.maxMessageBytes));
+    expect((r.received.header as { seq: number }).seq).toBe(9);
+  });
+
+  it('rejects a header that is not UTF-8 JSON with bad_json', () => {
+    expect(rejectionOf([Buffer.from('{"v":1,'), Buffer.alloc(1)]).reason).toBe('bad_json');
+    const latin1 = rejectionOf([Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), Buffer.alloc(1)]);
+    expect(latin1.reason).toBe('bad_json');
+    expect(latin1.detail).toContain('UTF-8');
+    expect(latin1.received.header).toBeUndefined();
+  });
+
+  it('rejects a header that is not an object, or too large, with invalid_header', () => {
+    expect(rejectionOf([enc([1, 2]), Buffer.alloc(1)]).detail).toContain('array');
+    const big = Buffer.from(JSON.stringify({ ...header(), x_pad: 'a'.repeat(MAX_HEADER_BYTES) }));
+    const r = rejectionOf([big, Buffer.alloc(1)]);
+    expect(r.reason).toBe('invalid_header');
+    expect(r.detail).toContain(String(MAX_HEADER_BYTES));
+  });
+
+  it('names the field in invalid_header details', () => {
+    const wrongType = rejectionOf([enc(header({ stage_um: { x: 1, y: 2, z: '3' as unknown as number } })), Buffer.alloc(1)]);
+    expect(wrongType.reason).toBe('invalid_header');
+    expect(wrongType.detail).toContain('/stage_um/z must be number');
+
+    const { stage_um: _drop, ...missing } = header();
+    const m = rejectionOf([enc(missing), Buffer.alloc(1)]);
+    expect(m.reason).toBe('invalid_header');
+    expect(m.detail).toContain('/stage_um is required');
+
+    expect(rejectionOf([enc(header({ seq: -1 })), Buffer.alloc(1)]).detail).toContain('/seq must be >= 0');
+    expect(rejectionOf([enc(header({ attempt: 1.5 })), Buffer.alloc(1)]).detail).toContain('/attempt must be integer');
+    expect(rejectionOf([enc(header({ pixel_size_um: 0 })), Buffer.alloc(1)]).detail).toContain('/pixel_size_um must be > 0');
+    expect(rejectionOf([enc(header({ acquired_at: 'yesterday' })), Buffer.alloc(1)]).detail).toContain('/acquired_at must match format "date-time"');
+    expect(rejectionOf([enc(header({ format: 'gif' as 'png' })), Buffer.alloc(1)]).detail).toContain('/format must be one of png, jpeg, tiff, raw');
+    expect(rejectionOf([enc({ ...header(), pixel_sise_um: 1 }), Buffer.alloc(1)]).detail).toContain('/pixel_sise_um is not allowed');
+    expect(rejectionOf([enc({ ...header(), tile: { index: 0, row: 0 } }), Buffer.alloc(1)]).detail).toContain('/tile/col is required');
+  });
+
+  it('requires width, height and pixel_type for raw', () => {
+    const r = rejectionOf([enc(header({ format: 'raw', width: 4 })), Buffer.alloc(16)]);
+    expect(r.reason).toBe('invalid_header');
+    expect(r.detail).toContain('/height is required');
+    expect(r.detail).toContain('/pixel_type is required');
+  });
+
+  it('rejects another protocol version with unsupported_version, a missing v with invalid_header', () => {
+    const r = rejectionOf([enc(header({ v: 2 as 1 })), Buffer.alloc(1)]);
+    expect(r.reason).toBe('unsupported_version');
+    expect(r.detail).toContain('v=2');
+    const { v: _v, ...noV } = header();
+    const m = rejectionOf([enc(noV), Buffer.alloc(1)]);
+    expect(m.reason).toBe('invalid_header');
+    expect(m.detail).toContain('/v is required');
+  });
+
+  it('rejects an unknown pixel type with unknown_pixel_type, not invalid_header', () => {
+    const r = rejectionOf([enc(header({ format: 'raw', width: 2, height: 2, pixel_type: 'YUV422' as 'RGB24' })), Buffer.alloc(8)]);
+    expect(r.reason).toBe('unknown_pixel_type');
+    expect(r.detail).toContain('YUV422');
+  });
+
+  it('checks raw payload length against height * stride', () => {
+    const r = rejectionOf([enc(header({ format: 'raw', width: 10, height: 10, pixel_type: 'RGB24' })), Buffer.alloc(299)]);
+    expect(r.reason).toBe('payload_size_mismatch');
+    expect(r.detail).toContain('needs 300');
+    expect(r.detail).toContain('got 299');
+    const s = rejectionOf([enc(header({ format: 'raw', width: 10, height: 10, pixel_type: 'GRAY16', stride: 24 })), Buffer.alloc(200)]);
+    expect(s.reason).toBe('payload_size_mismatch');
+    expect(s.detail).toContain('needs 240');
+  });
+
+  it('rejects a stride smaller than a packed row', () => {
+    const r = rejectionOf([enc(header({ format: 'raw', width: 10, height: 1, pixel_type: 'RGB48', stride: 59 })), Buffer.alloc(59)]);
+    expect(r.reason).toBe('invalid_header');
+    expect(r.detail).toContain('/stride 59 must be >= width * bytes per pixel of RGB48 (60)');
+  });
+
+  it('rejects significant_bits on 8-bit and encoded types', () => {
+    expect(rejectionOf([enc(header({ format: 'raw', width: 1, height: 1, pixel_type: 'RGB24', significant_bits: 12 })), Buffer.alloc(3)]).reason).toBe('invalid_header');
+    expect(rejectionOf([enc(header({ significant_bits: 12 })), Buffer.alloc(3)]).reason).toBe('invalid_header');
+  });
+
+  it('rejects raw images over maxPixels with too_many_pixels before looking at the payload', () => {
+    const r = rejectionOf([enc(header({ format: 'raw', width: 2000, height: 1000, pixel_type: 'GRAY8' })), Buffer.alloc(10)]);
+    expect(r.reason).toBe('too_many_pixels');
+    expect(r.detail).toContain('2000000');
+  });
+
+  it('the schema file is valid draft 2020-12 and agrees with parseMessage on a valid header', () => {
+    const schema = JSON.parse(readFileSync(new URL('../../docs/schemas/tile-header.schema.json', import.meta.url), 'utf8'));
+    const ajv = new Ajv2020({ strict: false, validateFormats: false });
+    const validate = ajv.compile(schema);
+    expect(validate(header())).toBe(true);
+    expect(validate({ ...header(), extra_field: 1 })).toBe(false);
+  });
+});
