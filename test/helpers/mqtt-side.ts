@@ -1,9 +1,7 @@
 // Helpers of the MQTT / controller / outbox / store tests: a real context, scripted tiles, schema validation,
-// a private Mosquitto process for outage tests, and a subscriber that collects messages.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+// a private Mosquitto process for outage tests (test/helpers/mosquitto.ts), and a subscriber that collects messages.
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
 import AjvModule from 'ajv';
 import addFormatsModule from 'ajv-formats';
@@ -11,7 +9,6 @@ import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 
 import type { Context } from '../../core/context.js';
 import type { TileOutcome, Verdict } from '../../core/types.js';
 import { testContext } from './context.js';
-import { freePort } from './net.js';
 
 export function makeCtx(overrides: Record<string, unknown> = {}): Context & { logLines: () => string[] } {
   const { ctx, logs } = testContext(overrides);
@@ -165,54 +162,4 @@ export async function until(cond: () => boolean, timeoutMs = 10_000, what = 'con
 
 // ---- a private Mosquitto (outage tests must not stop the shared one) --------------------------------------
 
-export class PrivateMosquitto {
-  private proc: ChildProcess | null = null;
-  readonly dir = tempDir('focusd-mosq-');
-  port = 0;
-
-  /** listenerLines: extra settings of the listener (TLS); globalLines replace allow_anonymous (authentication). */
-  constructor(private readonly opts: { listenerLines?: string[]; globalLines?: string[]; scheme?: string } = {}) {}
-
-  get url(): string {
-    return `${this.opts.scheme ?? 'mqtt'}://127.0.0.1:${this.port}`;
-  }
-
-  async start(): Promise<void> {
-    if (!this.port) this.port = await freePort();
-    const conf = join(this.dir, 'mosquitto.conf');
-    // mosquitto started as root drops to its own user, which must still write the persistence file here
-    chmodSync(this.dir, 0o777);
-    // persistence: the subscriber's session and its queued QoS 1 messages survive the restart
-    writeFileSync(
-      conf,
-      [`listener ${this.port} 127.0.0.1`, ...(this.opts.listenerLines ?? []), ...(this.opts.globalLines ?? ['allow_anonymous true']), 'persistence true', `persistence_location ${this.dir}/`, 'autosave_interval 1', 'log_dest none', ''].join('\n'),
-    );
-    const proc = spawn('/usr/sbin/mosquitto', ['-c', conf], { stdio: 'ignore' });
-    this.proc = proc;
-    const end = Date.now() + 10_000;
-    for (;;) {
-      if (proc.exitCode !== null) throw new Error(`mosquitto exited with ${proc.exitCode}`);
-      try {
-        await new Promise<void>((res, rej) => {
-          const sock = connect(this.port, '127.0.0.1', () => (sock.destroy(), res()));
-          sock.once('error', rej);
-        });
-        return;
-      } catch {
-        if (Date.now() > end) throw new Error('mosquitto did not come up');
-        await sleep(50);
-      }
-    }
-  }
-
-  /** SIGTERM: mosquitto saves its persistence file and exits; clients see the connection drop. */
-  async stop(): Promise<void> {
-    const p = this.proc;
-    this.proc = null;
-    if (!p || p.exitCode !== null) return;
-    await new Promise<void>((res) => {
-      p.once('exit', () => res());
-      p.kill('SIGTERM');
-    });
-  }
-}
+export { PrivateMosquitto } from './mosquitto.js';

@@ -7,4 +7,9 @@ export function uniqueId(prefix = 't'): string {
   return `${prefix}-${process.pid}-${randomBytes(4).toString('hex')}`;
 }
 
-export const MOSQUITTO_URL = process.env.FOCUSD_TEST_MQTT_URL ?? 'mqtt://127.0.0.1:1883';
+/** This test run's own broker, started by test/global-setup.ts (or the one FOCUSD_TEST_MQTT_URL names). */
+export const MOSQUITTO_URL = (() => {
+  const url = process.env.FOCUSD_TEST_MQTT_URL;
+  if (!url) throw new Error('FOCUSD_TEST_MQTT_URL is not set: run the tests through vitest (test/global-setup.ts starts a broker)');
+  return url;
+})();

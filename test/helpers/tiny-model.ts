@@ -1,33 +1,24 @@
 /**
  * Builds the SAME tiny focus network twice, for engine tests: a tfjs LayersModel (saved as model.json + weights.bin
- * through a custom IOHandler, tfjs-node being unavailable) and an ONNX model exported by /usr/bin/python3 + torch
- * from the identical weights. The net is a real, if crude, focus measure: ±Laplacian filters on luminance, ReLU,
+ * through a custom IOHandler, tfjs-node being unavailable) and an ONNX model that PyTorch exported from the identical
+ * weights (committed: test/fixtures/tiny/). The net is a real, if crude, focus measure: ±Laplacian filters on luminance, ReLU,
  * global mean → |d| = softplus(b − a·sharpness), so blurred patches score higher.
  */
-import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { ModelManifest } from '../../models/manifest.js';
+import { ROOT } from './proc.js';
+
+const FIXTURES = join(ROOT, 'test', 'fixtures', 'tiny');
 
 export const TINY_PATCH = 64;
 export const TINY_PIXEL_UM = 0.44;
 
-const LAP = [
-  [0, 1, 0],
-  [1, -4, 1],
-  [0, 1, 0],
-];
-
-function weights() {
-  // conv kernel [kh, kw, cin, cout]: +lap and −lap on the channel mean
-  const conv: number[][][][] = LAP.map((row) => row.map((v) => [0, 1, 2].map(() => [v / 3, -v / 3])));
-  return {
-    conv,
-    abs: { kernel: [[-25], [-25]], bias: [4] },
-    sign: { kernel: [[3], [-3]], bias: [0.2] },
-  };
+/** conv kernel [kh, kw, cin, cout]: +lap and −lap on the channel mean; dense heads. Shared with the ONNX export. */
+function weights(): { conv: number[][][][]; abs: { kernel: number[][]; bias: number[] }; sign: { kernel: number[][]; bias: number[] } } {
+  return JSON.parse(readFileSync(join(FIXTURES, 'weights.json'), 'utf8'));
 }
 
 function manifest(format: ModelManifest['format'], file: string, layout: 'NCHW' | 'NHWC', sha: string, sign: ModelManifest['calibration']['sign'] = 'model'): ModelManifest {
@@ -102,46 +93,14 @@ export async function writeTfjsBundle(dir: string): Promise<void> {
   await saveLayers(model, dir);
 }
 
-const PY = String.raw`
-import json, sys, torch, torch.nn as nn, torch.nn.functional as F
-w = json.load(open(sys.argv[1]))
-slow = len(sys.argv) > 3 and sys.argv[3] == 'slow'
-class Slow(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(1)
-        self.body = nn.Sequential(nn.Conv2d(3, 48, 3, padding=1), nn.ReLU(), *[m for _ in range(7) for m in (nn.Conv2d(48, 48, 3, padding=1), nn.ReLU())])
-        self.abs = nn.Linear(48, 1)
-        self.sign = nn.Linear(48, 1)
-    def forward(self, x):
-        h = self.body(x).mean(dim=(2, 3))
-        return F.softplus(self.abs(h)), self.sign(h)
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 2, 3, padding=1, bias=False)
-        self.abs = nn.Linear(2, 1)
-        self.sign = nn.Linear(2, 1)
-    def forward(self, x):
-        h = F.relu(self.conv(x)).mean(dim=(2, 3))
-        return F.softplus(self.abs(h)), self.sign(h)
-net = (Slow() if slow else Net()).eval()
-with torch.no_grad():
-  if not slow:
-    net.conv.weight.copy_(torch.tensor(w['conv']).permute(3, 2, 0, 1))  # [kh,kw,cin,cout] -> [cout,cin,kh,kw]
-    net.abs.weight.copy_(torch.tensor(w['abs']['kernel']).t()); net.abs.bias.copy_(torch.tensor(w['abs']['bias']))
-    net.sign.weight.copy_(torch.tensor(w['sign']['kernel']).t()); net.sign.bias.copy_(torch.tensor(w['sign']['bias']))
-x = torch.zeros(1, 3, ${TINY_PATCH}, ${TINY_PATCH})
-torch.onnx.export(net, x, sys.argv[2], input_names=['input'], output_names=['abs_um', 'sign_logit'],
-                  dynamic_axes={'input': {0: 'n'}, 'abs_um': {0: 'n'}, 'sign_logit': {0: 'n'}}, opset_version=13)
-`;
-
-/** ONNX bundle in dir (NCHW) with the same weights, exported by torch; slow: an 8-layer 48-channel CNN instead. */
+/**
+ * ONNX bundle in dir (NCHW) with the same weights as the tfjs one; slow: an 8-layer 48-channel CNN instead. The ONNX
+ * files are committed (test/fixtures/tiny/, exported by PyTorch in test/fixtures/make_fixtures.py from
+ * tiny/weights.json), so no test needs Python.
+ */
 export function writeOnnxBundle(dir: string, sign: ModelManifest['calibration']['sign'] = 'model', slow = false): void {
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'weights.json'), JSON.stringify(weights()));
-  writeFileSync(join(dir, 'export.py'), PY);
-  execFileSync('/usr/bin/python3', [join(dir, 'export.py'), join(dir, 'weights.json'), join(dir, 'model.onnx'), slow ? 'slow' : 'same'], { stdio: 'pipe', timeout: 120_000 });
+  copyFileSync(join(FIXTURES, slow ? 'slow.onnx' : 'laplacian.onnx'), join(dir, 'model.onnx'));
   const sha = createHash('sha256').update(readFileSync(join(dir, 'model.onnx'))).digest('hex');
   writeFileSync(join(dir, 'manifest.json'), JSON.stringify(manifest('onnx', 'model.onnx', 'NCHW', sha, sign), null, 1));
 }

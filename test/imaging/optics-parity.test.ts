@@ -2,15 +2,14 @@
 // models/training/optics.py (what the shipped CNN was trained on). The CNN reads the sign of defocus from the
 // ±z asymmetries (axial chromatic shift, spherical aberration); if the two disagree on them, every procedural
 // tile shows the network a mirror image of its training world (it did: TS z rendered what Python calls −z).
-// Runs the real Python PSF code (Debian /usr/bin/python3 with torch) through models/training/optics_mtf.py.
-import { execFile } from 'node:child_process';
-import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
-import { beforeAll, describe, expect, it } from 'vitest';
+// The Python side (models/training/optics_mtf.py) is committed as test/fixtures/optics-mtf.json by
+// test/fixtures/make_fixtures.py; test/fixtures/test_fixtures.py keeps it current. No Python needed here.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { DEFAULT_OPTICS, DefocusOptics, channelMtf } from '../../imaging/optics.js';
+import { ROOT } from '../helpers/proc.js';
 
-const run = promisify(execFile);
-const ROOT = resolve(import.meta.dirname, '..', '..');
 const PX = 0.22;
 const Z = [-3, -1, 0, 1, 3];
 const NF = 48;
@@ -38,13 +37,14 @@ const NAMES = ['red', 'green', 'blue'];
 const mean = (a: ArrayLike<number>) => Array.from(a).reduce((s, v) => s + v, 0) / a.length;
 
 describe('optics parity: imaging/optics.ts vs models/training/optics.py', () => {
-  let py: PyOtf;
+  // made with optics_mtf.py --z=-3,-1,0,1,3 --nf 48 --pixel 0.22 --size 128 --sub 2 (make_fixtures.py OPTICS_ARGS)
+  const py = JSON.parse(readFileSync(join(ROOT, 'test', 'fixtures', 'optics-mtf.json'), 'utf8')) as PyOtf;
   const ts: number[][][] = Z.map((z) => CH.map((c) => Array.from(channelMtf(DEFAULT_OPTICS, c, z, PX, NF).mtf)));
-  beforeAll(async () => {
-    const { stdout } = await run('/usr/bin/python3', [join(ROOT, 'models/training/optics_mtf.py'), `--z=${Z.join(',')}`, '--nf', String(NF),
-      '--pixel', String(PX), '--size', '128', '--sub', '2'], { timeout: 120_000, maxBuffer: 1 << 24 });
-    py = JSON.parse(stdout) as PyOtf;
-  }, 150_000);
+
+  it('the fixture was made at the z values and frequencies compared here', () => {
+    expect(py.z).toEqual(Z);
+    expect(py.f).toHaveLength(NF + 1);
+  });
 
   it('the TS defaults are the Python training defaults', () => {
     expect(DEFAULT_OPTICS.na).toBe(py.optics.na);

@@ -1,37 +1,40 @@
-// The ONNX export gives the same numbers in onnxruntime-node as the model gives in PyTorch.
-// Runs the real Python exporter (Debian /usr/bin/python3 with torch) on a tiny seeded, untrained model.
-import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
+// The ONNX export gives the same numbers in onnxruntime-node as the model gives in PyTorch. The PyTorch side is
+// committed (test/fixtures, made by make_fixtures.py; test/fixtures/test_fixtures.py keeps it current), so this
+// test needs no Python.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import ort from 'onnxruntime-node';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadBundle } from '../../models/bundle.js';
+import { ROOT } from '../helpers/proc.js';
+import { referenceInputU8 } from '../helpers/reference-input.js';
 
-const run = promisify(execFile);
-const ROOT = resolve(import.meta.dirname, '..', '..');
+const FIXTURES = join(ROOT, 'test', 'fixtures');
 // float32 kernels differ in summation order between PyTorch and onnxruntime: allow 1e-4 absolute + 1e-4 relative
 const ATOL = 1e-4;
 const RTOL = 1e-4;
 
 interface Reference {
   shape: [number, number, number, number];
-  input_u8: number[];
   abs_um: number[];
   sign_logit: number[];
   log_var: number[];
+  architecture?: string;
+  checkpoint?: string;
 }
+
+const readJson = <T>(p: string) => JSON.parse(readFileSync(p, 'utf8')) as T;
 
 /** Normalises the reference's 8-bit input exactly as the daemon does (from the manifest) and opens the model. */
 async function referenceInput(bundleDir: string, ref: Reference) {
   const { manifest, modelPath } = await loadBundle(bundleDir);
   const [n, c, h, w] = ref.shape;
+  const u8 = referenceInputU8(n, h);
   const { scale, mean, std } = manifest.input.normalisation;
   const x = new Float32Array(n * c * h * w);
   for (let i = 0; i < x.length; i++) {
     const ch = Math.floor(i / (h * w)) % c;
-    x[i] = (ref.input_u8[i]! * scale - mean[ch]!) / std[ch]!;
+    x[i] = (u8[i]! * scale - mean[ch]!) / std[ch]!;
   }
   const session = await ort.InferenceSession.create(modelPath, { intraOpNumThreads: 1 });
   return { manifest, session, x, dims: [n, c, h, w] as const };
@@ -41,20 +44,13 @@ function expectReferenceOutputs(out: ort.InferenceSession.OnnxValueMapType, outp
   for (const name of ['abs_um', 'sign_logit', 'log_var'] as const) {
     const got = Array.from(out[outputs[name] ?? name]!.data as Float32Array);
     expect(got).toHaveLength(ref.shape[0]);
-    got.forEach((g, i) => expect(Math.abs(g - ref[name][i]!)).toBeLessThanOrEqual(ATOL + RTOL * Math.abs(ref[name][i]!)));
+    got.forEach((g, i) => expect(Math.abs(g - ref[name][i]!), `${name}[${i}]`).toBeLessThanOrEqual(ATOL + RTOL * Math.abs(ref[name][i]!)));
   }
 }
 
 describe('ONNX export parity (PyTorch vs onnxruntime-node)', () => {
-  let dir: string;
-  let ref: Reference;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'focusd-parity-'));
-    await run('/usr/bin/python3', [join(ROOT, 'models/training/export_onnx.py'), '--random-init', '--arch', 'focusnet', '--width', '4', '--depth', '2',
-      '--seed', '7', '--out', dir, '--reference', join(dir, 'reference.json'), '--reference-n', '3'], { timeout: 120_000 });
-    ref = JSON.parse(await readFile(join(dir, 'reference.json'), 'utf8')) as Reference;
-  }, 150_000);
-  afterAll(async () => rm(dir, { recursive: true, force: true }));
+  const dir = join(FIXTURES, 'focusnet-random');
+  const ref = readJson<Reference>(join(dir, 'reference.json'));
 
   it('the exported bundle validates and gives the PyTorch outputs for fixed inputs, batch 3 and batch 1', async () => {
     const { manifest, session, x, dims } = await referenceInput(dir, ref);
@@ -74,22 +70,23 @@ describe('ONNX export parity (PyTorch vs onnxruntime-node)', () => {
 });
 
 // The model card's numbers come from the committed PyTorch checkpoint (evaluate.py); the daemon runs the committed
-// ONNX file. This ties the two: the shipped model.onnx answers what the checkpoint answers in PyTorch.
-describe('the shipped bundle is the committed checkpoint', () => {
-  const CHECKPOINT = join(ROOT, 'models/training/checkpoints/focusnet-w32d2-0.2.0.pt');
-  let dir: string;
-  let ref: Reference;
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'focusd-shipped-'));
-    await run('/usr/bin/python3', [join(ROOT, 'models/training/export_onnx.py'), '--checkpoint', CHECKPOINT, '--out', dir,
-      '--reference', join(dir, 'reference.json'), '--reference-n', '3'], { timeout: 120_000 });
-    ref = JSON.parse(await readFile(join(dir, 'reference.json'), 'utf8')) as Reference;
-  }, 150_000);
-  afterAll(async () => rm(dir, { recursive: true, force: true }));
+// ONNX file. This ties the two for every shipped bundle: its model.onnx answers what its checkpoint answers.
+describe('each shipped bundle is its committed checkpoint', () => {
+  const bundles = readJson<Array<{ name: string; bundle: string; checkpoint: string }>>(join(FIXTURES, 'bundles.json'));
 
-  it('models/default/model.onnx gives the checkpoint\'s PyTorch outputs, and the manifest names its architecture', async () => {
-    const { manifest, session, x, dims } = await referenceInput(join(ROOT, 'models/default'), ref);
-    expect(manifest.architecture).toBe((await loadBundle(dir)).manifest.architecture);
+  it('bundles.json names every bundle under models/ that has a model.onnx', async () => {
+    const { readdirSync, existsSync } = await import('node:fs');
+    const shipped = readdirSync(join(ROOT, 'models'), { withFileTypes: true })
+      .filter((e) => e.isDirectory() && existsSync(join(ROOT, 'models', e.name, 'model.onnx')))
+      .map((e) => `models/${e.name}`);
+    expect(bundles.map((b) => b.bundle).sort()).toEqual(shipped.sort());
+  });
+
+  it.each(bundles.map((b) => [b.bundle, b] as const))('%s gives its checkpoint\'s PyTorch outputs, and the manifest names its architecture', async (_, b) => {
+    const ref = readJson<Reference>(join(FIXTURES, `reference-${b.name}.json`));
+    expect(ref.checkpoint).toBe(b.checkpoint);
+    const { manifest, session, x, dims } = await referenceInput(join(ROOT, b.bundle), ref);
+    expect(manifest.architecture).toBe(ref.architecture);
     try {
       expectReferenceOutputs(await session.run({ input: new ort.Tensor('float32', x, [...dims]) }), manifest.outputs, ref);
       // a different model would be caught: the three reference patches do not all give the same answer
