@@ -9,7 +9,7 @@ const USAGE = `usage: focusd <command> [options]
 commands:
   run           run the daemon (systemd: Type=notify)         focusd run --config /etc/focusd/focusd.yaml
   check-config  validate a configuration, name every problem  focusd check-config --config FILE [--print] [--schema]
-  score         score image files offline, one JSON line each focusd score [--format json|csv] PATH...
+  score         score image files offline, one JSON line each focusd score [--format jsonl|csv] PATH...
   replay        send tiles to a daemon as a scanner would     focusd replay --help
   demo          daemon + embedded broker + a sample scan      focusd demo
   calibrate     fit the model to this instrument's focus stack focusd calibrate STACK_DIR --out DIR

@@ -41,6 +41,18 @@ export async function reportMain(argv: string[]): Promise<number> {
   await store.start(new AbortController().signal);
   try {
     const r = buildDriftReport(ctx, store, from, to);
+    if (r.totals.tiles === 0) {
+      // an empty report of the configured scanner while the history holds another's is a wrong scanner.id, not a quiet night
+      const others = new Map<string, number>();
+      for (const s of store.driftStats(from, to)) others.set(s.scanner, (others.get(s.scanner) ?? 0) + s.tiles);
+      if (others.size > 0) {
+        const list = [...others].map(([id, n]) => `${JSON.stringify(id)} (${n} tiles)`).join(', ');
+        process.stderr.write(
+          `focusd report: no tiles of scanner ${JSON.stringify(config.scanner.id)} (scanner.id) in ${r.from} .. ${r.to}, but the history in ` +
+            `${config.resolved.stateDir} holds tiles of ${list}; report on one with --config FILE or FOCUSD_SCANNER_ID=<id>\n`,
+        );
+      }
+    }
     const files = await writeDriftReport(values.out ?? config.resolved.reportDir, r);
     process.stdout.write(values.json ? JSON.stringify(r, null, 2) + '\n' : renderDriftMarkdown(r));
     process.stderr.write(`written: ${files.markdown}, ${files.json}\n`);

@@ -25,7 +25,7 @@ export async function scoreMain(argv: string[]): Promise<number> {
       args: split.rest,
       allowPositionals: true,
       options: {
-        format: { type: 'string', default: 'json' },
+        format: { type: 'string', default: 'jsonl' },
         'pixel-size': { type: 'string' },
         help: { type: 'boolean' },
       },
@@ -37,11 +37,13 @@ export async function scoreMain(argv: string[]): Promise<number> {
     return 64;
   }
   if (values.help || files.length === 0) {
-    process.stdout.write('usage: focusd score [--format json|csv] [--pixel-size UM] [--scorer cnn|classical] [--model DIR] PATH...\n');
+    process.stdout.write('usage: focusd score [--format jsonl|csv] [--pixel-size UM] [--scorer cnn|classical] [--model DIR] PATH...\n');
     return values.help ? 0 : 64;
   }
-  if (values.format !== 'json' && values.format !== 'csv') {
-    process.stderr.write(`focusd score: --format must be json or csv, not ${values.format}\n`);
+  // jsonl (one JSON object per line) is the documented name; json is accepted for it
+  if (values.format === 'json') values.format = 'jsonl';
+  if (values.format !== 'jsonl' && values.format !== 'csv') {
+    process.stderr.write(`focusd score: --format must be jsonl or csv, not ${values.format}\n`);
     return 64;
   }
   const config = loadCommandConfig('score', split);

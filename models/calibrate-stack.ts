@@ -23,8 +23,31 @@ export interface StackImage {
   position: string;
 }
 
-/** Lists the stack: manifest.csv (file, z_um, optional ix/iy) if present, else z parsed from file names. */
+/** Fewest slices at distinct z a lateral position needs to find its in-focus slice and fit around it. */
+export const MIN_SLICES_PER_POSITION = 3;
+
+/**
+ * Lists the stack: manifest.csv (file, z_um, optional ix/iy) if present, else z parsed from file names. A lateral
+ * position is ix/iy when the manifest has them, else the file name without its _z…um part; a stack in which no
+ * position has MIN_SLICES_PER_POSITION slices is refused with what it needs.
+ */
 export async function listStack(dir: string): Promise<StackImage[]> {
+  return checkPositions(dir, await readStack(dir));
+}
+
+function checkPositions(dir: string, images: StackImage[]): StackImage[] {
+  const zs = new Map<string, Set<number>>();
+  for (const im of images) zs.set(im.position, (zs.get(im.position) ?? new Set()).add(im.z_um));
+  const usable = [...zs.values()].filter((s) => s.size >= MIN_SLICES_PER_POSITION).length;
+  if (usable > 0) return images;
+  throw new Error(
+    `${dir}: no lateral position has ${MIN_SLICES_PER_POSITION} or more slices at different z (${images.length} images in ${zs.size} positions). ` +
+      'Slices of one position are grouped by the ix,iy columns of manifest.csv, or, without them, by the file name with its _z…um part removed ' +
+      '(e.g. pos1_z-002.0um.png, pos1_z+000.0um.png, …). Add ix,iy columns to manifest.csv (the same values for every slice of a position) or name the files that way.',
+  );
+}
+
+async function readStack(dir: string): Promise<StackImage[]> {
   const csv = join(dir, 'manifest.csv');
   if (existsSync(csv)) {
     const lines = (await readFile(csv, 'utf8')).split(/\r?\n/).filter((l) => l.trim());

@@ -42,6 +42,14 @@ describe('focusd score', () => {
     expect(glass!.split(',').slice(1, 3)).toEqual(['', 'no_tissue']);
   });
 
+  it('--format jsonl (the documented name) and json give the same JSON lines', async () => {
+    const a = await runFocusd(['score', '--format', 'jsonl', '--scorer', 'classical', files.blurred]);
+    const b = await runFocusd(['score', '--format', 'json', '--scorer', 'classical', files.blurred]);
+    expect(a.code, a.stderr).toBe(0);
+    expect(JSON.parse(a.stdout.trim())).toMatchObject({ file: files.blurred, verdict: 'out_of_focus' });
+    expect(a.stdout).toBe(b.stdout);
+  });
+
   it('rejects bad usage with exit 64', async () => {
     expect((await runFocusd(['score'])).code).toBe(64);
     expect((await runFocusd(['score', '--format', 'xml', files.sharp])).code).toBe(64);

@@ -73,4 +73,18 @@ describe('nightly drift report', () => {
     expect(r.stdout).toMatch(/slide-drift/);
     expect(existsSync(join(out, `drift-${new Date(now).toISOString().slice(0, 10)}.json`))).toBe(true);
   });
+
+  it('focusd report on a state directory that holds another scanner\'s history says so instead of a silent empty report', async () => {
+    const dir = tempDir('focusd-report-');
+    const { store } = await nightOfHistory(dir, Date.now());
+    await store.stop();
+    const out = tempDir('focusd-report-out-');
+    // no --scanner-id: the default scanner.id (axioscan-1) has no tiles here, scanner-a has 120 in the window
+    const r = await runFocusd(['report', '--out', out], { FOCUSD_STATE_DIR: dir, FOCUSD_SCORER: 'classical' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/no tiles of scanner "axioscan-1" \(scanner.id\).*holds tiles of "scanner-a" \(120 tiles\); report on one with --config FILE or FOCUSD_SCANNER_ID=<id>/);
+    // and with the right scanner, no such notice
+    const ok = await runFocusd(['report', '--out', out], { FOCUSD_STATE_DIR: dir, FOCUSD_SCORER: 'classical', FOCUSD_SCANNER_ID: 'scanner-a' });
+    expect(ok.stderr).not.toMatch(/no tiles of scanner/);
+  });
 });

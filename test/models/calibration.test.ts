@@ -1,6 +1,6 @@
 // Calibration: sharpest slice of a synthetic focus stack, recovery of a known linear distortion, sign decision,
 // calibrated bundle writing, and `focusd calibrate` end to end on a generated stack (never /work/shared).
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import sharp from 'sharp';
@@ -19,6 +19,7 @@ import {
 } from '../../models/calibration.js';
 import { type ModelManifest, toPrediction } from '../../models/manifest.js';
 import { calibrateMain } from '../../cli/calibrate.js';
+import { listStack } from '../../models/calibrate-stack.js';
 
 const DEFAULT = resolve(import.meta.dirname, '..', '..', 'models', 'default');
 
@@ -220,6 +221,34 @@ describe('calibrated bundles and focusd calibrate', () => {
     expect(JSON.parse(await readFile(join(out, 'calibration-report.json'), 'utf8')).calibration).toEqual(report.calibration);
     // the blur grows away from focus, so the model's |output| must rank the slices in the right order
     expect(report.spearman_abs_all).toBeGreaterThan(0.5);
+  });
+
+  it('a manifest without ix,iy whose file names carry no _z…um part: says what it needs instead of fitting nonsense', async () => {
+    const stack = join(dir, 'no-positions');
+    await mkdir(stack, { recursive: true });
+    const w = 64, h = 64;
+    const rows = ['file,z_um'];
+    for (const [i, z] of ZS.entries()) {
+      await sharp(Buffer.from(toU8(blur(pattern(w, h, 3), w, h, sigmaAt(z)))), { raw: { width: w, height: h, channels: 3 } }).png().toFile(join(stack, `slice${i}.png`));
+      rows.push(`slice${i}.png,${z}`);
+    }
+    await writeFile(join(stack, 'manifest.csv'), rows.join('\n') + '\n');
+    await expect(listStack(stack)).rejects.toThrow(/no lateral position has 3 or more slices at different z \(\d+ images in \d+ positions\).*ix,iy/);
+    // with ix,iy the same slices are one position and the listing goes through
+    await writeFile(join(stack, 'manifest.csv'), ['file,z_um,ix,iy', ...rows.slice(1).map((r) => `${r},0,0`)].join('\n') + '\n');
+    const listed = await listStack(stack);
+    expect(new Set(listed.map((x) => x.position))).toEqual(new Set(['ix0_iy0']));
+    const errs: string[] = [];
+    const orig = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((s: string) => (errs.push(String(s)), true)) as typeof process.stderr.write;
+    try {
+      await writeFile(join(stack, 'manifest.csv'), rows.join('\n') + '\n');
+      expect(await calibrateMain([stack, '--out', join(dir, 'np-out')])).toBe(1);
+    } finally {
+      process.stderr.write = orig;
+    }
+    expect(errs.join('')).toMatch(/Add ix,iy columns to manifest.csv/);
+    expect(errs.join('')).not.toMatch(/slope/);
   });
 
   it('fails clearly on a directory without a stack', async () => {
