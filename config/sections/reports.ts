@@ -40,6 +40,11 @@ export const reports = {
       default: true,
       env: 'FOCUSD_REPORT_HTML',
     },
+    serveHttp: {
+      doc: 'With http.port set, the status server lists and serves the report directory read-only under /reports/.',
+      format: Boolean,
+      default: true,
+    },
     trendNights: {
       doc: 'Nights (report windows of windowHours, ending at the report time) in the trend section, read from the tile history; the history must reach that far back (store.historyRetentionDays).',
       format: 'positive-int',
