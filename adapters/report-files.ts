@@ -37,18 +37,20 @@ export async function reportFile(dir: string, rest: string): Promise<FileReply> 
   if (!TYPES[ext]) return json(404, 'only .html, .json and .md reports are served');
   const path = join(dir, name);
   try {
-    const l = await lstat(path);
-    if (l.isSymbolicLink()) {
-      // a link is followed only when it stays inside the report directory
-      const [target, root] = await Promise.all([realpath(path), realpath(dir)]);
-      if (!target.startsWith(root + sep)) return json(403, 'the report is a link out of the report directory');
-    }
+    if (!(await insideDir(dir, path))) return json(403, 'the report is a link out of the report directory');
     if (!(await stat(path)).isFile()) return json(404, 'not a report file');
     return { code: 200, type: TYPES[ext]!, body: await readFile(path), headers: securityHeaders(ext) };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return json(404, `no report ${name}`);
     throw err;
   }
+}
+
+/** False for a symbolic link that leads out of the directory; a link is followed only when it stays inside. */
+async function insideDir(dir: string, path: string): Promise<boolean> {
+  if (!(await lstat(path)).isSymbolicLink()) return true;
+  const [target, root] = await Promise.all([realpath(path), realpath(dir)]);
+  return target.startsWith(root + sep);
 }
 
 function securityHeaders(ext: string): Record<string, string> {
@@ -61,7 +63,11 @@ function securityHeaders(ext: string): Record<string, string> {
 async function listing(dir: string): Promise<FileReply> {
   let names: string[] = [];
   try {
-    names = (await readdir(dir)).filter((n) => SAFE_NAME.test(n) && TYPES[n.slice(n.lastIndexOf('.'))]);
+    for (const n of await readdir(dir)) {
+      if (!SAFE_NAME.test(n) || !TYPES[n.slice(n.lastIndexOf('.'))]) continue;
+      // links out of the directory (or broken ones) are not listed either
+      if (await insideDir(dir, join(dir, n)).catch(() => false)) names.push(n);
+    }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }

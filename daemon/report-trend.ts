@@ -133,7 +133,9 @@ export function detectChanges(nights: NightFigures[], o: ChangeOptions): ChangeA
         const big = ratio === null ? recent !== 0 : direction === 'up' ? ratio >= o.minRatio : ratio <= 1 / o.minRatio;
         if (big) {
           const sinceDate = nights[pts[start]!.i]!.date;
-          const size = ratio === null ? `from 0 to ${r3(recent)}` : ratio >= 1.95 || ratio <= 0.51 ? `${fmtRatio(ratio)}×` : `${Math.round(Math.abs(ratio - 1) * 100)} %`;
+          // "up 3.0×", "down to 0.20×", or "up 63 %" for changes under 2×
+          const size =
+            ratio === null ? `from 0 to ${r3(recent)}` : ratio >= 1.95 ? `${ratio.toFixed(1)}×` : ratio <= 0.5 ? `to ${ratio.toFixed(2)}×` : `${Math.round(Math.abs(ratio - 1) * 100)} %`;
           alerts.push({
             kind: 'change',
             metric,
@@ -153,10 +155,6 @@ export function detectChanges(nights: NightFigures[], o: ChangeOptions): ChangeA
   return alerts;
 }
 
-function fmtRatio(r: number): string {
-  const x = r >= 1 ? r : 1 / r;
-  return (r >= 1 ? '' : '1/') + (x >= 10 ? x.toFixed(0) : x.toFixed(1));
-}
 
 export function buildTrend(store: Pick<Store, 'driftStats'>, toMs: number, scanner: string, cfg: { trendNights: number; windowHours: number; change: ChangeOptions }): Trend {
   const nights = nightlyFigures(store, toMs, cfg.trendNights, cfg.windowHours, scanner);
