@@ -122,7 +122,8 @@ export async function trendChart(metric: (typeof TREND_METRICS)[number], nights:
   if (changes.length)
     layers.push({ name: 'change', data: { values: changes }, mark: { type: 'rect', color: '#d62728', opacity: 0.12 }, encoding: { x: { ...x, field: 'since' }, x2: { field: 'end' } } });
   layers.push(
-    { name: 'line', data: { values }, mark: { type: 'line', color: '#4c78a8' }, encoding: { x, y: { field: 'v', type: 'quantitative', title: METRIC_LABEL[metric] } } },
+    // the figure's caption names the quantity; a long y title would only squeeze the plot
+    { name: 'line', data: { values }, mark: { type: 'line', color: '#4c78a8' }, encoding: { x, y: { field: 'v', type: 'quantitative', title: null } } },
     { name: 'nights', data: { values }, mark: { type: 'point', filled: true, size: 20, color: '#4c78a8' }, encoding: { x, y: { field: 'v', type: 'quantitative' } } },
   );
   const svg = await render({ width: 380, height: 120, layer: layers } as TopLevelSpec);

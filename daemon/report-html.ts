@@ -124,7 +124,7 @@ ${tile('dry-run actions', num('loop.dry_run', L.dry_run, 0))}
 ${refusedBy.map(([k, v]) => `<tr><td>refused: ${esc(k)}</td><td>${num(`loop.refused_by_limit.${k}`, v, 0)}</td></tr>`).join('')}</table>
 <p>Model and calibration: ${r.models.length ? r.models.map((m) => `<span class="mono">${esc(m)}</span>`).join(', ') : '–'}</p>
 <h2>Across nights (last ${r.trend.nights.length})</h2>
-<p class="sub">Change detector: two-sided CUSUM on each nightly figure against the median of the first ${det.baselineNights} nights (k = ${det.k} σ, h = ${det.h} σ, reported from a ${det.minRatio}× change).</p>
+<p class="sub">Change detector: two-sided CUSUM on each nightly figure against the mean of the first ${det.baselineNights} nights (k = ${det.k} σ, h = ${det.h} σ, reported from a ${det.minRatio}× change).</p>
 <div class="charts">${trendCharts.map(figure).join('\n')}</div>
 <details><summary>Nightly figures</summary><table id="nights"><tr><th>night</th><th>slides</th><th>tiles</th><th>out-of-focus rate</th><th>mean |defocus| µm</th><th>drift µm/h</th><th>corrections per slide</th></tr>
 ${nights.join('\n')}</table></details>
