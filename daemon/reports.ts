@@ -138,8 +138,9 @@ export class DriftReporter implements Component {
       const { config } = this.ctx;
       const run = await produceReport(this.ctx, this.store, now - config.reports.windowHours * 3_600_000, now, { dir: config.resolved.reportDir, html: config.reports.html });
       const { report: r, files } = run;
+      // not awaited: with the broker away the QoS 1 message waits in MQTT.js's queue, the next run must not
       if (this.deps.publish)
-        await this.deps.publish(run.message).catch((err: Error) => this.ctx.logger.error(`drift report written but not announced on MQTT: ${err.message}`));
+        void this.deps.publish(run.message).catch((err: Error) => this.ctx.logger.error(`drift report written but not announced on MQTT: ${err.message}`));
       this.ctx.logger.info(`drift report written: ${files.markdown}`, { slides: r.totals.slides, tiles: r.totals.tiles, alerts: r.alerts.length });
       for (const a of r.alerts) this.ctx.logger.warn(`drift report alert: ${a.slide}: ${a.message}`);
       return files;

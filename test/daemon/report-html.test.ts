@@ -6,7 +6,7 @@ import { Store } from '../../adapters/store.js';
 import type { DetailedReport } from '../../daemon/report-details.js';
 import { produceReport, type ReportFiles } from '../../daemon/report-run.js';
 import { generateHistory } from '../../sim/history.js';
-import { openPage, type PageVisit } from '../helpers/chromium.js';
+import { chromiumBinary, openPage, type PageVisit } from '../helpers/chromium.js';
 import { makeCtx, tempDir } from '../helpers/mqtt-side.js';
 import { ROOT } from '../helpers/proc.js';
 
@@ -117,6 +117,32 @@ describe('HTML drift report in headless Chromium', () => {
       expect(nights).toEqual(['2026-11-30', '2026-11-29']);
     } finally {
       await index.close();
+    }
+  });
+
+  it('the Chromium check is not vacuous: a page that fetches or logs an error is caught', async () => {
+    const dir = tempDir('focusd-chromium-neg-');
+    const file = join(dir, 'bad.html');
+    writeFileSync(file, '<!doctype html><title>bad</title><img src="http://127.0.0.1:9/x.png"><script>console.error("boom")</script>');
+    const bad = await openPage(pathToFileURL(file).href);
+    try {
+      expect(bad.requests).toEqual(['http://127.0.0.1:9/x.png']);
+      expect(bad.errors.some((e) => e.includes('console.error: boom'))).toBe(true);
+    } finally {
+      await bad.close();
+    }
+  });
+
+  it('without Chromium the tests fail with a message naming the Debian package (they never skip)', () => {
+    const saved = { PATH: process.env.PATH, CHROMIUM_BIN: process.env.CHROMIUM_BIN };
+    process.env.PATH = '/nonexistent';
+    process.env.CHROMIUM_BIN = '/nonexistent/chromium';
+    try {
+      expect(() => chromiumBinary()).toThrow(/Debian's "chromium" package \(apt-get install -y chromium\)/);
+    } finally {
+      process.env.PATH = saved.PATH;
+      if (saved.CHROMIUM_BIN === undefined) delete process.env.CHROMIUM_BIN;
+      else process.env.CHROMIUM_BIN = saved.CHROMIUM_BIN;
     }
   });
 });
