@@ -1,9 +1,10 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Component } from '../core/lifecycle.js';
 import type { Context } from '../core/context.js';
+import { reportFile } from './report-files.js';
 
-/** GET /status (JSON), /healthz (200 when ready, 503 otherwise), /metrics (Prometheus text). Disabled when http.port = 0. */
+/** GET /status (JSON), /healthz (200 when ready, 503 otherwise), /metrics (Prometheus text), /reports/ (report files, read-only). Disabled when http.port = 0. */
 export class HttpStatus implements Component {
   readonly name = 'http';
   private server: Server | null = null;
@@ -32,6 +33,7 @@ export class HttpStatus implements Component {
         if (path === '/status') return send(200, JSON.stringify(this.deps.status(), null, 2));
         if (path === '/healthz') return send(this.deps.ready() ? 200 : 503, JSON.stringify({ ready: this.deps.ready() }));
         if (path === '/metrics') return send(200, this.prometheus(), 'text/plain; version=0.0.4');
+        if (this.ctx.config.reports.serveHttp && (path === '/reports' || path.startsWith('/reports/'))) return this.reports(path, res);
         send(404, JSON.stringify({ error: 'not found', paths: ['/status', '/healthz', '/metrics'] }));
       } catch (err) {
         this.ctx.logger.error('http handler failed', { error: (err as Error).stack });
@@ -47,6 +49,25 @@ export class HttpStatus implements Component {
     });
     this.server = server;
     this.ctx.logger.info(`http status on http://${host}:${this.port}/status`);
+  }
+
+  /** /reports/: the report directory, read-only (adapters/report-files.ts). */
+  private reports(path: string, res: ServerResponse): void {
+    if (path === '/reports') {
+      res.writeHead(301, { location: '/reports/' });
+      return void res.end();
+    }
+    reportFile(this.ctx.config.resolved.reportDir, path.slice('/reports/'.length)).then(
+      (r) => {
+        res.writeHead(r.code, { 'content-type': r.type, 'cache-control': 'no-store', ...r.headers });
+        res.end(r.body);
+      },
+      (err: Error) => {
+        this.ctx.logger.error('http: cannot serve a report', { path, err: err.message });
+        res.writeHead(500, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ error: err.message }));
+      },
+    );
   }
 
   private prometheus(): string {

@@ -24,9 +24,10 @@ export const SCHEMA_IDS = {
   stats: 'focusd/stats/1',
   controlRequest: 'focusd/control-request/1',
   controlResponse: 'focusd/control-response/1',
+  report: 'focusd/report/1',
 } as const;
 
-export type TopicName = 'status' | 'tile' | 'action' | 'error' | 'stats' | 'control';
+export type TopicName = 'status' | 'tile' | 'action' | 'error' | 'stats' | 'control' | 'report';
 
 export function topicsFor(base: string) {
   return {
@@ -37,6 +38,7 @@ export function topicsFor(base: string) {
     stats: `${base}/stats`,
     request: `${base}/control/request`,
     response: `${base}/control/response`,
+    report: `${base}/report`,
   };
 }
 
@@ -300,6 +302,13 @@ export class MqttAdapter implements Component, ActionPublisher {
       detail: `${a.type} ${a.id} for slide ${a.slide} tile ${a.tile.index} expired at ${a.expires_at} before the broker acknowledged it; not sent`,
       action: { schema: SCHEMA_IDS.action, ...a },
     });
+  }
+
+  /** A drift report was written (daemon/report-run.ts builds the message); retained by default. Rejects on failure. */
+  publishReport(message: Record<string, unknown>): Promise<void> {
+    const client = this.client;
+    if (!client) return Promise.reject(new Error('MQTT adapter is not started'));
+    return this.send(client, 'report', this.topics.report, { ...message, schema: SCHEMA_IDS.report });
   }
 
   // ---- publishing ------------------------------------------------------------------------------------------

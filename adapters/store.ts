@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Context } from '../core/context.js';
 import type { Component } from '../core/lifecycle.js';
-import type { Action, TileOutcome, Verdict } from '../core/types.js';
+import type { Action, ActionRefusal, TileOutcome, Verdict } from '../core/types.js';
 
 /**
  * The daemon's state in one SQLite file (WAL) under config.resolved.stateDir:
@@ -80,6 +80,13 @@ CREATE TABLE IF NOT EXISTS actions (
 );
 CREATE INDEX IF NOT EXISTS actions_slide ON actions (scanner, slide);
 CREATE INDEX IF NOT EXISTS actions_at ON actions (at);
+CREATE TABLE IF NOT EXISTS refusals (
+  id INTEGER PRIMARY KEY,
+  at INTEGER NOT NULL,
+  scanner TEXT NOT NULL, slide TEXT NOT NULL, type TEXT NOT NULL, limit_name TEXT NOT NULL, tile_index INTEGER NOT NULL,
+  suppressed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refusals_at ON refusals (at);
 CREATE TABLE IF NOT EXISTS outbox (
   n INTEGER PRIMARY KEY AUTOINCREMENT,
   id TEXT NOT NULL UNIQUE,
@@ -93,6 +100,7 @@ export class Store implements Component {
   readonly name = 'store';
   private db: Database.Database | null = null;
   private off: (() => void) | null = null;
+  private offRefused: (() => void) | null = null;
   private pruneTimer: NodeJS.Timeout | null = null;
   /** the per-tile insert, prepared once per open database. */
   private insertTile: Database.Statement | null = null;
@@ -124,6 +132,13 @@ export class Store implements Component {
         this.ctx.logger.error('store: cannot record tile', { err: (err as Error).message, slide: o.header.slide, seq: o.header.seq });
       }
     });
+    this.offRefused = this.ctx.events.on('action:refused', (r) => {
+      try {
+        this.recordRefusal(r);
+      } catch (err) {
+        this.ctx.logger.error('store: cannot record refusal', { err: (err as Error).message, slide: r.slide });
+      }
+    });
     this.pruneTimer = setInterval(() => {
       try {
         this.prune();
@@ -137,6 +152,8 @@ export class Store implements Component {
   async stop(): Promise<void> {
     this.off?.();
     this.off = null;
+    this.offRefused?.();
+    this.offRefused = null;
     if (this.pruneTimer) clearInterval(this.pruneTimer);
     this.pruneTimer = null;
     if (this.db?.open) this.db.close();
@@ -154,6 +171,7 @@ export class Store implements Component {
     const cutoff = now - this.ctx.config.store.historyRetentionDays * DAY_MS;
     const r = this.conn.prepare('DELETE FROM tiles WHERE at < ?').run(cutoff);
     this.conn.prepare("DELETE FROM actions WHERE at < ? AND status != 'queued'").run(cutoff);
+    this.conn.prepare('DELETE FROM refusals WHERE at < ?').run(cutoff);
     return r.changes;
   }
 
@@ -350,4 +368,78 @@ export class Store implements Component {
     }
     return out;
   }
+
+  // ---- report details (daemon/report-details.ts) -------------------------------------------------------------
+
+  /** Runs fn in one transaction (bulk writers: the history simulator). */
+  batch<T>(fn: () => T): T {
+    return this.conn.transaction(fn)();
+  }
+
+  /** A refused action (controller safety limit); the suppressed count is kept so the report counts every one. */
+  recordRefusal(r: ActionRefusal, at = Date.now()): void {
+    this.conn
+      .prepare('INSERT INTO refusals (at, scanner, slide, type, limit_name, tile_index, suppressed) VALUES (?,?,?,?,?,?,?)')
+      .run(at, r.scanner, r.slide, r.type, r.limit, r.tile, r.suppressed);
+  }
+
+  /** Every tile of [fromMs, toMs) in acquisition order, for the per-slide maps and scan plots of the HTML report. */
+  reportTiles(fromMs: number, toMs: number, scanner?: string): ReportTileRow[] {
+    return this.conn
+      .prepare(
+        `SELECT slide, at, seq, tile_index, tile_row, tile_col, attempt, x_um, y_um, z_um, verdict, defocus_um, model, model_version
+         FROM tiles WHERE at >= ? AND at < ? AND (? IS NULL OR scanner = ?) ORDER BY slide, at, seq`,
+      )
+      .all(fromMs, toMs, scanner ?? null, scanner ?? null) as ReportTileRow[];
+  }
+
+  /** Every action of [fromMs, toMs) with its rule and probe flag (from the payload). */
+  reportActions(fromMs: number, toMs: number, scanner?: string): ReportActionRow[] {
+    return this.conn
+      .prepare(
+        `SELECT slide, at, type, z_offset_um, dry_run, status, json_extract(payload, '$.rule') AS rule,
+           coalesce(json_extract(payload, '$.probe'), 0) AS probe, json_extract(payload, '$.tile.seq') AS seq
+         FROM actions WHERE at >= ? AND at < ? AND (? IS NULL OR scanner = ?) ORDER BY at`,
+      )
+      .all(fromMs, toMs, scanner ?? null, scanner ?? null) as ReportActionRow[];
+  }
+
+  /** Refused actions of [fromMs, toMs) per slide and limit, suppressed repeats included. */
+  reportRefusals(fromMs: number, toMs: number, scanner?: string): { slide: string; limit: string; n: number }[] {
+    return this.conn
+      .prepare(
+        `SELECT slide, limit_name AS "limit", sum(1 + suppressed) AS n FROM refusals
+         WHERE at >= ? AND at < ? AND (? IS NULL OR scanner = ?) GROUP BY slide, limit_name ORDER BY slide, limit_name`,
+      )
+      .all(fromMs, toMs, scanner ?? null, scanner ?? null) as { slide: string; limit: string; n: number }[];
+  }
+}
+
+export interface ReportTileRow {
+  slide: string;
+  at: number;
+  seq: number;
+  tile_index: number;
+  tile_row: number;
+  tile_col: number;
+  attempt: number;
+  x_um: number;
+  y_um: number;
+  z_um: number;
+  verdict: Verdict;
+  defocus_um: number | null;
+  model: string;
+  model_version: string;
+}
+
+export interface ReportActionRow {
+  slide: string;
+  at: number;
+  type: string;
+  z_offset_um: number;
+  dry_run: 0 | 1;
+  status: ActionStatus;
+  rule: string | null;
+  probe: 0 | 1;
+  seq: number | null;
 }

@@ -2,7 +2,8 @@ import { parseArgs } from 'node:util';
 import { Store } from '../adapters/store.js';
 import { createContext } from '../core/context.js';
 import { createLogger } from '../core/logger.js';
-import { buildDriftReport, renderDriftMarkdown, writeDriftReport } from '../daemon/reports.js';
+import { produceReport } from '../daemon/report-run.js';
+import { renderDriftMarkdown } from '../daemon/reports.js';
 import { loadCommandConfig, splitConfigArgs } from './args.js';
 
 /** `focusd report`: the drift report of the history on demand (the daemon writes one nightly on its own). */
@@ -17,6 +18,7 @@ export async function reportMain(argv: string[]): Promise<number> {
         to: { type: 'string' },
         out: { type: 'string' },
         json: { type: 'boolean', default: false },
+        html: { type: 'boolean', default: false },
         help: { type: 'boolean' },
       },
     }).values;
@@ -25,7 +27,7 @@ export async function reportMain(argv: string[]): Promise<number> {
     return 64;
   }
   if (values.help) {
-    process.stdout.write('usage: focusd report [--config FILE] [--from ISO] [--to ISO] [--out DIR] [--json]\n  default period: the last reports.windowHours hours\n');
+    process.stdout.write('usage: focusd report [--config FILE] [--from ISO] [--to ISO] [--out DIR] [--json] [--html]\n  default period: the last reports.windowHours hours\n  --html  also write drift-<date>.html (charts, trend of reports.trendNights nights, change alerts) and index.html\n');
     return 0;
   }
   const config = loadCommandConfig('report', split);
@@ -40,7 +42,7 @@ export async function reportMain(argv: string[]): Promise<number> {
   const store = new Store(ctx);
   await store.start(new AbortController().signal);
   try {
-    const r = buildDriftReport(ctx, store, from, to);
+    const { report: r, files } = await produceReport(ctx, store, from, to, { dir: values.out ?? config.resolved.reportDir, html: values.html });
     if (r.totals.tiles === 0) {
       // an empty report of the configured scanner while the history holds another's is a wrong scanner.id, not a quiet night
       const others = new Map<string, number>();
@@ -53,9 +55,8 @@ export async function reportMain(argv: string[]): Promise<number> {
         );
       }
     }
-    const files = await writeDriftReport(values.out ?? config.resolved.reportDir, r);
     process.stdout.write(values.json ? JSON.stringify(r, null, 2) + '\n' : renderDriftMarkdown(r));
-    process.stderr.write(`written: ${files.markdown}, ${files.json}\n`);
+    process.stderr.write(`written: ${Object.values(files).join(', ')}\n`);
     return 0;
   } finally {
     await store.stop();

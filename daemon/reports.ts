@@ -4,6 +4,7 @@ import cron, { type ScheduledTask } from 'node-cron';
 import type { DriftStats, Store } from '../adapters/store.js';
 import type { Context } from '../core/context.js';
 import type { Component } from '../core/lifecycle.js';
+import { produceReport, type ReportFiles } from './report-run.js';
 
 export interface DriftReport {
   schema: 1;
@@ -111,7 +112,12 @@ export class DriftReporter implements Component {
   readonly name = 'reports';
   private task: ScheduledTask | null = null;
 
-  constructor(private readonly ctx: Context, private readonly store: Store) {}
+  constructor(
+    private readonly ctx: Context,
+    private readonly store: Store,
+    /** announces a written report (MqttAdapter.publishReport); a failed announcement is logged, the files stay. */
+    private readonly deps: { publish?: (message: Record<string, unknown>) => Promise<void> } = {},
+  ) {}
 
   async start(): Promise<void> {
     const { schedule, timezone } = this.ctx.config.reports;
@@ -127,10 +133,14 @@ export class DriftReporter implements Component {
     this.ctx.logger.info(`drift reports at "${schedule}"${timezone ? ` (${timezone})` : ''} into ${this.ctx.config.resolved.reportDir}`);
   }
 
-  async runOnce(now = Date.now()): Promise<{ markdown: string; json: string } | null> {
+  async runOnce(now = Date.now()): Promise<ReportFiles | null> {
     try {
-      const r = buildDriftReport(this.ctx, this.store, now - this.ctx.config.reports.windowHours * 3_600_000, now);
-      const files = await writeDriftReport(this.ctx.config.resolved.reportDir, r);
+      const { config } = this.ctx;
+      const run = await produceReport(this.ctx, this.store, now - config.reports.windowHours * 3_600_000, now, { dir: config.resolved.reportDir, html: config.reports.html });
+      const { report: r, files } = run;
+      // not awaited: with the broker away the QoS 1 message waits in MQTT.js's queue, the next run must not
+      if (this.deps.publish)
+        void this.deps.publish(run.message).catch((err: Error) => this.ctx.logger.error(`drift report written but not announced on MQTT: ${err.message}`));
       this.ctx.logger.info(`drift report written: ${files.markdown}`, { slides: r.totals.slides, tiles: r.totals.tiles, alerts: r.alerts.length });
       for (const a of r.alerts) this.ctx.logger.warn(`drift report alert: ${a.slide}: ${a.message}`);
       return files;

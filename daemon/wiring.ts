@@ -35,6 +35,6 @@ export function buildMqttSide(ctx: Context, deps: MqttSideDeps): MqttSide {
     predict: (h) => controller.predict(h),
   });
   outbox = new Outbox(ctx, { store, publisher: mqtt });
-  const reports = new DriftReporter(ctx, store);
+  const reports = new DriftReporter(ctx, store, { publish: (m) => mqtt.publishReport(m) });
   return { components: [store, broker, mqtt, outbox, controller, reports], store, broker, mqtt, outbox, controller, reports };
 }

@@ -2,6 +2,7 @@
 # First step of `npm test`: make sure what the tests run against is on this machine, installing Debian packages
 # where it can (root or passwordless sudo), or saying exactly what to run.
 #   - mosquitto (the broker binary; the tests start their own on a free loopback port, nothing needs to be running)
+#   - chromium (the HTML report tests open the page headless)
 #   - python3-torch python3-numpy python3-scipy python3-pil python3-onnx (the Python training tests only; the
 #     TypeScript tests need no Python). If they cannot be installed, the Python tests are reported as SKIPPED with
 #     the reason (scripts/test-python.sh), never silently.
@@ -31,6 +32,18 @@ if ! have_mosquitto; then
     echo "test-setup: the tests need the Mosquitto broker binary and it could not be installed here:" >&2
     tail -n 5 "$state/apt.log" >&2 2>/dev/null
     echo "test-setup: run as root: apt-get update && apt-get install -y mosquitto   (then npm test again)" >&2
+    exit 1
+  fi
+fi
+
+# the HTML report tests open the page in headless Chromium (test/helpers/chromium.ts)
+have_chromium() { command -v chromium >/dev/null 2>&1; }
+if ! have_chromium; then
+  echo "test-setup: installing chromium (Debian package, for the HTML report tests)"
+  if ! apt_install chromium || ! have_chromium; then
+    echo "test-setup: the HTML report tests need Chromium and it could not be installed here:" >&2
+    tail -n 5 "$state/apt.log" >&2 2>/dev/null
+    echo "test-setup: run as root: apt-get update && apt-get install -y chromium   (then npm test again)" >&2
     exit 1
   fi
 fi

@@ -72,6 +72,7 @@ export const mqtt = {
       error: topicOpts('error', 1, false, 'rejected messages and skipped tiles'),
       stats: topicOpts('stats', 0, true, 'periodic counters'),
       control: topicOpts('control response', 1, false, 'answers to control requests; requests are subscribed with this QoS too'),
+      report: topicOpts('report', 1, true, 'one message per drift report written: period, headline figures, alerts, file paths'),
     },
   },
 };
