@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Context } from '../core/context.js';
 import type { Component } from '../core/lifecycle.js';
+import { LogThrottle } from '../core/log-throttle.js';
 import type { Action, TileOutcome, Verdict } from '../core/types.js';
 
 /**
@@ -96,6 +97,9 @@ export class Store implements Component {
   private pruneTimer: NodeJS.Timeout | null = null;
   /** the per-tile insert, prepared once per open database. */
   private insertTile: Database.Statement | null = null;
+  /** The write failure that still holds (the last write failed); null once a write succeeds. Health reads it. */
+  writeFailure: { what: string; err: string; since: string } | null = null;
+  private readonly failureLog = new LogThrottle(10_000);
 
   constructor(private readonly ctx: Context, private readonly deps: StoreDeps = {}) {}
 
@@ -120,8 +124,10 @@ export class Store implements Component {
       try {
         this.recordTile(o);
       } catch (err) {
-        // history is not worth crashing the daemon for, but it is never lost silently
-        this.ctx.logger.error('store: cannot record tile', { err: (err as Error).message, slide: o.header.slide, seq: o.header.seq });
+        // history is not worth crashing the daemon for, but it is never lost silently: counted (store_write_failures),
+        // health degraded (store_write_failed), logged once per 10 s while it repeats
+        const t = this.failureLog.take('tile');
+        if (t) this.ctx.logger.error('store: cannot record tile', { err: (err as Error).message, slide: o.header.slide, seq: o.header.seq, suppressed: t.suppressed });
       }
     });
     this.pruneTimer = setInterval(() => {
@@ -149,15 +155,38 @@ export class Store implements Component {
     return this.db;
   }
 
+  /** Runs one write; a failure is counted and remembered (writeFailure) until a later write succeeds, then rethrown. */
+  private write<T>(what: string, fn: () => T): T {
+    let r: T;
+    try {
+      r = fn();
+    } catch (err) {
+      this.ctx.metrics.storeWriteFailures++;
+      this.writeFailure ??= { what, err: (err as Error).message, since: new Date().toISOString() };
+      throw err;
+    }
+    if (this.writeFailure) {
+      this.ctx.logger.info('store: writes succeed again', { failed_since: this.writeFailure.since, failures_total: this.ctx.metrics.storeWriteFailures });
+      this.writeFailure = null;
+    }
+    return r;
+  }
+
   /** Deletes tile and finished-action history older than store.historyRetentionDays; returns the tiles deleted. */
   prune(now = Date.now()): number {
     const cutoff = now - this.ctx.config.store.historyRetentionDays * DAY_MS;
-    const r = this.conn.prepare('DELETE FROM tiles WHERE at < ?').run(cutoff);
-    this.conn.prepare("DELETE FROM actions WHERE at < ? AND status != 'queued'").run(cutoff);
-    return r.changes;
+    return this.write('prune', () => {
+      const r = this.conn.prepare('DELETE FROM tiles WHERE at < ?').run(cutoff);
+      this.conn.prepare("DELETE FROM actions WHERE at < ? AND status != 'queued'").run(cutoff);
+      return r.changes;
+    });
   }
 
   recordTile(o: TileOutcome, at = Date.now()): void {
+    this.write('tile history', () => this.insertTileRow(o, at));
+  }
+
+  private insertTileRow(o: TileOutcome, at: number): void {
     const h = o.header;
     const s = o.score;
     const cells = (s.focus_map?.defocus_um ?? []).filter((v): v is number => typeof v === 'number');
@@ -189,7 +218,7 @@ export class Store implements Component {
       this.conn.prepare('INSERT INTO outbox (id, expires_at, payload) VALUES (?,?,?)').run(a.id, Date.parse(a.expires_at), payload);
       return true;
     });
-    return tx();
+    return this.write('outbox', () => tx());
   }
 
   /** Pending actions in the order they were decided. */
@@ -203,7 +232,7 @@ export class Store implements Component {
   }
 
   outboxAttempt(id: string): void {
-    this.conn.prepare('UPDATE outbox SET attempts = attempts + 1 WHERE id = ?').run(id);
+    this.write('outbox', () => this.conn.prepare('UPDATE outbox SET attempts = attempts + 1 WHERE id = ?').run(id));
   }
 
   /** Removes an action from the outbox (acknowledged or expired) and records its final status. */
@@ -212,7 +241,7 @@ export class Store implements Component {
       this.conn.prepare('DELETE FROM outbox WHERE id = ?').run(id);
       this.conn.prepare('UPDATE actions SET status = ?, status_at = ? WHERE id = ?').run(status, Date.now(), id);
     });
-    tx();
+    this.write('outbox', () => tx());
   }
 
   actionStatus(id: string): ActionStatus | null {
