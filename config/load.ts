@@ -183,6 +183,8 @@ function crossFieldProblems(p: Props): string[] {
     out.push('mqtt.url: focusd logs in to the embedded broker with credentials it generates; mqtt.username, mqtt.passwordFile, mqtt.tls.cert need an external broker URL');
   if (p.mqtt.url === 'embedded' && p.mqtt.embedded.open && !/^(127\.|::1$|localhost$)/.test(p.mqtt.embedded.host))
     out.push(`mqtt.embedded.open: an open broker is for loopback only, but mqtt.embedded.host is ${p.mqtt.embedded.host}`);
+  if (/[+#\u0000-\u001f]/.test(p.mqtt.control.responsePrefix))
+    out.push('mqtt.control.responsePrefix: must not contain wildcards (+, #) or control characters');
   if (p.mqtt.embedded.controlPasswordFile && !existsSync(p.mqtt.embedded.controlPasswordFile))
     out.push(`mqtt.embedded.controlPasswordFile: file not found: ${p.mqtt.embedded.controlPasswordFile}`);
   if (p.mqtt.topics.action.qos === 0)

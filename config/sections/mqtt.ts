@@ -42,7 +42,7 @@ export const mqtt = {
     },
     control: {
       responsePrefix: {
-        doc: 'Control answers are published only to the default <base>/control/response or to a response topic (MQTT 5 property or the body\'s response_topic) under this prefix; any other requested topic (focusd\'s own topics, other scanners, wildcards, NUL or control characters, invalid UTF-8, over 256 bytes) gets an invalid_response_topic answer on the default topic. Empty: <base>/control/response/.',
+        doc: 'Control answers are published only to the default <base>/control/response or to a response topic (MQTT 5 property or the body\'s response_topic) under this prefix; any other requested topic (focusd\'s own topics, other scanners, wildcards, NUL or control characters, invalid UTF-8, over 256 bytes) gets an invalid_response_topic answer on the default topic. Empty: <base>/control/response/. Set it ending in / (a client prefix such as lab/replies/).',
         format: String,
         default: '',
         env: 'FOCUSD_MQTT_CONTROL_RESPONSE_PREFIX',
