@@ -397,14 +397,20 @@ export class MqttAdapter implements Component, ActionPublisher {
     }
     const offline = !client.connected;
     if (offline) this.offlineQueued++;
-    const body = JSON.stringify(payload);
     return new Promise<void>((res, rej) => {
-      client.publish(topic, body, { qos, retain: t.retain, ...extra }, (err) => {
+      try {
+        const body = JSON.stringify(payload);
+        client.publish(topic, body, { qos, retain: t.retain, ...extra }, (err) => {
+          if (offline) this.offlineQueued--;
+          if (err) return rej(this.failed(name, err));
+          this.ctx.metrics.published++;
+          res();
+        });
+      } catch (err) {
+        // a payload that cannot be serialised or a packet MQTT.js refuses to build fails this publish, not the daemon
         if (offline) this.offlineQueued--;
-        if (err) return rej(this.failed(name, err));
-        this.ctx.metrics.published++;
-        res();
-      });
+        rej(this.failed(name, err as Error));
+      }
     });
   }
 
