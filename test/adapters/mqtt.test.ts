@@ -376,6 +376,20 @@ describe('control requests cannot mute, crash or redirect focusd (issue 10)', ()
     expect(refusals.every((l) => l.length < 2000)).toBe(true);
   });
 
+  it('a 70 000-character response topic inside an accepted request size is refused, not published (it stopped all output, then crashed mqtt-packet)', async () => {
+    const s = await side({ 'mqtt.control.maxRequestBytes': 200_000 });
+    const sub = await Collector.connect(MOSQUITTO_URL, [`${s.base}/#`], { protocolVersion: 4 });
+    collectors.push(sub);
+    await sub.wait((m) => m.topic === s.topics.status, 5000, 'status');
+    await sub.client.publishAsync(s.topics.request, JSON.stringify({ command: 'get_status', correlation_id: 'long', response_topic: `${s.topics.response}/${'x'.repeat(70_000)}` }), { qos: 1 });
+    const r = await sub.wait((m) => m.topic !== s.topics.request && m.json.correlation_id === 'long', 5000, 'the answer');
+    expect(r.topic).toBe(s.topics.response);
+    expect(r.json).toMatchObject({ ok: false, error: { reason: 'invalid_response_topic' } });
+    expect((r.json.error as { detail: string }).detail).toMatch(/70\d{3} bytes long \(at most 256\)/);
+    await stillFlows(s, sub, 'after-long');
+    expect(s.adapter.connected).toBe(true);
+  });
+
   it('bounds set_tolerance to 0.1–10 µm and refuses absurd numbers, deep JSON, huge payloads and invalid UTF-8 with a clear error, each counted', async () => {
     const s = await side();
     const sub = await Collector.connect(MOSQUITTO_URL, [`${s.topics.response}/#`, s.topics.status]);
