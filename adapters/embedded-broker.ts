@@ -1,17 +1,35 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { Aedes } from 'aedes';
+import { Aedes, type AuthenticateError, type Client } from 'aedes';
 import type { Context } from '../core/context.js';
 import type { Component } from '../core/lifecycle.js';
+import { LogThrottle } from '../core/log-throttle.js';
+
+/** Who a client of the embedded broker is: focusd itself, a control client, or anyone (read only under the base topic). */
+type Role = 'daemon' | 'control' | 'reader';
+
+/** The user name focusd's own client uses on the embedded broker; its password is generated at every start. */
+export const EMBEDDED_DAEMON_USER = 'focusd';
 
 /**
  * In-process MQTT broker (aedes 1.x) for mqtt.url = "embedded": demos and single-box setups. It listens on
  * mqtt.embedded.host:port so external subscribers (mosquitto_sub, the scanner) can connect. aedes speaks
  * MQTT 3.1.1 only, so the MQTT adapter uses protocol 4 with it. Production uses Mosquitto; then this is a no-op.
+ *
+ * Access control (unless mqtt.embedded.open): anyone may connect and subscribe; under the base topic only focusd
+ * itself publishes (user "focusd", a password generated at every start, handed to the MQTT adapter in-process), and
+ * only mqtt.embedded.controlUsername with the password in controlPasswordFile may publish control requests. Nobody
+ * else may take focusd's client id. A refused publish closes that client's connection (aedes, MQTT-3.3.5-2) and is logged.
  */
 export class EmbeddedBroker implements Component {
   readonly name = 'embedded-broker';
   private broker: Aedes | null = null;
   private server: Server | null = null;
+  private daemonPassword = '';
+  private controlPassword = '';
+  private readonly roles = new WeakMap<Client, Role>();
+  private readonly deniedLog = new LogThrottle(10_000);
 
   constructor(private readonly ctx: Context) {}
 
@@ -25,16 +43,34 @@ export class EmbeddedBroker implements Component {
     return `mqtt://${host.includes(':') ? `[${host}]` : host}:${port}`;
   }
 
+  /** What focusd's own client logs in with; null when the broker is open or not in use. */
+  get daemonCredentials(): { username: string; password: string } | null {
+    return this.daemonPassword ? { username: EMBEDDED_DAEMON_USER, password: this.daemonPassword } : null;
+  }
+
   async start(signal: AbortSignal): Promise<void> {
     if (!this.enabled) return;
     signal.throwIfAborted();
-    const broker = await Aedes.createBroker();
+    const e = this.ctx.config.mqtt.embedded;
+    if (!e.open) {
+      this.daemonPassword = randomBytes(24).toString('base64url');
+      if (e.controlPasswordFile) this.controlPassword = readFileSync(e.controlPasswordFile, 'utf8').split(/\r?\n/)[0] ?? '';
+      if (!this.controlPassword) this.ctx.logger.info('embedded broker: no mqtt.embedded.controlPasswordFile, so no client may send control requests');
+    }
+    const broker = await Aedes.createBroker(
+      e.open
+        ? {}
+        : {
+            authenticate: (client, username, password, done) => done(...this.authenticate(client, username, password)),
+            authorizePublish: (client, packet, done) => done(this.authorizePublish(client, packet.topic)),
+          },
+    );
     this.broker = broker;
     broker.on('clientError', (client, err) => this.ctx.logger.debug('embedded broker: client error', { client: client?.id, err: err.message }));
     broker.on('connectionError', (client, err) => this.ctx.logger.debug('embedded broker: connection error', { client: client?.id, err: err.message }));
     const server = createServer(broker.handle);
     this.server = server;
-    const { host, port } = this.ctx.config.mqtt.embedded;
+    const { host, port } = e;
     await new Promise<void>((resolve, reject) => {
       const onAbort = () => reject(signal.reason ?? new Error('aborted'));
       signal.addEventListener('abort', onAbort, { once: true });
@@ -48,7 +84,44 @@ export class EmbeddedBroker implements Component {
       });
     });
     server.on('error', (err) => this.ctx.logger.error('embedded broker: server error', { err: err.message }));
-    this.ctx.logger.info('embedded MQTT broker listening', { url: this.url });
+    this.ctx.logger.info('embedded MQTT broker listening', { url: this.url, access: e.open ? 'open' : 'credentials for publishing under the base topic' });
+  }
+
+  private authenticate(client: Client, username: string | undefined, password: Buffer | undefined): [AuthenticateError | null, boolean | null] {
+    const refuse = (code: 2 | 4, why: string): [AuthenticateError, null] => {
+      this.ctx.logger.warn('embedded broker: connection refused', { client: client.id, username, why });
+      return [Object.assign(new Error(why), { returnCode: code }) as AuthenticateError, null];
+    };
+    let role: Role = 'reader';
+    if (username === EMBEDDED_DAEMON_USER) {
+      if (!same(password, this.daemonPassword)) return refuse(4, 'wrong password for the daemon user');
+      role = 'daemon';
+    } else if (username !== undefined && username !== '') {
+      if (username !== this.ctx.config.mqtt.embedded.controlUsername || !this.controlPassword || !same(password, this.controlPassword))
+        return refuse(4, 'unknown user or wrong password');
+      role = 'control';
+    }
+    // a second client with focusd's id would take over its session (MQTT) and mute it
+    if (client.id === this.ctx.config.resolved.mqttClientId && role !== 'daemon') return refuse(2, "focusd's client id is reserved");
+    this.roles.set(client, role);
+    return [null, true];
+  }
+
+  private authorizePublish(client: Client | null, topic: string): Error | null {
+    const base = this.ctx.config.resolved.baseTopic;
+    const role = client ? this.roles.get(client) ?? 'reader' : 'daemon';
+    let denied: string | null = null;
+    if (topic.startsWith('$SYS/')) denied = '$SYS topics are the broker\'s';
+    else if (role === 'daemon') denied = null;
+    else if (topic === `${base}/control/request`) denied = role === 'control' ? null : 'control requests need the control user';
+    else if (topic === base || topic.startsWith(`${base}/`)) denied = "only focusd publishes under its base topic";
+    if (!denied) {
+      if (role === 'control') this.ctx.logger.info('embedded broker: control request', { client: client?.id, username: this.ctx.config.mqtt.embedded.controlUsername });
+      return null;
+    }
+    const t = this.deniedLog.take(`${client?.id}:${topic.slice(0, 200)}`);
+    if (t) this.ctx.logger.warn('embedded broker: publish refused, connection closed', { client: client?.id, role, topic: topic.slice(0, 200), why: denied, suppressed: t.suppressed });
+    return new Error(`publish to ${topic.slice(0, 200)} refused: ${denied}`);
   }
 
   async stop(): Promise<void> {
@@ -59,4 +132,11 @@ export class EmbeddedBroker implements Component {
     if (broker && !broker.closed) await new Promise<void>((resolve) => broker.close(() => resolve()));
     if (server?.listening) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
+}
+
+/** Constant-time comparison of a received password with the expected one. */
+function same(got: Buffer | undefined, want: string): boolean {
+  if (!got || !want) return false;
+  const w = Buffer.from(want, 'utf8');
+  return got.length === w.length && timingSafeEqual(got, w);
 }

@@ -2,16 +2,20 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Component } from '../core/lifecycle.js';
 import type { Context } from '../core/context.js';
+import type { HealthReport } from '../core/types.js';
 import { reportFile } from './report-files.js';
 
-/** GET /status (JSON), /healthz (200 when ready, 503 otherwise), /metrics (Prometheus text), /reports/ (report files, read-only). Disabled when http.port = 0. */
+/**
+ * GET /status (JSON), /healthz (200 when ready and healthy; 503 while starting, stopping or degraded, with the reasons),
+ * /metrics (Prometheus text), /reports/ (report files, read-only). Disabled when http.port = 0.
+ */
 export class HttpStatus implements Component {
   readonly name = 'http';
   private server: Server | null = null;
 
   constructor(
     private readonly ctx: Context,
-    private readonly deps: { status: () => Record<string, unknown>; ready: () => boolean },
+    private readonly deps: { status: () => Record<string, unknown>; ready: () => boolean; health: () => HealthReport },
   ) {}
 
   get port(): number | null {
@@ -31,7 +35,11 @@ export class HttpStatus implements Component {
         if (req.method !== 'GET') return send(405, JSON.stringify({ error: 'method not allowed' }));
         const path = (req.url ?? '/').split('?')[0];
         if (path === '/status') return send(200, JSON.stringify(this.deps.status(), null, 2));
-        if (path === '/healthz') return send(this.deps.ready() ? 200 : 503, JSON.stringify({ ready: this.deps.ready() }));
+        if (path === '/healthz') {
+          const ready = this.deps.ready();
+          const h = this.deps.health();
+          return send(ready && h.ok ? 200 : 503, JSON.stringify({ ready, healthy: h.ok, reasons: h.reasons }));
+        }
         if (path === '/metrics') return send(200, this.prometheus(), 'text/plain; version=0.0.4');
         if (this.ctx.config.reports.serveHttp && (path === '/reports' || path.startsWith('/reports/'))) return this.reports(path, res);
         send(404, JSON.stringify({ error: 'not found', paths: ['/status', '/healthz', '/metrics'] }));
@@ -83,6 +91,12 @@ export class HttpStatus implements Component {
     metric('messages_rejected_total', 'counter', 'Rejected messages, by reason.', [...m.rejected].map(([k, v]) => [`{reason="${k}"}`, v]));
     metric('actions_total', 'counter', 'Actions decided by the controller.', [['', m.actions]]);
     metric('publish_failures_total', 'counter', 'MQTT publishes that failed.', [['', m.publishFailures]]);
+    metric('control_requests_total', 'counter', 'MQTT control requests received.', [['', m.controlRequests]]);
+    metric('control_rejected_total', 'counter', 'MQTT control requests refused (answered ok: false), by reason.', [...m.controlRejected].map(([k, v]) => [`{reason="${k}"}`, v]));
+    metric('store_write_failures_total', 'counter', 'SQLite writes (history, outbox) that failed.', [['', m.storeWriteFailures]]);
+    const h = this.deps.health();
+    metric('healthy', 'gauge', '1 when healthy, 0 while degraded (see health_degraded).', [['', h.ok ? 1 : 0]]);
+    metric('health_degraded', 'gauge', 'Reasons the daemon is degraded now (1 per reason).', h.reasons.map((r) => [`{reason="${r.reason}"}`, 1]));
     metric('queue_depth', 'gauge', 'Tiles admitted to the pipeline.', [['', m.queueDepth]]);
     const p = m.latency.percentiles([50, 95, 99]);
     metric('latency_ms', 'gauge', 'Receive-to-verdict latency over the recent window.', Object.entries(p).filter(([, v]) => v !== null).map(([k, v]) => [`{quantile="0.${k.slice(1)}"}`, v as number]));

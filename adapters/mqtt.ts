@@ -7,6 +7,7 @@ import type { Context } from '../core/context.js';
 import type { Component } from '../core/lifecycle.js';
 import { LogThrottle } from '../core/log-throttle.js';
 import { tileMeta } from '../core/logger.js';
+import { redactConfig, redactUrl } from '../core/redact.js';
 import type { Action, ActionPublisher, Rejection, SurfacePrediction, TileHeader, TileOutcome } from '../core/types.js';
 
 /**
@@ -79,18 +80,8 @@ export function createControlApi(ctx: Context, store: { slideSummary(slide: stri
   };
 }
 
-const SECRET_KEY = /pass(word)?$|secret|token/i;
-
-/** Deep copy with every password-like value replaced (mqtt.password, resolved.mqttPassword, ...). */
-export function redactConfig(v: Record<string, unknown>): Record<string, unknown> {
-  const walk = (x: unknown, key: string): unknown => {
-    if (SECRET_KEY.test(key) && !/file$/i.test(key)) return x === '' || x === null || x === undefined ? x : '(redacted)';
-    if (Array.isArray(x)) return x.map((e) => walk(e, ''));
-    if (x && typeof x === 'object') return Object.fromEntries(Object.entries(x).map(([k, e]) => [k, walk(e, k)]));
-    return x;
-  };
-  return walk(v, '') as Record<string, unknown>;
-}
+/** Re-exported for callers of the MQTT side; the one implementation lives in core/redact.ts. */
+export { redactConfig };
 
 export interface MqttDeps {
   /** engine, model, version, pattern, endpoint...: merged into status and stats messages. */
@@ -100,6 +91,8 @@ export interface MqttDeps {
   predict?: (h: TileHeader) => SurfacePrediction | null;
   /** broker URL override; default config.mqtt.url, or the embedded broker's address when that is "embedded". */
   url?: string;
+  /** credentials that replace mqtt.username / password: the embedded broker's per-start daemon login. */
+  credentials?: () => { username: string; password: string } | null;
 }
 
 /** The JSON of one tile message. */
@@ -168,6 +161,11 @@ export class MqttAdapter implements Component, ActionPublisher {
     return `mqtt://${h.includes(':') ? `[${h}]` : h}:${m.embedded.port}`;
   }
 
+  /** The broker URL as it may be logged or shown: userinfo (user:password) redacted. */
+  get safeUrl(): string {
+    return redactUrl(this.url);
+  }
+
   /** MQTT 5 unless the broker is the embedded aedes (3.1.1 only). */
   get protocolVersion(): 4 | 5 {
     return this.ctx.config.mqtt.url === 'embedded' && !this.deps.url ? 4 : (this.ctx.config.mqtt.protocolVersion as 4 | 5);
@@ -205,6 +203,8 @@ export class MqttAdapter implements Component, ActionPublisher {
     };
     if (m.username) opts.username = m.username;
     if (config.resolved.mqttPassword) opts.password = config.resolved.mqttPassword;
+    const own = this.deps.credentials?.();
+    if (own) Object.assign(opts, own);
     if (m.tls.ca) opts.ca = readFileSync(m.tls.ca);
     if (m.tls.cert) opts.cert = readFileSync(m.tls.cert);
     if (m.tls.key) opts.key = readFileSync(m.tls.key);
@@ -214,12 +214,12 @@ export class MqttAdapter implements Component, ActionPublisher {
     this.client = client;
     client.on('connect', () => this.onConnected());
     client.on('close', () => {
-      if (this.wasConnected && !this.stopping) logger.warn('MQTT connection lost; reconnecting', { url: this.url, every_ms: m.reconnectMs });
+      if (this.wasConnected && !this.stopping) logger.warn('MQTT connection lost; reconnecting', { url: this.safeUrl, every_ms: m.reconnectMs });
       this.wasConnected = false;
     });
     client.on('error', (err) => {
       // repeated identical errors while the broker is down are logged once
-      if (err.message !== this.lastConnectError) logger.error('MQTT error', { url: this.url, err: err.message });
+      if (err.message !== this.lastConnectError) logger.error('MQTT error', { url: this.safeUrl, err: err.message });
       this.lastConnectError = err.message;
     });
     client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
@@ -244,7 +244,7 @@ export class MqttAdapter implements Component, ActionPublisher {
       if (client.connected) return res();
       const onAbort = () => {
         client.off('connect', onConnect);
-        rej(signal.reason instanceof Error ? signal.reason : new Error(`MQTT: start aborted before connecting to ${this.url}`));
+        rej(signal.reason instanceof Error ? signal.reason : new Error(`MQTT: start aborted before connecting to ${this.safeUrl}`));
       };
       const onConnect = () => {
         signal.removeEventListener('abort', onAbort);
@@ -345,6 +345,7 @@ export class MqttAdapter implements Component, ActionPublisher {
       model: provided.model ?? null,
       version: provided.version,
       outbox_pending: provided.outbox_pending,
+      ...(provided.health ? { health: provided.health } : {}),
       ...this.ctx.metrics.snapshot(),
       schema: SCHEMA_IDS.stats,
       scanner: this.ctx.config.scanner.id,
@@ -405,14 +406,20 @@ export class MqttAdapter implements Component, ActionPublisher {
     }
     const offline = !client.connected;
     if (offline) this.offlineQueued++;
-    const body = JSON.stringify(payload);
     return new Promise<void>((res, rej) => {
-      client.publish(topic, body, { qos, retain: t.retain, ...extra }, (err) => {
+      try {
+        const body = JSON.stringify(payload);
+        client.publish(topic, body, { qos, retain: t.retain, ...extra }, (err) => {
+          if (offline) this.offlineQueued--;
+          if (err) return rej(this.failed(name, err));
+          this.ctx.metrics.published++;
+          res();
+        });
+      } catch (err) {
+        // a payload that cannot be serialised or a packet MQTT.js refuses to build fails this publish, not the daemon
         if (offline) this.offlineQueued--;
-        if (err) return rej(this.failed(name, err));
-        this.ctx.metrics.published++;
-        res();
-      });
+        rej(this.failed(name, err as Error));
+      }
     });
   }
 
@@ -429,7 +436,7 @@ export class MqttAdapter implements Component, ActionPublisher {
     if (!client) return;
     this.wasConnected = true;
     this.lastConnectError = '';
-    this.ctx.logger.info('MQTT connected', { url: this.url, protocol: this.protocolVersion, baseTopic: this.ctx.config.resolved.baseTopic });
+    this.ctx.logger.info('MQTT connected', { url: this.safeUrl, protocol: this.protocolVersion, baseTopic: this.ctx.config.resolved.baseTopic });
     // online on every (re)connect: the retained status may have been replaced by the will meanwhile
     void this.publishStatus();
     client.subscribe(this.topics.request, { qos: this.ctx.config.mqtt.topics.control.qos as 0 | 1 | 2 }, (err) => {
@@ -448,11 +455,15 @@ export class MqttAdapter implements Component, ActionPublisher {
 
   private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
     if (topic !== this.topics.request) return;
+    this.ctx.metrics.controlRequests++;
     const props = packet.properties ?? {};
-    let responseTopic = props.responseTopic;
-    const correlationData = props.correlationData;
+    const limits = this.ctx.config.mqtt.control;
+    // the answer goes to the default topic until a requested one has been checked (check below)
+    let responseTopic: string | undefined;
+    let correlationData = props.correlationData;
     let correlationId: string | undefined;
     let command: string | null = null;
+    let requester = requesterOf(props.userProperties);
     const answer = (body: Record<string, unknown>) => {
       const target = responseTopic ?? this.topics.response;
       const extra: IClientPublishOptions = correlationData && this.protocolVersion === 5 ? { properties: { correlationData } } : {};
@@ -465,28 +476,42 @@ export class MqttAdapter implements Component, ActionPublisher {
         ...body,
       }, extra);
     };
-    const fail = (reason: 'bad_json' | 'invalid_request' | 'not_found' | 'failed', detail: string) => {
-      this.ctx.logger.warn('MQTT control request refused', { reason, detail, command });
+    const fail = (reason: ControlErrorReason, detail: string) => {
+      this.ctx.metrics.controlReject(reason);
+      this.ctx.logger.warn('MQTT control request refused', { reason, detail, command, requester });
       answer({ ok: false, error: { reason, detail } });
     };
+    if (correlationData && correlationData.length > MAX_CORRELATION_BYTES) {
+      correlationData = undefined;
+      return fail('invalid_request', `correlation data of ${props.correlationData!.length} bytes (at most ${MAX_CORRELATION_BYTES})`);
+    }
+    const check = (wanted: unknown): boolean => {
+      const problem = this.responseTopicProblem(wanted);
+      if (problem) fail('invalid_response_topic', `response topic refused, answered on ${this.topics.response} instead: ${problem}`);
+      else responseTopic = wanted as string;
+      return !problem;
+    };
+    if (props.responseTopic !== undefined && !check(props.responseTopic)) return;
+    if (payload.length > limits.maxRequestBytes)
+      return fail('too_large', `request of ${payload.length} bytes; at most ${limits.maxRequestBytes} (mqtt.control.maxRequestBytes)`);
     let req: Record<string, unknown>;
     try {
-      req = JSON.parse(payload.toString('utf8'));
+      req = JSON.parse(UTF8.decode(payload));
     } catch (err) {
-      return fail('bad_json', `request is not JSON: ${(err as Error).message}; received ${payload.length} bytes`);
+      return fail('bad_json', `request is not JSON in UTF-8: ${(err as Error).message.slice(0, 200)}; received ${payload.length} bytes`);
     }
     if (req && typeof req === 'object' && !Array.isArray(req)) {
-      if (typeof req.correlation_id === 'string') correlationId = req.correlation_id;
-      if (typeof req.command === 'string') command = req.command;
-      if (!responseTopic && typeof req.response_topic === 'string' && req.response_topic && !/[+#]/.test(req.response_topic))
-        responseTopic = req.response_topic;
+      if (typeof req.correlation_id === 'string' && req.correlation_id.length <= MAX_CORRELATION_BYTES) correlationId = req.correlation_id;
+      if (typeof req.command === 'string' && CONTROL_COMMANDS.has(req.command)) command = req.command;
+      if (requester === null && typeof req.client_id === 'string') requester = req.client_id.slice(0, 128);
+      if (responseTopic === undefined && req.response_topic !== undefined && !check(req.response_topic)) return;
     }
     if (!this.validateRequest!(req)) {
       const detail = (this.validateRequest!.errors ?? [])
         .filter((e) => e.keyword !== 'if')
-        .map((e) => `${e.instancePath || '(request)'} ${e.message}${e.params && 'allowedValues' in e.params ? ': ' + (e.params.allowedValues as string[]).join(', ') : ''}${e.params && 'additionalProperty' in e.params ? ': ' + String(e.params.additionalProperty) : ''}`)
+        .map((e) => `${e.instancePath || '(request)'} ${e.message}${e.params && 'allowedValues' in e.params ? ': ' + (e.params.allowedValues as string[]).join(', ') : ''}${e.params && 'additionalProperty' in e.params ? ': ' + String(e.params.additionalProperty).slice(0, 64) : ''}`)
         .join('; ');
-      return fail('invalid_request', `invalid control request: ${detail}`);
+      return fail('invalid_request', `invalid control request: ${detail.slice(0, 1000)}`);
     }
     const c = this.deps.control;
     try {
@@ -507,7 +532,7 @@ export class MqttAdapter implements Component, ActionPublisher {
           return answer({ ok: true, result: c.getConfig() });
         case 'get_slide_summary': {
           const s = c.getSlideSummary(req.slide as string, req.scanner as string | undefined);
-          if (s === null || s === undefined) return fail('not_found', `no tiles recorded for slide ${String(req.slide)}`);
+          if (s === null || s === undefined) return fail('not_found', `no tiles recorded for slide ${JSON.stringify(String(req.slide).slice(0, 128))}`);
           return answer({ ok: true, result: s });
         }
         case 'get_status':
@@ -516,9 +541,52 @@ export class MqttAdapter implements Component, ActionPublisher {
     } catch (err) {
       return fail('failed', `${String(req.command)} failed: ${(err as Error).message}`);
     }
-    this.ctx.logger.info('MQTT control request applied', { command, runtime: this.ctx.runtime });
+    // requests that change behaviour leave a trace: who (as the requester says, see docs/mqtt.md) and what
+    this.ctx.logger.info('MQTT control request applied', { command, requester: requester ?? '(unidentified)', runtime: this.ctx.runtime });
     answer({ ok: true, result: { runtime: { ...this.ctx.runtime } } });
   }
+
+  /** Why a response topic from a request may not be published to; null when it may. */
+  responseTopicProblem(t: unknown): string | null {
+    if (typeof t !== 'string') return 'not a string';
+    const shown = JSON.stringify(t.length > 80 ? `${t.slice(0, 80)}…` : t);
+    const bytes = Buffer.byteLength(t, 'utf8');
+    if (bytes > MAX_RESPONSE_TOPIC_BYTES) return `${bytes} bytes long (at most ${MAX_RESPONSE_TOPIC_BYTES})`;
+    if (LONE_SURROGATE.test(t) || t.includes('\ufffd')) return `${shown} is not valid UTF-8`;
+    if (CONTROL_CHARS.test(t)) return `${shown} contains a control character (NUL, newline…)`;
+    if (/[+#]/.test(t)) return `${shown} contains a wildcard (+ or #)`;
+    if (t === this.topics.response) return null;
+    const prefix = this.responsePrefix;
+    if (!t.startsWith(prefix) || t.length === prefix.length) return `${shown} is not under ${prefix} (mqtt.control.responsePrefix)`;
+    // a configured prefix must still never reach focusd's own topics
+    const own = Object.entries(this.topics).filter(([k]) => k !== 'response').map(([, v]) => v);
+    if (own.some((o) => t === o || t.startsWith(`${o}/`))) return `${shown} is one of focusd's own topics`;
+    return null;
+  }
+
+  /** Where answers may go: mqtt.control.responsePrefix, default <base>/control/response/. */
+  get responsePrefix(): string {
+    return this.ctx.config.mqtt.control.responsePrefix || `${this.topics.response}/`;
+  }
+}
+
+export type ControlErrorReason = 'bad_json' | 'invalid_request' | 'invalid_response_topic' | 'too_large' | 'not_found' | 'failed';
+
+const CONTROL_COMMANDS = new Set(['pause', 'resume', 'set_tolerance', 'set_dry_run', 'get_config', 'get_slide_summary', 'get_status']);
+/** Longest response topic accepted (bytes of UTF-8); MQTT allows 65 535, brokers and clients choke well before. */
+export const MAX_RESPONSE_TOPIC_BYTES = 256;
+/** Longest correlation data / correlation_id echoed. */
+const MAX_CORRELATION_BYTES = 256;
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;
+
+/** The requester's self-declared id: MQTT 5 user property client_id (the request body's client_id is the fallback). */
+function requesterOf(up: Record<string, string | string[]> | undefined): string | null {
+  const v = up?.client_id;
+  const s = Array.isArray(v) ? v[0] : v;
+  return typeof s === 'string' && s ? s.slice(0, 128) : null;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {

@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Context } from '../core/context.js';
 import type { Component } from '../core/lifecycle.js';
+import { LogThrottle } from '../core/log-throttle.js';
 import type { Action, ActionRefusal, TileOutcome, Verdict } from '../core/types.js';
 
 /**
@@ -104,6 +105,9 @@ export class Store implements Component {
   private pruneTimer: NodeJS.Timeout | null = null;
   /** the per-tile insert, prepared once per open database. */
   private insertTile: Database.Statement | null = null;
+  /** The write failure that still holds (the last write failed); null once a write succeeds. Health reads it. */
+  writeFailure: { what: string; err: string; since: string } | null = null;
+  private readonly failureLog = new LogThrottle(10_000);
 
   constructor(private readonly ctx: Context, private readonly deps: StoreDeps = {}) {}
 
@@ -128,15 +132,18 @@ export class Store implements Component {
       try {
         this.recordTile(o);
       } catch (err) {
-        // history is not worth crashing the daemon for, but it is never lost silently
-        this.ctx.logger.error('store: cannot record tile', { err: (err as Error).message, slide: o.header.slide, seq: o.header.seq });
+        // history is not worth crashing the daemon for, but it is never lost silently: counted (store_write_failures),
+        // health degraded (store_write_failed), logged once per 10 s while it repeats
+        const t = this.failureLog.take('tile');
+        if (t) this.ctx.logger.error('store: cannot record tile', { err: (err as Error).message, slide: o.header.slide, seq: o.header.seq, suppressed: t.suppressed });
       }
     });
     this.offRefused = this.ctx.events.on('action:refused', (r) => {
       try {
         this.recordRefusal(r);
       } catch (err) {
-        this.ctx.logger.error('store: cannot record refusal', { err: (err as Error).message, slide: r.slide });
+        const t = this.failureLog.take('refusal');
+        if (t) this.ctx.logger.error('store: cannot record refusal', { err: (err as Error).message, slide: r.slide, suppressed: t.suppressed });
       }
     });
     this.pruneTimer = setInterval(() => {
@@ -166,16 +173,39 @@ export class Store implements Component {
     return this.db;
   }
 
+  /** Runs one write; a failure is counted and remembered (writeFailure) until a later write succeeds, then rethrown. */
+  private write<T>(what: string, fn: () => T): T {
+    let r: T;
+    try {
+      r = fn();
+    } catch (err) {
+      this.ctx.metrics.storeWriteFailures++;
+      this.writeFailure ??= { what, err: (err as Error).message, since: new Date().toISOString() };
+      throw err;
+    }
+    if (this.writeFailure) {
+      this.ctx.logger.info('store: writes succeed again', { failed_since: this.writeFailure.since, failures_total: this.ctx.metrics.storeWriteFailures });
+      this.writeFailure = null;
+    }
+    return r;
+  }
+
   /** Deletes tile and finished-action history older than store.historyRetentionDays; returns the tiles deleted. */
   prune(now = Date.now()): number {
     const cutoff = now - this.ctx.config.store.historyRetentionDays * DAY_MS;
-    const r = this.conn.prepare('DELETE FROM tiles WHERE at < ?').run(cutoff);
-    this.conn.prepare("DELETE FROM actions WHERE at < ? AND status != 'queued'").run(cutoff);
-    this.conn.prepare('DELETE FROM refusals WHERE at < ?').run(cutoff);
-    return r.changes;
+    return this.write('prune', () => {
+      const r = this.conn.prepare('DELETE FROM tiles WHERE at < ?').run(cutoff);
+      this.conn.prepare("DELETE FROM actions WHERE at < ? AND status != 'queued'").run(cutoff);
+      this.conn.prepare('DELETE FROM refusals WHERE at < ?').run(cutoff);
+      return r.changes;
+    });
   }
 
   recordTile(o: TileOutcome, at = Date.now()): void {
+    this.write('tile history', () => this.insertTileRow(o, at));
+  }
+
+  private insertTileRow(o: TileOutcome, at: number): void {
     const h = o.header;
     const s = o.score;
     const cells = (s.focus_map?.defocus_um ?? []).filter((v): v is number => typeof v === 'number');
@@ -207,7 +237,7 @@ export class Store implements Component {
       this.conn.prepare('INSERT INTO outbox (id, expires_at, payload) VALUES (?,?,?)').run(a.id, Date.parse(a.expires_at), payload);
       return true;
     });
-    return tx();
+    return this.write('outbox', () => tx());
   }
 
   /** Pending actions in the order they were decided. */
@@ -221,7 +251,7 @@ export class Store implements Component {
   }
 
   outboxAttempt(id: string): void {
-    this.conn.prepare('UPDATE outbox SET attempts = attempts + 1 WHERE id = ?').run(id);
+    this.write('outbox', () => this.conn.prepare('UPDATE outbox SET attempts = attempts + 1 WHERE id = ?').run(id));
   }
 
   /** Removes an action from the outbox (acknowledged or expired) and records its final status. */
@@ -230,7 +260,7 @@ export class Store implements Component {
       this.conn.prepare('DELETE FROM outbox WHERE id = ?').run(id);
       this.conn.prepare('UPDATE actions SET status = ?, status_at = ? WHERE id = ?').run(status, Date.now(), id);
     });
-    tx();
+    this.write('outbox', () => tx());
   }
 
   actionStatus(id: string): ActionStatus | null {
@@ -378,9 +408,11 @@ export class Store implements Component {
 
   /** A refused action (controller safety limit); the suppressed count is kept so the report counts every one. */
   recordRefusal(r: ActionRefusal, at = Date.now()): void {
-    this.conn
-      .prepare('INSERT INTO refusals (at, scanner, slide, type, limit_name, tile_index, suppressed) VALUES (?,?,?,?,?,?,?)')
-      .run(at, r.scanner, r.slide, r.type, r.limit, r.tile, r.suppressed);
+    this.write('refusal', () =>
+      this.conn
+        .prepare('INSERT INTO refusals (at, scanner, slide, type, limit_name, tile_index, suppressed) VALUES (?,?,?,?,?,?,?)')
+        .run(at, r.scanner, r.slide, r.type, r.limit, r.tile, r.suppressed),
+    );
   }
 
   /** Every tile of [fromMs, toMs) in acquisition order, for the per-slide maps and scan plots of the HTML report. */

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, describeSchema, loadConfig } from '../config/load.js';
+import { redactConfig } from '../core/redact.js';
 import { splitConfigArgs } from './args.js';
 
 /** Exit codes: 0 valid, 78 (EX_CONFIG) invalid, 64 usage. */
@@ -39,9 +40,7 @@ export async function checkConfigMain(argv: string[]): Promise<number> {
   }
 }
 
-/** Config for printing: secrets replaced. */
+/** Config for printing: secrets and URL userinfo replaced (core/redact.ts, the same helper get_config uses). */
 export function redact(config: object): object {
-  return JSON.parse(
-    JSON.stringify(config, (k, v) => (/(password|secret|key)$/i.test(k) && typeof v === 'string' && v !== '' && k !== 'key' ? '***' : v)),
-  );
+  return redactConfig(config);
 }

@@ -180,7 +180,13 @@ function crossFieldProblems(p: Props): string[] {
   const secure = /^(mqtts|wss):/.test(p.mqtt.url);
   if ((tls.ca || tls.cert) && !secure) out.push(`mqtt.url: TLS files are set (mqtt.tls.*) but the URL "${p.mqtt.url}" is not mqtts:// or wss://`);
   if (p.mqtt.url === 'embedded' && (p.mqtt.username || p.mqtt.passwordFile || tls.cert))
-    out.push('mqtt.url: the embedded broker has no authentication; credentials (mqtt.username, mqtt.passwordFile, mqtt.tls.cert) need an external broker URL');
+    out.push('mqtt.url: focusd logs in to the embedded broker with credentials it generates; mqtt.username, mqtt.passwordFile, mqtt.tls.cert need an external broker URL');
+  if (p.mqtt.url === 'embedded' && p.mqtt.embedded.open && !/^(127\.|::1$|localhost$)/.test(p.mqtt.embedded.host))
+    out.push(`mqtt.embedded.open: an open broker is for loopback only, but mqtt.embedded.host is ${p.mqtt.embedded.host}`);
+  if (/[+#\u0000-\u001f]/.test(p.mqtt.control.responsePrefix))
+    out.push('mqtt.control.responsePrefix: must not contain wildcards (+, #) or control characters');
+  if (p.mqtt.embedded.controlPasswordFile && !existsSync(p.mqtt.embedded.controlPasswordFile))
+    out.push(`mqtt.embedded.controlPasswordFile: file not found: ${p.mqtt.embedded.controlPasswordFile}`);
   if (p.mqtt.topics.action.qos === 0)
     out.push('mqtt.topics.action.qos: must be 1 or 2, the action outbox waits for the broker acknowledgement');
   if (p.scoring.engine.device === 'gpu' && p.scoring.engine.type === 'onnx')

@@ -37,6 +37,12 @@ export class Metrics {
   published = 0;
   publishFailures = 0;
   actions = 0;
+  /** control requests received on <base>/control/request, whatever became of them. */
+  controlRequests = 0;
+  /** control requests refused (each answered with ok: false), by reason. */
+  readonly controlRejected = new Map<string, number>();
+  /** SQLite writes (tile history, outbox, action status, prune) that failed. */
+  storeWriteFailures = 0;
   readonly rejected = new Map<RejectReason, number>();
   readonly verdicts: Record<Verdict, number> = { in_focus: 0, out_of_focus: 0, no_tissue: 0 };
   readonly latency = new LatencyWindow();
@@ -46,6 +52,10 @@ export class Metrics {
 
   reject(reason: RejectReason): void {
     this.rejected.set(reason, (this.rejected.get(reason) ?? 0) + 1);
+  }
+
+  controlReject(reason: string): void {
+    this.controlRejected.set(reason, (this.controlRejected.get(reason) ?? 0) + 1);
   }
 
   get rejectedTotal(): number {
@@ -75,6 +85,9 @@ export class Metrics {
       actions: this.actions,
       published: this.published,
       publish_failures: this.publishFailures,
+      control_requests: this.controlRequests,
+      control_rejected_by_reason: Object.fromEntries(this.controlRejected),
+      store_write_failures: this.storeWriteFailures,
       queue_depth: this.queueDepth,
       in_flight: this.inFlight,
       latency_ms: this.latency.percentiles([50, 95, 99]),

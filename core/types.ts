@@ -186,3 +186,12 @@ export interface ActionPublisher {
   /** Calls back after every (re)connect; returns an unsubscribe function. */
   onConnect(listener: () => void): () => void;
 }
+
+/** Why focusd is degraded (docs/mqtt.md, /healthz): stable codes. */
+export type HealthReason = 'mqtt_disconnected' | 'store_write_failed' | 'outbox_backlog';
+
+/** What /healthz, the retained status and stats say about health (daemon/health.ts). */
+export interface HealthReport {
+  ok: boolean;
+  reasons: Array<{ reason: HealthReason; detail: string; since: string }>;
+}

@@ -10,6 +10,8 @@ import type { Scorer } from '../models/scorer.js';
 import { createContext, type Context } from '../core/context.js';
 import { Lifecycle, type Component } from '../core/lifecycle.js';
 import { createLogger, type Logger } from '../core/logger.js';
+import { redactUrl } from '../core/redact.js';
+import type { HealthReport } from '../core/types.js';
 import { Pipeline } from './pipeline.js';
 import { buildMqttSide, type MqttSide } from './wiring.js';
 
@@ -76,9 +78,16 @@ export class Daemon {
       // the scorer's info exists once it has started (model loaded, engine chosen)
       engine: this.scorerReady ? this.scorer!.info.engine : null,
       model: this.scorerReady ? { name: this.scorer!.info.name, version: this.scorer!.info.version, sha256: this.scorer!.info.sha256 } : null,
+      mqtt: { url: redactUrl(this.mqttSide?.mqtt.url ?? c.mqtt.url), connected: this.mqttSide?.mqtt.connected ?? false, base_topic: c.resolved.baseTopic },
+      health: this.health(),
       runtime: { ...this.ctx.runtime },
       metrics: this.ctx.metrics.snapshot(),
     };
+  }
+
+  /** Degraded with reasons while MQTT is down, the store cannot write or the outbox backs up (daemon/health.ts). */
+  health(): HealthReport {
+    return this.mqttSide?.health.report() ?? { ok: false, reasons: [{ reason: 'mqtt_disconnected', detail: 'not started', since: new Date().toISOString() }] };
   }
 
   async start(signal: AbortSignal = new AbortController().signal): Promise<void> {
@@ -91,7 +100,7 @@ export class Daemon {
     this.pipeline = new Pipeline(ctx, { scorer: this.scorer, decode: decodeTile });
     this.ingest = new ZmqIngest(ctx, this.pipeline);
     this.mqttSide = buildMqttSide(ctx, { status: () => this.status() });
-    this.http = new HttpStatus(ctx, { status: () => this.status(), ready: () => this.ready });
+    this.http = new HttpStatus(ctx, { status: () => this.status(), ready: () => this.ready, health: () => this.health() });
     const components: Component[] = [
       this.sd,
       ...this.mqttSide.components,
@@ -106,7 +115,7 @@ export class Daemon {
       config: this.config.source.file,
       endpoint: this.config.ingest.endpoint,
       pattern: this.config.ingest.pattern,
-      mqtt: this.config.mqtt.url,
+      mqtt: redactUrl(this.config.mqtt.url),
       baseTopic: this.config.resolved.baseTopic,
       scorer: this.config.scoring.scorer,
     });

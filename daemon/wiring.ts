@@ -3,11 +3,12 @@ import { createControlApi, MqttAdapter } from '../adapters/mqtt.js';
 import { Store } from '../adapters/store.js';
 import type { Context } from '../core/context.js';
 import { Controller } from './controller.js';
+import { Health } from './health.js';
 import type { Component } from '../core/lifecycle.js';
 import { Outbox } from './outbox.js';
 import { DriftReporter } from './reports.js';
 
-/** The MQTT side of the daemon, built in start order: store → embedded broker → mqtt → outbox → controller → reports. */
+/** The MQTT side of the daemon, built in start order: store → embedded broker → mqtt → outbox → controller → reports → health. */
 export interface MqttSide {
   components: Component[];
   store: Store;
@@ -16,6 +17,7 @@ export interface MqttSide {
   outbox: Outbox;
   controller: Controller;
   reports: DriftReporter;
+  health: Health;
 }
 
 export interface MqttSideDeps {
@@ -33,8 +35,10 @@ export function buildMqttSide(ctx: Context, deps: MqttSideDeps): MqttSide {
     statusProvider: () => ({ ...deps.status(), outbox_pending: outbox?.pending ?? null }),
     control: createControlApi(ctx, store),
     predict: (h) => controller.predict(h),
+    credentials: () => broker.daemonCredentials,
   });
   outbox = new Outbox(ctx, { store, publisher: mqtt });
   const reports = new DriftReporter(ctx, store, { publish: (m) => mqtt.publishReport(m) });
-  return { components: [store, broker, mqtt, outbox, controller, reports], store, broker, mqtt, outbox, controller, reports };
+  const health = new Health(ctx, { mqtt, store, outbox });
+  return { components: [store, broker, mqtt, outbox, controller, reports, health], store, broker, mqtt, outbox, controller, reports, health };
 }

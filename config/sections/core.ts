@@ -46,6 +46,19 @@ export const core = {
       env: 'FOCUSD_DRAIN_TIMEOUT_MS',
     },
   },
+  health: {
+    outboxBacklog: {
+      doc: 'Actions waiting in the outbox (not yet acknowledged by the broker) beyond which /healthz and the retained status say degraded (reason outbox_backlog).',
+      format: 'positive-int',
+      default: 500,
+      env: 'FOCUSD_HEALTH_OUTBOX_BACKLOG',
+    },
+    checkIntervalMs: {
+      doc: 'How often the health reasons (mqtt_disconnected, store_write_failed, outbox_backlog) are re-evaluated; a change republishes the retained status and is logged.',
+      format: 'positive-int',
+      default: 1000,
+    },
+  },
   store: {
     dir: {
       doc: 'Directory of the state database (history, action outbox). Empty: $STATE_DIRECTORY when systemd sets it, else ./var.',

@@ -21,6 +21,37 @@ export const mqtt = {
         default: 1884,
         env: 'FOCUSD_MQTT_EMBEDDED_PORT',
       },
+      open: {
+        doc: 'Let any client of the embedded broker publish control requests, actions and status (the behaviour before access control). Only for a broker reachable from loopback alone: refused with a non-loopback mqtt.embedded.host. Default: only focusd itself (credentials generated at every start) publishes under the base topic, and only mqtt.embedded.controlUsername with its password may publish control requests; anyone may subscribe.',
+        format: Boolean,
+        default: false,
+        env: 'FOCUSD_MQTT_EMBEDDED_OPEN',
+      },
+      controlUsername: {
+        doc: 'User name control clients give the embedded broker to publish control requests.',
+        format: String,
+        default: 'control',
+        env: 'FOCUSD_MQTT_EMBEDDED_CONTROL_USERNAME',
+      },
+      controlPasswordFile: {
+        doc: 'File holding the password of mqtt.embedded.controlUsername (first line). Empty: nobody may send control requests to the embedded broker (unless mqtt.embedded.open).',
+        format: String,
+        default: '',
+        env: 'FOCUSD_MQTT_EMBEDDED_CONTROL_PASSWORD_FILE',
+      },
+    },
+    control: {
+      responsePrefix: {
+        doc: 'Control answers are published only to the default <base>/control/response or to a response topic (MQTT 5 property or the body\'s response_topic) under this prefix; any other requested topic (focusd\'s own topics, other scanners, wildcards, NUL or control characters, invalid UTF-8, over 256 bytes) gets an invalid_response_topic answer on the default topic. Empty: <base>/control/response/. Set it ending in / (a client prefix such as lab/replies/).',
+        format: String,
+        default: '',
+        env: 'FOCUSD_MQTT_CONTROL_RESPONSE_PREFIX',
+      },
+      maxRequestBytes: {
+        doc: 'Largest control request payload accepted; larger ones are answered with reason too_large and not parsed.',
+        format: 'positive-int',
+        default: 16384,
+      },
     },
     baseTopic: {
       doc: 'Prefix of every topic. Empty: focusd/<scanner.id>.',

@@ -38,7 +38,7 @@ async function serve(overrides: Record<string, unknown> = {}) {
   symlinkSync(join(dir, 'drift-2026-11-30.json'), join(dir, 'latest.json'));
   const port = await freePort();
   const ctx = makeCtx({ 'http.port': port, 'http.host': '127.0.0.1', 'reports.dir': dir, ...overrides });
-  const s = new HttpStatus(ctx, { status: () => ({}), ready: () => true });
+  const s = new HttpStatus(ctx, { status: () => ({}), ready: () => true, health: () => ({ ok: true, reasons: [] }) });
   await s.start();
   servers.push(s);
   return { port, dir, ctx };

@@ -133,7 +133,7 @@ describe('MQTT adapter (real Mosquitto)', () => {
     const s = await side();
     s.ctx.events.emit('tile:scored', outcome({ seq: 0, slide: 'S-42', d: 0.2 }));
     s.ctx.events.emit('tile:scored', outcome({ seq: 1, slide: 'S-42', d: 2.2 }));
-    const replyTopic = `${s.base}/replies/${uniqueId('me')}`;
+    const replyTopic = `${s.topics.response}/${uniqueId('me')}`;
     const sub = await Collector.connect(MOSQUITTO_URL, [replyTopic, s.topics.status]);
     collectors.push(sub);
     await sub.wait((m) => m.topic === s.topics.status, 5000);
@@ -181,8 +181,8 @@ describe('MQTT adapter (real Mosquitto)', () => {
     const sub = await Collector.connect(MOSQUITTO_URL, [`${s.base}/#`], { protocolVersion: 4 });
     collectors.push(sub);
     await sub.wait((m) => m.topic === s.topics.status, 5000);
-    await sub.client.publishAsync(s.topics.request, JSON.stringify({ command: 'get_status', correlation_id: 'abc-1', response_topic: `${s.base}/mine` }), { qos: 1 });
-    const r = await sub.wait((m) => m.topic === `${s.base}/mine`, 5000, 'answer on body response_topic');
+    await sub.client.publishAsync(s.topics.request, JSON.stringify({ command: 'get_status', correlation_id: 'abc-1', response_topic: `${s.topics.response}/mine` }), { qos: 1 });
+    const r = await sub.wait((m) => m.topic === `${s.topics.response}/mine`, 5000, 'answer on body response_topic');
     expect(r.json).toMatchObject({ ok: true, correlation_id: 'abc-1' });
     await sub.client.publishAsync(s.topics.request, 'garbage', { qos: 1 });
     const e = await sub.wait((m) => m.topic === s.topics.response, 5000, 'answer on default response topic');
@@ -213,9 +213,11 @@ describe('MQTT adapter (real Mosquitto)', () => {
 describe('embedded broker (aedes)', () => {
   it('runs in-process and accepts an external subscriber', async () => {
     const port = await freePort();
-    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': uniqueId('c') });
+    const pwFile = join(tempDir(), 'control-pw');
+    writeFileSync(pwFile, 'ctl-secret\n');
+    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.embedded.controlPasswordFile': pwFile, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': uniqueId('c') });
     const broker = new EmbeddedBroker(ctx);
-    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }) });
+    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
     await broker.start(new AbortController().signal);
     running.push(broker);
     await adapter.start(new AbortController().signal);
@@ -230,7 +232,10 @@ describe('embedded broker (aedes)', () => {
     ctx.events.emit('tile:scored', outcome({ seq: 0, d: 0.3 }));
     const t = await sub.wait((m) => m.topic === adapter.topics.tile, 5000, 'tile');
     assertSchema('tile', t.json);
-    await sub.client.publishAsync(adapter.topics.request, JSON.stringify({ command: 'pause', correlation_id: 'k' }), { qos: 1 });
+    // control requests need the control user (mqtt.embedded.controlUsername + controlPasswordFile)
+    const ctl = await Collector.connect(`mqtt://127.0.0.1:${port}`, [], { protocolVersion: 4, username: 'control', password: 'ctl-secret' });
+    collectors.push(ctl);
+    await ctl.client.publishAsync(adapter.topics.request, JSON.stringify({ command: 'pause', correlation_id: 'k' }), { qos: 1 });
     const r = await sub.wait((m) => m.topic === adapter.topics.response, 5000, 'control response');
     expect(r.json).toMatchObject({ ok: true, correlation_id: 'k' });
     expect(ctx.runtime.paused).toBe(true);
@@ -298,5 +303,207 @@ describe('TLS with client certificate and password (private Mosquitto)', () => {
       for (const c of collectors.splice(0)) await c.close();
       await mosq.stop();
     }
+  });
+});
+
+describe('control requests cannot mute, crash or redirect focusd (issue 10)', () => {
+  /** Six sharp tiles and a blurry one on a fresh slide: a tile message each and one reacquire action. */
+  async function stillFlows(s: Awaited<ReturnType<typeof side>>, sub: Collector, slide: string): Promise<void> {
+    for (let i = 0; i < 6; i++) s.ctx.events.emit('tile:scored', outcome({ seq: i, index: i, slide, d: 0.1 }));
+    s.ctx.events.emit('tile:scored', outcome({ seq: 6, index: 6, slide, d: 3.2 }));
+    await sub.wait((m) => m.topic === s.topics.tile && m.json.slide === slide && m.json.seq === 6, 5000, `tile of ${slide}`);
+    const act = await sub.wait((m) => m.topic === s.topics.action && m.json.slide === slide, 5000, `action of ${slide}`);
+    assertSchema('action', act.json);
+  }
+
+  it('refuses response topics with NUL, wildcards, over 256 bytes, focusd’s own or another scanner’s topics; answers on the default topic; output keeps flowing', async () => {
+    const s = await side();
+    const other = uniqueId('focusd-test-other');
+    bases.push(other);
+    const sub = await Collector.connect(MOSQUITTO_URL, [`${s.base}/#`, `${other}/#`], { protocolVersion: 4 });
+    collectors.push(sub);
+    await sub.wait((m) => m.topic === s.topics.status, 5000, 'status');
+    const bad: Array<[string, string]> = [
+      ['NUL', `${s.topics.response}/a\u0000b`],
+      ['300 bytes', `${s.topics.response}/${'x'.repeat(300)}`],
+      ['action topic', s.topics.action],
+      ['status topic', s.topics.status],
+      ['request topic', s.topics.request],
+      ['another scanner', `${other}/action`],
+      ["another scanner's answers", `${other}/control/response/x`],
+      ['wildcard', `${s.topics.response}/#`],
+      ['lone surrogate', `${s.topics.response}/\ud800`],
+      ['newline', `${s.topics.response}/a\nb`],
+      ['not a string', 42 as unknown as string],
+    ];
+    for (const [i, [what, rt]] of bad.entries()) {
+      await sub.client.publishAsync(s.topics.request, JSON.stringify({ command: 'pause', correlation_id: `c${i}`, response_topic: rt }), { qos: 1 });
+      const r = await sub.wait((m) => m.topic === s.topics.response && m.json.correlation_id === `c${i}`, 5000, `answer to ${what} on the default topic`);
+      assertSchema('control-response', r.json);
+      expect(r.json, what).toMatchObject({ ok: false, command: 'pause', error: { reason: 'invalid_response_topic' } });
+      expect(s.ctx.runtime.paused, what).toBe(false);
+      await stillFlows(s, sub, `slide-${i}`);
+    }
+    // a 70 000-character topic makes a request beyond mqtt.control.maxRequestBytes: refused unparsed
+    await sub.client.publishAsync(s.topics.request, JSON.stringify({ command: 'pause', response_topic: 'x'.repeat(70_000) }), { qos: 1 });
+    const big = await sub.wait((m) => m.topic === s.topics.response && (m.json.error as { reason?: string })?.reason === 'too_large', 5000, 'too_large');
+    assertSchema('control-response', big.json);
+    await stillFlows(s, sub, 'slide-big');
+
+    // MQTT 5: the response-topic property is checked the same way, the correlation data still comes back
+    const v5 = await Collector.connect(MOSQUITTO_URL, [s.topics.response]);
+    collectors.push(v5);
+    const corr = Buffer.from(uniqueId('corr'));
+    await v5.client.publishAsync(s.topics.request, JSON.stringify({ command: 'resume' }), { qos: 1, properties: { responseTopic: `${other}/control/response/x`, correlationData: corr } });
+    const r5 = await v5.wait((m) => Buffer.compare(m.packet.properties?.correlationData ?? Buffer.alloc(0), corr) === 0, 5000, 'MQTT 5 answer');
+    expect(r5.json).toMatchObject({ ok: false, error: { reason: 'invalid_response_topic' } });
+    // a valid one under the prefix is honoured
+    await v5.client.subscribeAsync(`${s.topics.response}/me`, { qos: 1 });
+    await v5.client.publishAsync(s.topics.request, JSON.stringify({ command: 'get_status' }), { qos: 1, properties: { responseTopic: `${s.topics.response}/me`, correlationData: corr } });
+    expect((await v5.wait((m) => m.topic === `${s.topics.response}/me`, 5000, 'answer under the prefix')).json).toMatchObject({ ok: true });
+
+    // nothing but actions on the action topic, statuses on the status topic, nothing at all on the other scanner's topics
+    expect(sub.on(s.topics.action).every((m) => m.json.schema === 'focusd/action/1')).toBe(true);
+    expect(sub.on(s.topics.status).every((m) => m.json.schema === 'focusd/status/1')).toBe(true);
+    expect(sub.messages.filter((m) => m.topic.startsWith(`${other}/`))).toEqual([]);
+    expect(s.ctx.metrics.controlRejected.get('invalid_response_topic')).toBe(bad.length + 1);
+    expect(s.ctx.metrics.controlRejected.get('too_large')).toBe(1);
+    expect(s.ctx.metrics.publishFailures).toBe(0);
+    expect(s.adapter.connected).toBe(true);
+    const refusals = s.ctx.logLines().filter((l) => l.includes('MQTT control request refused') && l.includes('invalid_response_topic'));
+    expect(refusals).toHaveLength(bad.length + 1);
+    // the log shows a bounded, escaped excerpt of the topic, never 70 000 characters or a raw NUL
+    expect(refusals.every((l) => l.length < 2000)).toBe(true);
+  });
+
+  it('a 70 000-character response topic inside an accepted request size is refused, not published (it stopped all output, then crashed mqtt-packet)', async () => {
+    const s = await side({ 'mqtt.control.maxRequestBytes': 200_000 });
+    const sub = await Collector.connect(MOSQUITTO_URL, [`${s.base}/#`], { protocolVersion: 4 });
+    collectors.push(sub);
+    await sub.wait((m) => m.topic === s.topics.status, 5000, 'status');
+    await sub.client.publishAsync(s.topics.request, JSON.stringify({ command: 'get_status', correlation_id: 'long', response_topic: `${s.topics.response}/${'x'.repeat(70_000)}` }), { qos: 1 });
+    const r = await sub.wait((m) => m.topic !== s.topics.request && m.json.correlation_id === 'long', 5000, 'the answer');
+    expect(r.topic).toBe(s.topics.response);
+    expect(r.json).toMatchObject({ ok: false, error: { reason: 'invalid_response_topic' } });
+    expect((r.json.error as { detail: string }).detail).toMatch(/70\d{3} bytes long \(at most 256\)/);
+    await stillFlows(s, sub, 'after-long');
+    expect(s.adapter.connected).toBe(true);
+  });
+
+  it('bounds set_tolerance to 0.1–10 µm and refuses absurd numbers, deep JSON, huge payloads and invalid UTF-8 with a clear error, each counted', async () => {
+    const s = await side();
+    const sub = await Collector.connect(MOSQUITTO_URL, [`${s.topics.response}/#`, s.topics.status]);
+    collectors.push(sub);
+    await sub.wait((m) => m.topic === s.topics.status, 5000, 'status');
+    let n = 0;
+    const ask = async (body: string | Buffer, userProperties?: Record<string, string>) => {
+      const corr = Buffer.from(`c-${n++}`);
+      await sub.client.publishAsync(s.topics.request, body, { qos: 1, properties: { responseTopic: `${s.topics.response}/t`, correlationData: corr, ...(userProperties ? { userProperties } : {}) } });
+      const r = await sub.wait((m) => Buffer.compare(m.packet.properties?.correlationData ?? Buffer.alloc(0), corr) === 0, 5000, `answer ${n}`);
+      assertSchema('control-response', r.json);
+      return r.json as { ok: boolean; error?: { reason: string; detail: string } };
+    };
+    const tol = (t: number) => ask(JSON.stringify({ command: 'set_tolerance', tolerance_um: t }));
+    for (const t of [1e-300, 0, -1, 0.09, 10.01, 1e300]) {
+      const r = await tol(t);
+      expect(r, String(t)).toMatchObject({ ok: false, error: { reason: 'invalid_request' } });
+      expect(r.error!.detail).toMatch(/tolerance_um/);
+    }
+    expect(s.ctx.runtime.toleranceUm).toBe(1);
+    expect(await tol(0.1)).toMatchObject({ ok: true });
+    expect(await tol(10)).toMatchObject({ ok: true });
+    expect(s.ctx.runtime.toleranceUm).toBe(10);
+
+    const deep = `{"command":"pause","slide":${'['.repeat(5000)}${']'.repeat(5000)}}`;
+    expect(await ask(deep)).toMatchObject({ ok: false, error: { reason: 'invalid_request' } });
+    const huge = await ask(JSON.stringify({ command: 'get_slide_summary', slide: 'x'.repeat(20_000) }));
+    expect(huge).toMatchObject({ ok: false, error: { reason: 'too_large' } });
+    expect(huge.error!.detail).toMatch(/mqtt.control.maxRequestBytes/);
+    expect(await ask(Buffer.from([0x7b, 0x22, 0xff, 0xfe, 0x22, 0x7d]))).toMatchObject({ ok: false, error: { reason: 'bad_json' } });
+    expect(await ask(JSON.stringify({ command: 'pause', extra: 1 }))).toMatchObject({ ok: false, error: { reason: 'invalid_request' } });
+    expect(s.ctx.runtime.paused).toBe(false);
+
+    // requests that change behaviour are logged with the requester: the MQTT 5 user property client_id, else the body's client_id
+    expect(await ask(JSON.stringify({ command: 'pause' }), { client_id: 'lims-7' })).toMatchObject({ ok: true });
+    expect(await ask(JSON.stringify({ command: 'resume', client_id: 'bench-script' }))).toMatchObject({ ok: true });
+    const applied = s.ctx.logLines().filter((l) => l.includes('MQTT control request applied')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(applied.map((l) => [l.command, l.requester])).toEqual([
+      ['set_tolerance', '(unidentified)'],
+      ['set_tolerance', '(unidentified)'],
+      ['pause', 'lims-7'],
+      ['resume', 'bench-script'],
+    ]);
+    expect(s.ctx.metrics.controlRequests).toBe(n);
+    expect(Object.fromEntries(s.ctx.metrics.controlRejected)).toEqual({ invalid_request: 8, too_large: 1, bad_json: 1 });
+  });
+});
+
+describe('embedded broker access control (aedes)', () => {
+  it('only focusd publishes under its base topic; control requests need the control user; nobody takes focusd’s client id', async () => {
+    const port = await freePort();
+    const pwFile = join(tempDir(), 'control-pw');
+    writeFileSync(pwFile, 'ctl-secret\n');
+    const clientId = uniqueId('c');
+    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.embedded.controlPasswordFile': pwFile, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': clientId });
+    const broker = new EmbeddedBroker(ctx);
+    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
+    await broker.start(new AbortController().signal);
+    running.push(broker);
+    await adapter.start(new AbortController().signal);
+    running.push(adapter);
+    const url = `mqtt://127.0.0.1:${port}`;
+    // anyone may read
+    const sub = await Collector.connect(url, [`${adapter.topics.status}`, adapter.topics.action, adapter.topics.tile, adapter.topics.response], { protocolVersion: 4 });
+    collectors.push(sub);
+    await sub.wait((m) => m.json.state === 'online', 5000, 'online');
+
+    /** An anonymous client publishes once; the broker refuses by closing its connection. */
+    const intruder = async (topic: string, body: string, opts: { retain?: boolean } = {}) => {
+      const c = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0 });
+      const closed = new Promise<void>((res) => c.once('close', () => res()));
+      c.publish(topic, body, { qos: 1, ...opts });
+      await closed;
+      c.end(true);
+    };
+    await intruder(adapter.topics.request, JSON.stringify({ command: 'set_tolerance', tolerance_um: 0.1 }));
+    await intruder(adapter.topics.action, JSON.stringify({ schema: 'focusd/action/1', id: 'fake', type: 'z_offset', z_offset_um: 40 }));
+    await intruder(adapter.topics.status, JSON.stringify({ state: 'offline' }), { retain: true });
+    await sleep(200);
+    expect(ctx.runtime.toleranceUm).toBe(1);
+    expect(sub.on(adapter.topics.action)).toEqual([]);
+    expect(sub.on(adapter.topics.response)).toEqual([]);
+    expect(sub.on(adapter.topics.status).every((m) => m.json.state === 'online')).toBe(true);
+    expect(ctx.logLines().filter((l) => l.includes('publish refused'))).toHaveLength(3);
+
+    // the wrong password, or focusd's own client id, never connects
+    await expect(mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, username: 'control', password: 'guess' })).rejects.toThrow(/Bad username or password|Not authorized/i);
+    await expect(mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, clientId })).rejects.toThrow(/Identifier rejected/i);
+    expect(adapter.connected).toBe(true);
+
+    // the control user may; focusd still publishes tiles
+    const ctl = await Collector.connect(url, [], { protocolVersion: 4, username: 'control', password: 'ctl-secret' });
+    collectors.push(ctl);
+    await ctl.client.publishAsync(adapter.topics.request, JSON.stringify({ command: 'set_tolerance', tolerance_um: 2, correlation_id: 'ok-1' }), { qos: 1 });
+    expect((await sub.wait((m) => m.json.correlation_id === 'ok-1', 5000, 'answer')).json).toMatchObject({ ok: true });
+    expect(ctx.runtime.toleranceUm).toBe(2);
+    ctx.events.emit('tile:scored', outcome({ seq: 0, d: 0.3 }));
+    await sub.wait((m) => m.topic === adapter.topics.tile, 5000, 'tile');
+  });
+
+  it('mqtt.embedded.open lets anyone publish (loopback only: refused with another host)', async () => {
+    const port = await freePort();
+    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.embedded.open': true, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': uniqueId('c') });
+    const broker = new EmbeddedBroker(ctx);
+    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
+    await broker.start(new AbortController().signal);
+    running.push(broker);
+    await adapter.start(new AbortController().signal);
+    running.push(adapter);
+    const anyone = await Collector.connect(`mqtt://127.0.0.1:${port}`, [adapter.topics.response], { protocolVersion: 4 });
+    collectors.push(anyone);
+    await anyone.client.publishAsync(adapter.topics.request, JSON.stringify({ command: 'pause' }), { qos: 1 });
+    await anyone.wait(() => true, 5000, 'answer');
+    expect(ctx.runtime.paused).toBe(true);
+    expect(() => makeCtx({ 'mqtt.embedded.open': true, 'mqtt.embedded.host': '0.0.0.0' })).toThrow(/mqtt.embedded.open: an open broker is for loopback only/);
   });
 });
