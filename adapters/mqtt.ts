@@ -478,7 +478,9 @@ export class MqttAdapter implements Component, ActionPublisher {
     };
     const fail = (reason: ControlErrorReason, detail: string) => {
       this.ctx.metrics.controlReject(reason);
-      this.ctx.logger.warn('MQTT control request refused', { reason, detail, command, requester });
+      // a flood of bad requests is counted in full (control_rejected_by_reason) but logged once per reason and interval
+      const t = this.failureLog.take(`control:${reason}`);
+      if (t) this.ctx.logger.warn('MQTT control request refused', { reason, detail, command, requester, suppressed: t.suppressed });
       answer({ ok: false, error: { reason, detail } });
     };
     if (correlationData && correlationData.length > MAX_CORRELATION_BYTES) {

@@ -371,7 +371,8 @@ describe('control requests cannot mute, crash or redirect focusd (issue 10)', ()
     expect(s.ctx.metrics.publishFailures).toBe(0);
     expect(s.adapter.connected).toBe(true);
     const refusals = s.ctx.logLines().filter((l) => l.includes('MQTT control request refused') && l.includes('invalid_response_topic'));
-    expect(refusals).toHaveLength(bad.length + 1);
+    // counted in full, logged once per reason and 10 s with the repeats counted (a flood cannot flood the journal)
+    expect(refusals).toHaveLength(1);
     // the log shows a bounded, escaped excerpt of the topic, never 70 000 characters or a raw NUL
     expect(refusals.every((l) => l.length < 2000)).toBe(true);
   });
