@@ -396,7 +396,13 @@ export class MqttAdapter implements Component, ActionPublisher {
     }
     const offline = !client.connected;
     if (offline) this.offlineQueued++;
-    const body = JSON.stringify(payload);
+    let body: string;
+    try {
+      body = JSON.stringify(payload);
+    } catch (err) {
+      // a received value (echoed header) that does not serialise must not throw out of an event handler
+      return Promise.reject(this.failed(name, new Error(`payload could not be serialised: ${(err as Error).message}`)));
+    }
     return new Promise<void>((res, rej) => {
       client.publish(topic, body, { qos, retain: t.retain, ...extra }, (err) => {
         if (offline) this.offlineQueued--;

@@ -6,6 +6,7 @@ import type { Context } from '../core/context.js';
 import { tileMeta } from '../core/logger.js';
 import type { Rejection, TileReply, TileSink } from '../core/types.js';
 import { parseMessage } from '../protocol/header.js';
+import { safeStringify } from '../core/safe-json.js';
 
 /**
  * libzmq's ZMQ_MAXMSGSIZE (per frame) drops the sender's connection without telling anyone, so it is only the hard
@@ -225,7 +226,15 @@ export class ZmqIngest implements Component {
     const sock = this.socket;
     if (!sock) return;
     const header = reply.ok ? reply.header : (reply.received.header as Record<string, unknown> | undefined);
-    const msg = [...envelope, JSON.stringify(reply)];
+    // the received header is echoed: if it cannot be serialised, answer without it rather than not at all
+    const msg = [
+      ...envelope,
+      safeStringify(reply, (err) =>
+        reply.ok
+          ? { ok: false, reason: 'scoring_failed', detail: `reply could not be serialised: ${err.message}`, received: { frames: 2, bytes: [] } }
+          : { ...reply, received: { frames: reply.received.frames, bytes: reply.received.bytes }, detail: `${reply.detail} (received header not echoed: ${err.message})` },
+      ),
+    ];
     this.sendChain = this.sendChain.then(async () => {
       try {
         if (sock.closed) throw Object.assign(new Error('socket closed'), { code: 'EBADF' });
