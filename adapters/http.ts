@@ -62,6 +62,8 @@ export class HttpStatus implements Component {
     metric('messages_rejected_total', 'counter', 'Rejected messages, by reason.', [...m.rejected].map(([k, v]) => [`{reason="${k}"}`, v]));
     metric('actions_total', 'counter', 'Actions decided by the controller.', [['', m.actions]]);
     metric('publish_failures_total', 'counter', 'MQTT publishes that failed.', [['', m.publishFailures]]);
+    metric('ingest_handshake_failures_total', 'counter', 'ZeroMQ connections refused in the handshake (not ZMTP, CURVE refused).', [['', m.ingestHandshakeFailures]]);
+    metric('ingest_disconnects_total', 'counter', 'ZeroMQ peer connections closed, including those libzmq drops for a frame over the hard limit.', [['', m.ingestDisconnects]]);
     metric('queue_depth', 'gauge', 'Tiles admitted to the pipeline.', [['', m.queueDepth]]);
     const p = m.latency.percentiles([50, 95, 99]);
     metric('latency_ms', 'gauge', 'Receive-to-verdict latency over the recent window.', Object.entries(p).filter(([, v]) => v !== null).map(([k, v]) => [`{quantile="0.${k.slice(1)}"}`, v as number]));

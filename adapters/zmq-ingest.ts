@@ -4,6 +4,7 @@ import * as zmq from 'zeromq';
 import type { Component } from '../core/lifecycle.js';
 import type { Context } from '../core/context.js';
 import { tileMeta } from '../core/logger.js';
+import { LogThrottle } from '../core/log-throttle.js';
 import type { Rejection, TileReply, TileSink } from '../core/types.js';
 import { parseMessage } from '../protocol/header.js';
 import { safeStringify } from '../core/safe-json.js';
@@ -18,6 +19,9 @@ export const HARD_LIMIT_FACTOR = 2;
 
 /** How long close() may keep flushing queued replies to the network (ZMQ_LINGER). */
 const REPLY_LINGER_MS = 1000;
+
+/** Connection events (handshake failures, disconnects) are counted always and logged at most once per this interval. */
+export const CONNECTION_LOG_INTERVAL_MS = 60_000;
 
 /** Upper bound on waiting for libzmq to close the listening socket in stop(). */
 const LISTENER_CLOSE_WAIT_MS = 1000;
@@ -259,17 +263,35 @@ export class ZmqIngest implements Component {
   }
 
   private watchConnections(sock: IngestSocket): void {
-    const { logger } = this.ctx;
+    const { logger, metrics } = this.ctx;
+    // a port scanner or a flood of junk connections must not write a line each: count every one, log once a minute
+    const throttle = new LogThrottle(CONNECTION_LOG_INTERVAL_MS);
+    const repeats = (n: number) => (n ? ` (${n} more since the last line)` : '');
     // a peer that exceeds the hard frame limit (ZMQ_MAXMSGSIZE) is disconnected by libzmq with no other trace
-    sock.events.on('disconnect', (e) =>
-      logger.info(`ingest peer disconnected (${e.address}); if unexpected, a frame may have exceeded ${this.ctx.config.ingest.maxMessageBytes * HARD_LIMIT_FACTOR} bytes`),
-    );
+    sock.events.on('disconnect', (e) => {
+      metrics.ingestDisconnects++;
+      const t = throttle.take('disconnect');
+      if (t)
+        logger.info(
+          `ingest peer disconnected (${e.address}); if unexpected, a frame may have exceeded ${this.ctx.config.ingest.maxMessageBytes * HARD_LIMIT_FACTOR} bytes${repeats(t.suppressed)}`,
+          { disconnects_total: metrics.ingestDisconnects },
+        );
+    });
+    const handshakeFailed = (what: string) => (e: { address: string; error: Error }) => {
+      metrics.ingestHandshakeFailures++;
+      const t = throttle.take('handshake');
+      if (t)
+        logger.warn(`ingest peer ${what} (${e.address}): ${e.error.message}${repeats(t.suppressed)}`, {
+          handshake_failures_total: metrics.ingestHandshakeFailures,
+        });
+    };
     sock.events.on('accept', (e) => logger.debug(`ingest peer connected (${e.address})`));
     sock.events.on('close', (e) => {
       logger.debug(`ingest listener closed (${e.address})`);
       this.listenerClosed?.();
     });
-    sock.events.on('handshake:error:protocol', (e) => logger.warn(`ingest peer protocol error (${e.address}): ${e.error.message}`));
-    sock.events.on('handshake:error:other', (e) => logger.warn(`ingest peer handshake failed (${e.address}): ${e.error.message}`));
+    sock.events.on('handshake:error:protocol', handshakeFailed('protocol error'));
+    sock.events.on('handshake:error:other', handshakeFailed('handshake failed'));
+    sock.events.on('handshake:error:auth', handshakeFailed('not authenticated'));
   }
 }

@@ -37,6 +37,13 @@ export class Metrics {
   published = 0;
   publishFailures = 0;
   actions = 0;
+  /** ZeroMQ connections refused during the handshake (not ZMTP, bad greeting, CURVE refused). */
+  ingestHandshakeFailures = 0;
+  /**
+   * ZeroMQ peer connections closed: a sender closing, or libzmq dropping a connection whose frame exceeded the hard
+   * frame limit (ZMQ_MAXMSGSIZE), which it does not report any other way.
+   */
+  ingestDisconnects = 0;
   readonly rejected = new Map<RejectReason, number>();
   readonly verdicts: Record<Verdict, number> = { in_focus: 0, out_of_focus: 0, no_tissue: 0 };
   readonly latency = new LatencyWindow();
@@ -75,6 +82,8 @@ export class Metrics {
       actions: this.actions,
       published: this.published,
       publish_failures: this.publishFailures,
+      ingest_handshake_failures: this.ingestHandshakeFailures,
+      ingest_disconnects: this.ingestDisconnects,
       queue_depth: this.queueDepth,
       in_flight: this.inFlight,
       latency_ms: this.latency.percentiles([50, 95, 99]),

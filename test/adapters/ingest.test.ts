@@ -1,6 +1,7 @@
 // The ingest edge end to end over real ZeroMQ sockets on loopback: sender (TileSender) → ZmqIngest → a sink that
 // really decodes (decodeTile) and answers with a digest of the decoded pixels, so a round trip proves they arrived intact.
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import sharp from 'sharp';
@@ -387,7 +388,7 @@ describe('ingest behaviour', () => {
   });
 
   it('a frame beyond the hard limit drops only that connection; the ingest keeps serving', async () => {
-    const { sink, ingest, logs, tx } = await setup('pull', 'push');
+    const { ctx, sink, ingest, logs, tx } = await setup('pull', 'push');
     const rogue = new zmq.Push({ linger: 0 });
     rogue.connect(ingest.boundEndpoint!);
     await rogue.send([JSON.stringify(header()), Buffer.alloc(MAX_MESSAGE * 3)]);
@@ -395,11 +396,42 @@ describe('ingest behaviour', () => {
     while (!logs.some((l) => String(l.message).startsWith('ingest peer disconnected')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     rogue.close();
     expect(logs.some((l) => String(l.message).startsWith('ingest peer disconnected'))).toBe(true);
+    // the only trace libzmq leaves is the disconnect: counted (issue 10, note 8)
+    expect(ctx.metrics.ingestDisconnects).toBeGreaterThanOrEqual(1);
     expect(sink.submits).toBe(0);
     const { frames } = rawTile('RGB24', 0, 5);
     await tx.sendFrames(frames);
     const r = await sink.seen.next();
     expect(r.ok && r.header.seq).toBe(5);
+  });
+
+  it('junk connections (not ZMTP) are counted every one and logged once per interval (issue 10, note 8)', async () => {
+    const { ctx, sink, ingest, logs, tx } = await setup('router', 'dealer');
+    const port = Number(ingest.boundEndpoint!.split(':').pop());
+    const n = 40;
+    await Promise.all(
+      [...Array(n).keys()].map(
+        () =>
+          new Promise<void>((resolve) => {
+            const c = net.connect(port, '127.0.0.1', () => c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+            c.on('error', () => resolve());
+            c.on('close', () => resolve());
+            c.setTimeout(3000, () => c.destroy());
+          }),
+      ),
+    );
+    const deadline = Date.now() + 5000;
+    while (ctx.metrics.ingestHandshakeFailures < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(ctx.metrics.ingestHandshakeFailures).toBe(n);
+    const lines = logs.filter((l) => /^ingest peer (protocol error|handshake failed)/.test(String(l.message)));
+    expect(lines).toHaveLength(1);
+    expect(logs.filter((l) => String(l.message).startsWith('ingest peer disconnected')).length).toBeLessThanOrEqual(1);
+    expect(ctx.metrics.snapshot()).toMatchObject({ ingest_handshake_failures: n });
+    // a real sender is still served
+    const { frames } = rawTile('RGB24', 0, 6);
+    const r = await tx.sendFrames(frames);
+    expect(r?.ok).toBe(true);
+    expect(sink.submits).toBe(1);
   });
 
   it('binds a wildcard port and reports the real endpoint; a second bind to it fails and stop() after that is safe', async () => {
