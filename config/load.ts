@@ -76,6 +76,8 @@ export type FocusdConfig = Props & {
     baseTopic: string;
     mqttClientId: string;
     mqttPassword: string;
+    /** ZeroMQ CURVE of the ingest socket (ingest.curve.*), null when off. */
+    ingestCurve: { secretKey: string; clientKeys: string[] } | null;
     stateDir: string;
     modelDir: string;
     reportDir: string;
@@ -150,6 +152,7 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
       problems.push(`mqtt.passwordFile: cannot read ${pwFile}: ${(err as Error).message}`);
     }
   }
+  const ingestCurve = readCurveKeys(p, env, problems);
   if (p.scoring.scorer === 'cnn' && !existsSync(resolve(modelDir, 'manifest.json'))) {
     problems.push(`scoring.model: no manifest.json in ${modelDir}`);
   }
@@ -161,6 +164,7 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
       baseTopic: (p.mqtt.baseTopic || `focusd/${p.scanner.id}`).replace(/\/+$/, ''),
       mqttClientId: p.mqtt.clientId || `focusd-${p.scanner.id}`,
       mqttPassword,
+      ingestCurve,
       stateDir: isAbsolute(stateDir) ? stateDir : resolve(stateDir),
       modelDir,
       reportDir: p.reports.dir ? resolve(p.reports.dir) : resolve(stateDir, 'reports'),
@@ -198,6 +202,45 @@ function crossFieldProblems(p: Props): string[] {
   }
   if (p.mqtt.embedded.port === 0 && p.mqtt.url === 'embedded') out.push('mqtt.embedded.port: must be set when mqtt.url is embedded');
   return out;
+}
+
+const Z85_KEY = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
+
+/**
+ * ingest.curve.*: the server secret key and the allowed client public keys, from the configured files or the systemd
+ * credentials ingest-curve-secret-key / ingest-curve-clients (like mqtt.passwordFile). Problems are collected.
+ */
+function readCurveKeys(p: Props, env: NodeJS.ProcessEnv, problems: string[]): FocusdConfig['resolved']['ingestCurve'] {
+  const cred = (name: string) =>
+    env.CREDENTIALS_DIRECTORY && existsSync(resolve(env.CREDENTIALS_DIRECTORY, name)) ? resolve(env.CREDENTIALS_DIRECTORY, name) : '';
+  const secretFile = p.ingest.curve.secretKeyFile || cred('ingest-curve-secret-key');
+  const clientsFile = p.ingest.curve.clientKeysFile || cred('ingest-curve-clients');
+  if (!secretFile && !clientsFile) return null;
+  const read = (key: string, file: string): string[] | null => {
+    if (!file) {
+      problems.push(`${key}: required when ${key === 'ingest.curve.clientKeysFile' ? 'ingest.curve.secretKeyFile' : 'ingest.curve.clientKeysFile'} is set`);
+      return null;
+    }
+    try {
+      return readFileSync(file, 'utf8')
+        .split(/\r?\n/)
+        .map((l) => l.trim())
+        // whole-line comments only: # is a Z85 digit
+        .filter((l) => l !== '' && !l.startsWith('#'));
+    } catch (err) {
+      problems.push(`${key}: cannot read ${file}: ${(err as Error).message}`);
+      return null;
+    }
+  };
+  const secret = read('ingest.curve.secretKeyFile', secretFile);
+  const clients = read('ingest.curve.clientKeysFile', clientsFile);
+  if (!secret || !clients) return null;
+  // never echo a secret key, not even a malformed one
+  if (secret.length !== 1 || !Z85_KEY.test(secret[0]!)) problems.push(`ingest.curve.secretKeyFile: ${secretFile} must hold one Z85 key of 40 characters`);
+  const bad = clients.filter((k) => !Z85_KEY.test(k));
+  if (bad.length) problems.push(`ingest.curve.clientKeysFile: ${bad.length} line(s) of ${clientsFile} are not Z85 public keys of 40 characters: ${bad.map((k) => JSON.stringify(k.slice(0, 44))).join(', ')}`);
+  if (clients.length === 0) problems.push(`ingest.curve.clientKeysFile: ${clientsFile} lists no client key; no scanner could connect`);
+  return { secretKey: secret[0] ?? '', clientKeys: clients };
 }
 
 /** Largest delay a Node.js timer takes; a larger one overflows to 1 ms (TimeoutOverflowWarning) and fires at once. */
