@@ -99,36 +99,34 @@ describe.each(['router', 'pull'] as const)('ingest fuzz against the real daemon 
       else if ((JSON.parse(payload.toString()) as { received?: unknown }).received) errors++;
     });
     let seq = 0;
+    /** a valid tile with the next seq: it must be scored. */
     const probe = (): FuzzMessage => {
-      const h = baseHeader(d.id, seq);
-      return { name: `probe ${seq}`, frames: [Buffer.from(JSON.stringify(h)), payloads.raw], expect: 'ok' };
+      const h = baseHeader(d.id, seq++);
+      return { name: `probe ${h.seq}`, frames: [Buffer.from(JSON.stringify(h)), payloads.raw], expect: 'ok' };
     };
     const messages: FuzzMessage[] = [];
     for (const c of corpus) messages.push(buildCase(c, d.id, seq++, payloads));
     for (const m of mutants(SEED + (pattern === 'pull' ? 1 : 0), MUTANTS, d.id, 100_000, payloads)) {
-      if (messages.length % PROBE_EVERY === 0) messages.push(probe()), seq++;
+      if (messages.length % PROBE_EVERY === 0) messages.push(probe());
       messages.push(m);
     }
     messages.push(probe());
-    seq++;
 
     // warm-up: one valid tile scored (workers started, buffers allocated), then the RSS baseline
-    {
+    const warm = probe();
+    if (pattern === 'pull') {
       const push = new zmq.Push({ linger: 5000 });
       push.connect(d.endpoint);
-      const p = probe();
-      seq++;
-      if (pattern === 'pull') await push.send(p.frames);
+      await push.send(warm.frames);
       push.close();
-      if (pattern === 'router') {
-        const dealer = new zmq.Dealer({ linger: 0, receiveTimeout: 30_000 });
-        dealer.connect(d.endpoint);
-        await dealer.send([Buffer.alloc(0), ...p.frames]);
-        await dealer.receive();
-        dealer.close();
-      }
-      await until(() => tiles === 1, 20_000, 'the warm-up tile');
+    } else {
+      const dealer = new zmq.Dealer({ linger: 0, receiveTimeout: 30_000 });
+      dealer.connect(d.endpoint);
+      await dealer.send([Buffer.alloc(0), ...warm.frames]);
+      await dealer.receive();
+      dealer.close();
     }
+    await until(() => tiles === 1, 20_000, 'the warm-up tile');
     const rssStart = rssMb(d.proc.child.pid!);
     const failures: string[] = [];
     const t0 = performance.now();
