@@ -113,7 +113,8 @@ export function parseMessage(frames: Buffer[], limits: MessageLimits, receivedAt
     const errors = validateHeader.errors ?? [];
     const pt = (h as { pixel_type?: unknown }).pixel_type;
     if (typeof pt === 'string' && errors.some((e) => e.instancePath === '/pixel_type')) {
-      return reject('unknown_pixel_type', `pixel_type "${pt}" is not one of ${PIXEL_TYPES.join(', ')}`);
+      // JSON.stringify escapes control characters; the cut keeps a 64 KiB string out of logs and replies
+      return reject('unknown_pixel_type', `pixel_type ${JSON.stringify(pt.slice(0, 64))} is not one of ${PIXEL_TYPES.join(', ')}`);
     }
     return reject('invalid_header', describeErrors(errors));
   }
