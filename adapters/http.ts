@@ -97,6 +97,8 @@ export class HttpStatus implements Component {
     const h = this.deps.health();
     metric('healthy', 'gauge', '1 when healthy, 0 while degraded (see health_degraded).', [['', h.ok ? 1 : 0]]);
     metric('health_degraded', 'gauge', 'Reasons the daemon is degraded now (1 per reason).', h.reasons.map((r) => [`{reason="${r.reason}"}`, 1]));
+    metric('ingest_handshake_failures_total', 'counter', 'ZeroMQ connections refused in the handshake (not ZMTP, CURVE refused).', [['', m.ingestHandshakeFailures]]);
+    metric('ingest_disconnects_total', 'counter', 'ZeroMQ peer connections closed, including those libzmq drops for a frame over the hard limit.', [['', m.ingestDisconnects]]);
     metric('queue_depth', 'gauge', 'Tiles admitted to the pipeline.', [['', m.queueDepth]]);
     const p = m.latency.percentiles([50, 95, 99]);
     metric('latency_ms', 'gauge', 'Receive-to-verdict latency over the recent window.', Object.entries(p).filter(([, v]) => v !== null).map(([k, v]) => [`{quantile="0.${k.slice(1)}"}`, v as number]));

@@ -4,8 +4,10 @@ import * as zmq from 'zeromq';
 import type { Component } from '../core/lifecycle.js';
 import type { Context } from '../core/context.js';
 import { tileMeta } from '../core/logger.js';
+import { LogThrottle } from '../core/log-throttle.js';
 import type { Rejection, TileReply, TileSink } from '../core/types.js';
 import { parseMessage } from '../protocol/header.js';
+import { safeStringify } from '../core/safe-json.js';
 
 /**
  * libzmq's ZMQ_MAXMSGSIZE (per frame) drops the sender's connection without telling anyone, so it is only the hard
@@ -18,10 +20,33 @@ export const HARD_LIMIT_FACTOR = 2;
 /** How long close() may keep flushing queued replies to the network (ZMQ_LINGER). */
 const REPLY_LINGER_MS = 1000;
 
+/** Connection events (handshake failures, disconnects) are counted always and logged at most once per this interval. */
+export const CONNECTION_LOG_INTERVAL_MS = 60_000;
+
 /** Upper bound on waiting for libzmq to close the listening socket in stop(). */
 const LISTENER_CLOSE_WAIT_MS = 1000;
 
 type IngestSocket = zmq.Pull | zmq.Router;
+
+/** ZAP (ZeroMQ RFC 27) domain of the ingest socket; the handler answers only for it. */
+const ZAP_DOMAIN = 'focusd-ingest';
+
+const Z85 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#';
+
+/** Z85 text of binary data whose length is a multiple of 4 (a 32-byte CURVE key → 40 characters; ZeroMQ RFC 32). */
+export function z85Encode(b: Uint8Array): string {
+  let out = '';
+  for (let i = 0; i < b.length; i += 4) {
+    let v = ((b[i]! << 24) | (b[i + 1]! << 16) | (b[i + 2]! << 8) | b[i + 3]!) >>> 0;
+    let chunk = '';
+    for (let j = 0; j < 5; j++) {
+      chunk = Z85[v % 85]! + chunk;
+      v = Math.floor(v / 85);
+    }
+    out += chunk;
+  }
+  return out;
+}
 
 export class ZmqIngest implements Component {
   readonly name = 'zmq-ingest';
@@ -35,6 +60,9 @@ export class ZmqIngest implements Component {
   private outstanding = 0;
   /** set by stop() while it waits for the listener to be closed. */
   private listenerClosed: (() => void) | null = null;
+  /** CURVE: the ZAP handler that admits listed client keys, in a context of this ingest's own. */
+  private zap: zmq.Reply | null = null;
+  private zapLoop: Promise<void> | null = null;
 
   constructor(private readonly ctx: Context, private readonly sink: TileSink) {}
 
@@ -47,10 +75,22 @@ export class ZmqIngest implements Component {
     signal.throwIfAborted();
     const cfg = this.ctx.config.ingest;
     const router = cfg.pattern === 'router';
+    const curve = this.ctx.config.resolved.ingestCurve;
+    let security = {};
+    if (curve) {
+      // libzmq asks the ZAP handler of the socket's context about every CURVE client; without one it admits any key.
+      // A context of our own keeps the handler's fixed inproc name free for another ingest in the same process.
+      const context = new zmq.Context();
+      this.zap = new zmq.Reply({ context, linger: 0 });
+      await this.zap.bind('inproc://zeromq.zap.01');
+      this.zapLoop = this.serveZap(this.zap, new Set(curve.clientKeys));
+      security = { context, curveServer: true, curveSecretKey: curve.secretKey, zapDomain: ZAP_DOMAIN };
+    }
     const common = {
       receiveHighWaterMark: cfg.highWaterMark,
       maxMessageSize: cfg.maxMessageBytes * HARD_LIMIT_FACTOR,
       linger: router ? REPLY_LINGER_MS : 0,
+      ...security,
     };
     // mandatory + sendTimeout 0: a reply to a vanished peer (EHOSTUNREACH) or to one that does not read its replies
     // (EAGAIN at its HWM) fails at once and is logged, instead of vanishing silently or stalling other peers' replies
@@ -64,6 +104,7 @@ export class ZmqIngest implements Component {
     this.ctx.logger.info(`ingest bound ${this.boundEndpoint} (${cfg.pattern})`, {
       endpoint: this.boundEndpoint,
       pattern: cfg.pattern,
+      curve: curve ? `${curve.clientKeys.length} client keys` : 'off',
       highWaterMark: cfg.highWaterMark,
       maxMessageBytes: cfg.maxMessageBytes,
     });
@@ -112,6 +153,34 @@ export class ZmqIngest implements Component {
     // close() makes the pending receive() reject, which ends the loop
     await this.loop;
     this.loop = null;
+    this.zap?.close();
+    await this.zapLoop;
+    this.zap = null;
+    this.zapLoop = null;
+  }
+
+  /**
+   * ZAP handler (RFC 27): admits a CURVE client whose public key is listed, refuses every other (libzmq then fails
+   * that peer's handshake: 'handshake:error:auth', counted and logged by watchConnections).
+   */
+  private async serveZap(sock: zmq.Reply, allowed: Set<string>): Promise<void> {
+    for (;;) {
+      let req: Buffer[];
+      try {
+        req = (await sock.receive()) as Buffer[];
+      } catch {
+        return; // closed by stop()
+      }
+      // [version, request id, domain, address, identity, mechanism, credentials...]
+      const [version, requestId, domain, , , mechanism, key] = req;
+      const clientKey = key && key.length === 32 ? z85Encode(key) : '';
+      const ok = version?.toString() === '1.0' && domain?.toString() === ZAP_DOMAIN && mechanism?.toString() === 'CURVE' && allowed.has(clientKey);
+      try {
+        await sock.send(['1.0', requestId ?? '', ok ? '200' : '400', ok ? 'OK' : 'client key not allowed', ok ? clientKey : '', '']);
+      } catch {
+        return;
+      }
+    }
   }
 
   private readable(sock: IngestSocket): boolean {
@@ -225,7 +294,15 @@ export class ZmqIngest implements Component {
     const sock = this.socket;
     if (!sock) return;
     const header = reply.ok ? reply.header : (reply.received.header as Record<string, unknown> | undefined);
-    const msg = [...envelope, JSON.stringify(reply)];
+    // the received header is echoed: if it cannot be serialised, answer without it rather than not at all
+    const msg = [
+      ...envelope,
+      safeStringify(reply, (err) =>
+        reply.ok
+          ? { ok: false, reason: 'scoring_failed', detail: `reply could not be serialised: ${err.message}`, received: { frames: 2, bytes: [] } }
+          : { ...reply, received: { frames: reply.received.frames, bytes: reply.received.bytes }, detail: `${reply.detail} (received header not echoed: ${err.message})` },
+      ),
+    ];
     this.sendChain = this.sendChain.then(async () => {
       try {
         if (sock.closed) throw Object.assign(new Error('socket closed'), { code: 'EBADF' });
@@ -250,17 +327,35 @@ export class ZmqIngest implements Component {
   }
 
   private watchConnections(sock: IngestSocket): void {
-    const { logger } = this.ctx;
+    const { logger, metrics } = this.ctx;
+    // a port scanner or a flood of junk connections must not write a line each: count every one, log once a minute
+    const throttle = new LogThrottle(CONNECTION_LOG_INTERVAL_MS);
+    const repeats = (n: number) => (n ? ` (${n} more since the last line)` : '');
     // a peer that exceeds the hard frame limit (ZMQ_MAXMSGSIZE) is disconnected by libzmq with no other trace
-    sock.events.on('disconnect', (e) =>
-      logger.info(`ingest peer disconnected (${e.address}); if unexpected, a frame may have exceeded ${this.ctx.config.ingest.maxMessageBytes * HARD_LIMIT_FACTOR} bytes`),
-    );
+    sock.events.on('disconnect', (e) => {
+      metrics.ingestDisconnects++;
+      const t = throttle.take('disconnect');
+      if (t)
+        logger.info(
+          `ingest peer disconnected (${e.address}); if unexpected, a frame may have exceeded ${this.ctx.config.ingest.maxMessageBytes * HARD_LIMIT_FACTOR} bytes${repeats(t.suppressed)}`,
+          { disconnects_total: metrics.ingestDisconnects },
+        );
+    });
+    const handshakeFailed = (what: string) => (e: { address: string; error: Error }) => {
+      metrics.ingestHandshakeFailures++;
+      const t = throttle.take('handshake');
+      if (t)
+        logger.warn(`ingest peer ${what} (${e.address}): ${e.error.message}${repeats(t.suppressed)}`, {
+          handshake_failures_total: metrics.ingestHandshakeFailures,
+        });
+    };
     sock.events.on('accept', (e) => logger.debug(`ingest peer connected (${e.address})`));
     sock.events.on('close', (e) => {
       logger.debug(`ingest listener closed (${e.address})`);
       this.listenerClosed?.();
     });
-    sock.events.on('handshake:error:protocol', (e) => logger.warn(`ingest peer protocol error (${e.address}): ${e.error.message}`));
-    sock.events.on('handshake:error:other', (e) => logger.warn(`ingest peer handshake failed (${e.address}): ${e.error.message}`));
+    sock.events.on('handshake:error:protocol', handshakeFailed('protocol error'));
+    sock.events.on('handshake:error:other', handshakeFailed('handshake failed'));
+    sock.events.on('handshake:error:auth', handshakeFailed('not authenticated'));
   }
 }

@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, describeSchema, loadConfig } from '../config/load.js';
 import { redactConfig } from '../core/redact.js';
+import { BundleError, loadBundle } from '../models/bundle.js';
 import { splitConfigArgs } from './args.js';
 
 /** Exit codes: 0 valid, 78 (EX_CONFIG) invalid, 64 usage. */
@@ -27,6 +28,15 @@ export async function checkConfigMain(argv: string[]): Promise<number> {
   }
   try {
     const config = loadConfig({ file: split.configFile, args: split.configArgs });
+    // the run would refuse a bundle whose model file does not hash to the manifest's sha256: say so now
+    if (config.scoring.scorer === 'cnn') {
+      try {
+        await loadBundle(config.resolved.modelDir);
+      } catch (err) {
+        if (err instanceof BundleError) throw new ConfigError([`scoring.model: ${err.message}`]);
+        throw err;
+      }
+    }
     process.stdout.write(`configuration OK${config.source.file ? ` (${config.source.file})` : ' (defaults and environment)'}\n`);
     if (values.print) process.stdout.write(JSON.stringify(redact(config), null, 2) + '\n');
     return 0;

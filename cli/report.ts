@@ -55,7 +55,10 @@ export async function reportMain(argv: string[]): Promise<number> {
         );
       }
     }
-    process.stdout.write(values.json ? JSON.stringify(r, null, 2) + '\n' : renderDriftMarkdown(r));
+    // Markdown: header text is escaped and stripped of control characters (mdText); JSON escapes C0 itself, C1
+    // (U+009B is a CSI to some terminals) and line separators are escaped here
+    const json = () => JSON.stringify(r, null, 2).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+    process.stdout.write(values.json ? json() + '\n' : renderDriftMarkdown(r));
     process.stderr.write(`written: ${Object.values(files).join(', ')}\n`);
     return 0;
   } finally {

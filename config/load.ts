@@ -76,6 +76,8 @@ export type FocusdConfig = Props & {
     baseTopic: string;
     mqttClientId: string;
     mqttPassword: string;
+    /** ZeroMQ CURVE of the ingest socket (ingest.curve.*), null when off. */
+    ingestCurve: { secretKey: string; clientKeys: string[] } | null;
     stateDir: string;
     modelDir: string;
     reportDir: string;
@@ -134,7 +136,7 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
   if (problems.length > 0) throw new ConfigError(problems);
 
   const p = c.getProperties() as Props;
-  problems.push(...crossFieldProblems(p));
+  problems.push(...crossFieldProblems(p), ...rangeProblems(p));
   const stateDir = p.store.dir || env.STATE_DIRECTORY?.split(':')[0] || resolve(process.cwd(), 'var');
   const modelDir = p.scoring.model ? resolve(p.scoring.model) : DEFAULT_MODEL_DIR;
   let mqttPassword = p.mqtt.password;
@@ -150,6 +152,7 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
       problems.push(`mqtt.passwordFile: cannot read ${pwFile}: ${(err as Error).message}`);
     }
   }
+  const ingestCurve = readCurveKeys(p, env, problems);
   if (p.scoring.scorer === 'cnn' && !existsSync(resolve(modelDir, 'manifest.json'))) {
     problems.push(`scoring.model: no manifest.json in ${modelDir}`);
   }
@@ -161,6 +164,7 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
       baseTopic: (p.mqtt.baseTopic || `focusd/${p.scanner.id}`).replace(/\/+$/, ''),
       mqttClientId: p.mqtt.clientId || `focusd-${p.scanner.id}`,
       mqttPassword,
+      ingestCurve,
       stateDir: isAbsolute(stateDir) ? stateDir : resolve(stateDir),
       modelDir,
       reportDir: p.reports.dir ? resolve(p.reports.dir) : resolve(stateDir, 'reports'),
@@ -171,8 +175,8 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
 function crossFieldProblems(p: Props): string[] {
   const out: string[] = [];
   const bt = p.mqtt.baseTopic;
-  if (bt && (/[+#]/.test(bt) || bt.startsWith('/') || bt.includes('//')))
-    out.push(`mqtt.baseTopic: "${bt}" must not contain + or #, start with / or contain empty levels`);
+  // + and #, $, NUL and length: rangeProblems
+  if (bt && (bt.startsWith('/') || bt.includes('//'))) out.push(`mqtt.baseTopic: "${bt}" must not start with / or contain empty levels`);
   const tls = p.mqtt.tls;
   if ((tls.cert && !tls.key) || (!tls.cert && tls.key)) out.push('mqtt.tls.cert / mqtt.tls.key: a client certificate needs both cert and key');
   for (const [k, f] of Object.entries({ 'mqtt.tls.ca': tls.ca, 'mqtt.tls.cert': tls.cert, 'mqtt.tls.key': tls.key, 'mqtt.passwordFile': p.mqtt.passwordFile }))
@@ -203,6 +207,108 @@ function crossFieldProblems(p: Props): string[] {
     }
   }
   if (p.mqtt.embedded.port === 0 && p.mqtt.url === 'embedded') out.push('mqtt.embedded.port: must be set when mqtt.url is embedded');
+  return out;
+}
+
+const Z85_KEY = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
+
+/**
+ * ingest.curve.*: the server secret key and the allowed client public keys, from the configured files or the systemd
+ * credentials ingest-curve-secret-key / ingest-curve-clients (like mqtt.passwordFile). Problems are collected.
+ */
+function readCurveKeys(p: Props, env: NodeJS.ProcessEnv, problems: string[]): FocusdConfig['resolved']['ingestCurve'] {
+  const cred = (name: string) =>
+    env.CREDENTIALS_DIRECTORY && existsSync(resolve(env.CREDENTIALS_DIRECTORY, name)) ? resolve(env.CREDENTIALS_DIRECTORY, name) : '';
+  const secretFile = p.ingest.curve.secretKeyFile || cred('ingest-curve-secret-key');
+  const clientsFile = p.ingest.curve.clientKeysFile || cred('ingest-curve-clients');
+  if (!secretFile && !clientsFile) return null;
+  const read = (key: string, file: string): string[] | null => {
+    if (!file) {
+      problems.push(`${key}: required when ${key === 'ingest.curve.clientKeysFile' ? 'ingest.curve.secretKeyFile' : 'ingest.curve.clientKeysFile'} is set`);
+      return null;
+    }
+    try {
+      return readFileSync(file, 'utf8')
+        .split(/\r?\n/)
+        .map((l) => l.trim())
+        // whole-line comments only: # is a Z85 digit
+        .filter((l) => l !== '' && !l.startsWith('#'));
+    } catch (err) {
+      problems.push(`${key}: cannot read ${file}: ${(err as Error).message}`);
+      return null;
+    }
+  };
+  const secret = read('ingest.curve.secretKeyFile', secretFile);
+  const clients = read('ingest.curve.clientKeysFile', clientsFile);
+  if (!secret || !clients) return null;
+  // never echo a secret key, not even a malformed one
+  if (secret.length !== 1 || !Z85_KEY.test(secret[0]!)) problems.push(`ingest.curve.secretKeyFile: ${secretFile} must hold one Z85 key of 40 characters`);
+  const bad = clients.filter((k) => !Z85_KEY.test(k));
+  if (bad.length) problems.push(`ingest.curve.clientKeysFile: ${bad.length} line(s) of ${clientsFile} are not Z85 public keys of 40 characters: ${bad.map((k) => JSON.stringify(k.slice(0, 44))).join(', ')}`);
+  if (clients.length === 0) problems.push(`ingest.curve.clientKeysFile: ${clientsFile} lists no client key; no scanner could connect`);
+  return { secretKey: secret[0] ?? '', clientKeys: clients };
+}
+
+/** Largest delay a Node.js timer takes; a larger one overflows to 1 ms (TimeoutOverflowWarning) and fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Longest base topic in UTF-8 bytes; MQTT allows 65 535 for the whole topic, sub-topics are appended to this. */
+export const MAX_BASE_TOPIC_BYTES = 1024;
+
+/** Why `topic` (a topic name or prefix from the configuration) cannot be published to, or null. */
+export function topicProblem(topic: string, maxBytes = MAX_BASE_TOPIC_BYTES): string | null {
+  if (Buffer.from(topic, 'utf8').toString('utf8') !== topic) return 'is not valid UTF-8 (a lone surrogate)';
+  // MQTT forbids U+0000 (the broker drops the connection) and discourages the other control characters
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(topic)) return 'contains a control character (NUL, newline, ...)';
+  if (topic.startsWith('$')) return 'starts with $ (reserved for the broker, e.g. $SYS: publishes there are refused)';
+  if (/[+#]/.test(topic)) return 'contains + or # (wildcards cannot be published to)';
+  const bytes = Buffer.byteLength(topic, 'utf8');
+  if (bytes > maxBytes) return `is ${bytes} bytes long, at most ${maxBytes} allowed`;
+  return null;
+}
+
+/** TimeoutStopSec of the shipped systemd unit, in ms (null when the unit is not there or does not set it). */
+export function unitTimeoutStopMs(unit = resolve(PACKAGE_ROOT, 'systemd/focusd.service')): number | null {
+  if (!existsSync(unit)) return null;
+  const m = /^TimeoutStopSec=(\d+)(ms|s|min)?\s*$/m.exec(readFileSync(unit, 'utf8'));
+  if (!m) return null;
+  return Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'min' ? 60_000 : 1000);
+}
+
+/**
+ * Ranges convict's formats cannot express: ports inside endpoints, topics the broker accepts, timers Node.js can
+ * set, signs of limits. Each of these was accepted by `check-config` and then broke at run time (issue 10).
+ */
+function rangeProblems(p: Props): string[] {
+  const out: string[] = [];
+  const tcp = /^tcp:\/\/(.+):(\d+)$/.exec(p.ingest.endpoint);
+  // port 0 asks the OS for a free port (tests); libzmq takes any other number modulo 65536
+  if (tcp && Number(tcp[2]) > 65535) out.push(`ingest.endpoint: port ${tcp[2]} in "${p.ingest.endpoint}" is not 1..65535`);
+  if (p.mqtt.url !== 'embedded') {
+    const m = /^[a-z]+:\/\/(?:[^@/]*@)?(?:\[[^\]]*\]|[^:/]*)(?::(\d*))?(?:\/|$)/i.exec(p.mqtt.url);
+    if (m && m[1] !== undefined && !(Number(m[1]) >= 1 && Number(m[1]) <= 65535))
+      out.push(`mqtt.url: port "${m[1]}" is not 1..65535`);
+  }
+  const bt = p.mqtt.baseTopic;
+  const why = bt ? topicProblem(bt) : null;
+  if (why) out.push(`mqtt.baseTopic: ${JSON.stringify(bt)} ${why}`);
+  const clientIdWhy = p.mqtt.clientId ? topicProblem(p.mqtt.clientId, 65535) : null;
+  if (clientIdWhy && /UTF-8|control/.test(clientIdWhy)) out.push(`mqtt.clientId: ${clientIdWhy}`);
+  const timers: Array<[string, number]> = [
+    ['shutdown.drainTimeoutMs', p.shutdown.drainTimeoutMs],
+    ['mqtt.connectTimeoutMs', p.mqtt.connectTimeoutMs],
+    ['mqtt.reconnectMs', p.mqtt.reconnectMs],
+    ['mqtt.statsIntervalS', p.mqtt.statsIntervalS * 1000],
+    ['controller.actionTtlS', p.controller.actionTtlS * 1000],
+  ];
+  for (const [k, ms] of timers) if (ms > MAX_TIMER_MS) out.push(`${k}: ${ms} ms is longer than a timer can wait (${MAX_TIMER_MS} ms, about 24.8 days)`);
+  const stopMs = unitTimeoutStopMs();
+  if (stopMs !== null && p.shutdown.drainTimeoutMs >= stopMs && p.shutdown.drainTimeoutMs <= MAX_TIMER_MS)
+    out.push(`shutdown.drainTimeoutMs: ${p.shutdown.drainTimeoutMs} ms is not below TimeoutStopSec of systemd/focusd.service (${stopMs} ms): systemd would kill focusd mid-drain`);
+  if (p.mqtt.keepaliveS > 65535) out.push(`mqtt.keepaliveS: ${p.mqtt.keepaliveS} is above the MQTT maximum of 65535 s`);
+  if (!(p.controller.limits.deadBandUm >= 0)) out.push(`controller.limits.deadBandUm: must be >= 0, got ${p.controller.limits.deadBandUm}`);
+  if (!(p.controller.drift.hysteresisUm >= 0)) out.push(`controller.drift.hysteresisUm: must be >= 0, got ${p.controller.drift.hysteresisUm}`);
   return out;
 }
 

@@ -33,8 +33,17 @@ export function createLogger(opts: LoggerOptions): Logger {
   });
 }
 
-/** The fields every per-tile log line carries. */
+/**
+ * The fields every per-tile log line carries. Headers of rejected messages are whatever the sender sent, so only
+ * scalars are passed on (strings cut to 200 characters): an object here could be too deep or too large to log.
+ */
 export function tileMeta(h: { scanner?: unknown; slide?: unknown; tile?: { index?: unknown } | unknown; seq?: unknown; attempt?: unknown }) {
   const tile = h.tile && typeof h.tile === 'object' ? (h.tile as { index?: unknown }).index : undefined;
-  return { scanner: h.scanner, slide: h.slide, tile, seq: h.seq, attempt: h.attempt };
+  return { scanner: scalar(h.scanner), slide: scalar(h.slide), tile: scalar(tile), seq: scalar(h.seq), attempt: scalar(h.attempt) };
+}
+
+function scalar(v: unknown): string | number | boolean | null | undefined {
+  if (typeof v === 'string') return v.length > 200 ? `${v.slice(0, 200)}…` : v;
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null || v === undefined) return v;
+  return `(${Array.isArray(v) ? 'array' : typeof v})`;
 }

@@ -43,6 +43,13 @@ export class Metrics {
   readonly controlRejected = new Map<string, number>();
   /** SQLite writes (tile history, outbox, action status, prune) that failed. */
   storeWriteFailures = 0;
+  /** ZeroMQ connections refused during the handshake (not ZMTP, bad greeting, CURVE refused). */
+  ingestHandshakeFailures = 0;
+  /**
+   * ZeroMQ peer connections closed: a sender closing, or libzmq dropping a connection whose frame exceeded the hard
+   * frame limit (ZMQ_MAXMSGSIZE), which it does not report any other way.
+   */
+  ingestDisconnects = 0;
   readonly rejected = new Map<RejectReason, number>();
   readonly verdicts: Record<Verdict, number> = { in_focus: 0, out_of_focus: 0, no_tissue: 0 };
   readonly latency = new LatencyWindow();
@@ -88,6 +95,8 @@ export class Metrics {
       control_requests: this.controlRequests,
       control_rejected_by_reason: Object.fromEntries(this.controlRejected),
       store_write_failures: this.storeWriteFailures,
+      ingest_handshake_failures: this.ingestHandshakeFailures,
+      ingest_disconnects: this.ingestDisconnects,
       queue_depth: this.queueDepth,
       in_flight: this.inFlight,
       latency_ms: this.latency.percentiles([50, 95, 99]),

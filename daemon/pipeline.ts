@@ -2,6 +2,7 @@ import type { Component } from '../core/lifecycle.js';
 import type { Context } from '../core/context.js';
 import { tileMeta } from '../core/logger.js';
 import type { Scorer } from '../models/scorer.js';
+import { pixelSizeProblem } from '../protocol/header.js';
 import type {
   DecodedTile,
   IncomingTile,
@@ -134,6 +135,9 @@ export class Pipeline implements Component, TileSink {
       return { ok: false, ...r };
     };
     if (this.phase !== 'running' && this.phase !== 'draining') return refuse('shutting_down', 'focusd is stopping; the tile was not scored');
+    // the one header check that needs the model: the patch grid is laid out from this ratio (see MAX_PIXEL_SIZE_FACTOR)
+    const pxProblem = pixelSizeProblem(tile.header.pixel_size_um, this.deps.scorer.info.pixel_size_um);
+    if (pxProblem) return refuse('invalid_header', pxProblem);
     if (runtime.paused) return refuse('paused', 'scoring is paused (control request); the tile was not scored');
     // a tile that reached us while draining was already off the socket: score it rather than lose it
     if (this.phase === 'running' && !this.admission.free && this.ctx.config.pipeline.overflow === 'skip')

@@ -15,12 +15,28 @@ export interface DriftReport {
   totals: { slides: number; tiles: number; with_tissue: number; out_of_focus: number; out_of_focus_rate: number | null; z_offsets: number };
   alerts: Array<{ slide: string; kind: 'out_of_focus_rate' | 'drift'; value: number; limit: number; message: string }>;
   slides: DriftStats[];
+  /**
+   * Tiles in the window whose header named another scanner than scanner.id (a second scanner sharing the daemon, or a
+   * misconfigured sender): stored and counted here per scanner, not mixed into the slides above.
+   */
+  other_scanners: Array<{ scanner: string; slides: number; tiles: number; with_tissue: number; out_of_focus: number }>;
 }
 
 /** Builds the report of [fromMs, toMs) from the tile history. Pure apart from the store query. */
 export function buildDriftReport(ctx: Context, store: Pick<Store, 'driftStats'>, fromMs: number, toMs: number): DriftReport {
   const { config } = ctx;
-  const slides = store.driftStats(fromMs, toMs, config.scanner.id);
+  const all = store.driftStats(fromMs, toMs);
+  const slides = all.filter((s) => s.scanner === config.scanner.id);
+  const others = new Map<string, DriftReport['other_scanners'][number]>();
+  for (const s of all) {
+    if (s.scanner === config.scanner.id) continue;
+    let o = others.get(s.scanner);
+    if (!o) others.set(s.scanner, (o = { scanner: s.scanner, slides: 0, tiles: 0, with_tissue: 0, out_of_focus: 0 }));
+    o.slides++;
+    o.tiles += s.tiles;
+    o.with_tissue += s.with_tissue;
+    o.out_of_focus += s.out_of_focus;
+  }
   const sum = (f: (s: DriftStats) => number) => slides.reduce((a, s) => a + f(s), 0);
   const withTissue = sum((s) => s.with_tissue);
   const oof = sum((s) => s.out_of_focus);
@@ -60,14 +76,38 @@ export function buildDriftReport(ctx: Context, store: Pick<Store, 'driftStats'>,
     },
     alerts,
     slides,
+    other_scanners: [...others.values()],
   };
 }
 
 const fmt = (v: number | null, d = 2) => (v === null ? '–' : v.toFixed(d));
 
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
+
+/**
+ * Text from a tile header (slide and scanner ids: whatever the sender wrote) for a terminal or a log line: control
+ * characters (ESC sequences, NUL, newlines) become U+FFFD, so they can neither recolour the terminal nor fake lines.
+ */
+export function plainText(s: string): string {
+  return s.replace(CONTROL, '\ufffd');
+}
+
+/**
+ * Header text for a Markdown table cell or list item: plainText, then the characters that end a cell or start markup
+ * inside one (|, *, `, [, ], \\) backslash-escaped and &, <, > as entities, so `<script>` is shown, not run.
+ */
+export function mdText(s: string): string {
+  return plainText(s)
+    .replace(/&/g, '&amp;')
+    .replace(/[\\`*[\]|]/g, (c) => `\\${c}`)
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;');
+}
+
 export function renderDriftMarkdown(r: DriftReport): string {
   const lines = [
-    `# Focus drift report — ${r.scanner}`,
+    `# Focus drift report — ${mdText(r.scanner)}`,
     '',
     `Period: ${r.from} → ${r.to} (generated ${r.generated_at})`,
     '',
@@ -77,7 +117,7 @@ export function renderDriftMarkdown(r: DriftReport): string {
     '',
     '## Alerts',
     '',
-    ...(r.alerts.length ? r.alerts.map((a) => `- **${a.slide}**: ${a.message}`) : ['None.']),
+    ...(r.alerts.length ? r.alerts.map((a) => `- **${mdText(a.slide)}**: ${a.message}`) : ['None.']),
     '',
     '## Slides',
     '',
@@ -85,8 +125,20 @@ export function renderDriftMarkdown(r: DriftReport): string {
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...r.slides.map(
       (s) =>
-        `| ${s.slide} | ${s.tiles} | ${s.with_tissue} | ${s.out_of_focus} | ${s.out_of_focus_rate === null ? '–' : (s.out_of_focus_rate * 100).toFixed(1) + ' %'} | ${fmt(s.mean_defocus_um)} | ${fmt(s.mean_abs_defocus_um)} | ${fmt(s.p95_abs_defocus_um)} | ${fmt(s.drift_um_per_h)} | ${s.z_offsets} (${fmt(s.z_offset_total_um)}) |`,
+        `| ${mdText(s.slide)} | ${s.tiles} | ${s.with_tissue} | ${s.out_of_focus} | ${s.out_of_focus_rate === null ? '–' : (s.out_of_focus_rate * 100).toFixed(1) + ' %'} | ${fmt(s.mean_defocus_um)} | ${fmt(s.mean_abs_defocus_um)} | ${fmt(s.p95_abs_defocus_um)} | ${fmt(s.drift_um_per_h)} | ${s.z_offsets} (${fmt(s.z_offset_total_um)}) |`,
     ),
+    '',
+    '## Other scanners',
+    '',
+    ...(r.other_scanners.length
+      ? [
+          `Tiles whose header names another scanner than ${mdText(r.scanner)} (scanner.id); not included above.`,
+          '',
+          '| scanner | slides | tiles | tissue | out of focus |',
+          '|---|---:|---:|---:|---:|',
+          ...r.other_scanners.map((o) => `| ${mdText(o.scanner)} | ${o.slides} | ${o.tiles} | ${o.with_tissue} | ${o.out_of_focus} |`),
+        ]
+      : ['None: every tile in the period came from this scanner.']),
     '',
   ];
   return lines.join('\n');
@@ -142,7 +194,9 @@ export class DriftReporter implements Component {
       if (this.deps.publish)
         void this.deps.publish(run.message).catch((err: Error) => this.ctx.logger.error(`drift report written but not announced on MQTT: ${err.message}`));
       this.ctx.logger.info(`drift report written: ${files.markdown}`, { slides: r.totals.slides, tiles: r.totals.tiles, alerts: r.alerts.length });
-      for (const a of r.alerts) this.ctx.logger.warn(`drift report alert: ${a.slide}: ${a.message}`);
+      for (const a of r.alerts) this.ctx.logger.warn(`drift report alert: ${plainText(a.slide)}: ${a.message}`);
+      for (const o of r.other_scanners)
+        this.ctx.logger.warn(`drift report: ${o.tiles} tiles from scanner ${plainText(o.scanner)} (not scanner.id) are reported separately`);
       return files;
     } catch (err) {
       this.ctx.logger.error(`drift report failed: ${(err as Error).message}`, { error: (err as Error).stack });

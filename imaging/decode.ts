@@ -59,9 +59,13 @@ async function decodeEncoded(payload: Buffer, format: Exclude<TileFormat, 'raw'>
     );
   }
   try {
-    // failOn 'error' rather than the default 'warning': libtiff warns about vendor tags it does not know (ZEN writes
-    // some), which must not reject the tile; truncated PNG/JPEG/TIFF data are errors and still fail.
-    const { data, info } = await sharp(payload, { limitInputPixels: maxPixels, failOn: 'error', sequentialRead: true })
+    // TIFF and PNG: failOn 'error' rather than the default 'warning': libtiff warns about vendor tags it does not know
+    // (ZEN writes some), which must not reject the tile; truncated PNG/TIFF data are errors and still fail.
+    // JPEG: 'warning', because libjpeg reports corrupt entropy data (a stray marker, zeroed bytes, a SOF that claims
+    // more pixels than the data holds) only as a warning and fills the rest with grey, which would get a verdict.
+    // A changed byte that still decodes cleanly cannot be detected: JPEG has no checksum.
+    const failOn = format === 'jpeg' ? 'warning' : 'error';
+    const { data, info } = await sharp(payload, { limitInputPixels: maxPixels, failOn, sequentialRead: true })
       .flatten({ background: { r: 255, g: 255, b: 255 } })
       .toColourspace('srgb')
       .raw({ depth: 'uchar' })

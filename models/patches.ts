@@ -47,6 +47,14 @@ export interface PatchOptions {
 
 export type ModelInput = ModelManifest['input'];
 
+/**
+ * Most grid cells one tile may have. The grid is built (and its tissue shares computed) on the scoring thread, so it
+ * must stay small whatever the header says: a 1600x1200 tile has ~20 cells at the model's scale and ~7 500 at a
+ * 16-pixel patch. The pipeline already refuses pixel sizes far from the model's (protocol/header.ts); this is the
+ * last guard for every other caller.
+ */
+export const MAX_PATCH_CELLS = 65_536;
+
 /** Tile pixels one model patch covers, and the tile pixels per model pixel. */
 export function patchFootprint(tilePixelUm: number, input: ModelInput): { tw: number; th: number; scale: number } {
   if (!(tilePixelUm > 0)) throw new Error(`planPatches: tile pixel size must be > 0, got ${tilePixelUm}`);
@@ -93,6 +101,12 @@ export function planPatches(width: number, height: number, tilePixelUm: number, 
   if (!tileFitsPatch(width, height, tilePixelUm, input))
     throw new Error(
       `tile ${width}x${height} px is smaller than one model patch (${fmt(tw)}x${fmt(th)} tile px = ${input.size[1]}x${input.size[0]} px at ${input.pixel_size_um} µm/px, tile ${tilePixelUm} µm/px): cannot be scored at the model's scale`,
+    );
+  const nx = Math.ceil(width / tw - 1e-6);
+  const ny = Math.ceil(height / th - 1e-6);
+  if (!(nx * ny <= MAX_PATCH_CELLS))
+    throw new Error(
+      `tile ${width}x${height} px at ${tilePixelUm} µm/px needs a ${nx}x${ny} patch grid (${fmt(tw)} tile px per patch), more than ${MAX_PATCH_CELLS} cells: the pixel size is implausible for a model at ${input.pixel_size_um} µm/px`,
     );
   const xs = axisPositions(width, tw);
   const ys = axisPositions(height, th);

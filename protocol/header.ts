@@ -13,6 +13,27 @@ export const PROTOCOL_VERSION = 1;
  */
 export const MAX_HEADER_BYTES = 64 * 1024;
 
+/**
+ * Deepest nesting of arrays/objects accepted in a header (vendor x_ fields included). Real headers nest 2 levels;
+ * a depth of thousands fits in MAX_HEADER_BYTES and would make every later JSON.stringify of the header (reply,
+ * error message, log line) throw, so it is refused by a byte scan before JSON.parse ever sees it.
+ */
+export const MAX_JSON_DEPTH = 32;
+
+/**
+ * How far a tile's pixel_size_um may be from the model's (either way). The patch grid is laid out in tile pixels
+ * from this ratio: a µm/nm slip (1000x) would make a grid of ~10^10 cells. 4x covers 5x..40x objectives for a 20x
+ * model; beyond it the model's scale is wrong for the tile anyway.
+ */
+export const MAX_PIXEL_SIZE_FACTOR = 4;
+
+/** null when a tile of `tileUm` µm/px can be scored by a model of `modelUm` µm/px, else why not (invalid_header detail). */
+export function pixelSizeProblem(tileUm: number, modelUm: number): string | null {
+  const f = tileUm / modelUm;
+  if (f >= 1 / MAX_PIXEL_SIZE_FACTOR && f <= MAX_PIXEL_SIZE_FACTOR) return null;
+  return `/pixel_size_um ${tileUm} is ${f >= 1 ? f.toPrecision(3) + 'x larger' : (1 / f).toPrecision(3) + 'x smaller'} than the model's ${modelUm} µm/px; at most a factor of ${MAX_PIXEL_SIZE_FACTOR} either way can be scored (${(modelUm / MAX_PIXEL_SIZE_FACTOR).toPrecision(3)}..${(modelUm * MAX_PIXEL_SIZE_FACTOR).toPrecision(3)}); check the unit (µm, not nm)`;
+}
+
 export const BYTES_PER_PIXEL: Readonly<Record<PixelType, number>> = {
   GRAY8: 1,
   GRAY16: 2,
@@ -79,7 +100,7 @@ export function parseMessage(frames: Buffer[], limits: MessageLimits, receivedAt
     return reject('invalid_header', `header frame is ${headerFrame.length} bytes, at most ${MAX_HEADER_BYTES} allowed`);
   }
   const json = tryJson(headerFrame);
-  if (!json.ok) return reject('bad_json', `header frame is not UTF-8 JSON: ${json.error}`);
+  if (!json.ok) return reject(json.tooDeep ? 'invalid_header' : 'bad_json', json.tooDeep ? json.error : `header frame is not UTF-8 JSON: ${json.error}`);
   const h = json.value;
   if (h === null || typeof h !== 'object' || Array.isArray(h)) {
     return reject('invalid_header', `header must be a JSON object, got ${h === null ? 'null' : Array.isArray(h) ? 'an array' : typeof h}`);
@@ -92,7 +113,8 @@ export function parseMessage(frames: Buffer[], limits: MessageLimits, receivedAt
     const errors = validateHeader.errors ?? [];
     const pt = (h as { pixel_type?: unknown }).pixel_type;
     if (typeof pt === 'string' && errors.some((e) => e.instancePath === '/pixel_type')) {
-      return reject('unknown_pixel_type', `pixel_type "${pt}" is not one of ${PIXEL_TYPES.join(', ')}`);
+      // JSON.stringify escapes control characters; the cut keeps a 64 KiB string out of logs and replies
+      return reject('unknown_pixel_type', `pixel_type ${JSON.stringify(pt.slice(0, 64))} is not one of ${PIXEL_TYPES.join(', ')}`);
     }
     return reject('invalid_header', describeErrors(errors));
   }
@@ -124,7 +146,27 @@ export function parseMessage(frames: Buffer[], limits: MessageLimits, receivedAt
   return { ok: true, tile: { header, payload, receivedAt } };
 }
 
-type JsonResult = { ok: true; value: unknown } | { ok: false; error: string };
+type JsonResult = { ok: true; value: unknown } | { ok: false; error: string; tooDeep?: boolean };
+
+/**
+ * Whether `buf` (JSON text) nests arrays/objects deeper than `max`: one pass over the bytes, skipping strings (their
+ * brackets do not count). Malformed text is left for JSON.parse to describe.
+ */
+export function jsonDepthExceeds(buf: Uint8Array, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < buf.length; i++) {
+    const c = buf[i]!;
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) {
+      if (++depth > max) return true;
+    } else if (c === 0x7d || c === 0x5d) depth--;
+  }
+  return false;
+}
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -135,6 +177,7 @@ function tryJson(buf: Buffer): JsonResult {
   } catch {
     return { ok: false, error: 'invalid UTF-8' };
   }
+  if (jsonDepthExceeds(buf, MAX_JSON_DEPTH)) return { ok: false, error: `header nests arrays/objects deeper than ${MAX_JSON_DEPTH} levels`, tooDeep: true };
   try {
     return { ok: true, value: JSON.parse(text) };
   } catch (err) {

@@ -41,14 +41,14 @@ export const controller = {
         default: 5,
       },
       hysteresisUm: {
-        doc: 'A correction opposite in sign to the previous one of the slide needs the drift to exceed the tolerance by this many µm more (no chattering around the tolerance).',
+        doc: 'A correction opposite in sign to the previous one of the slide needs the drift to exceed the tolerance by this many µm more (no chattering around the tolerance). Must be >= 0.',
         format: Number,
         default: 0.5,
       },
     },
     limits: {
       deadBandUm: {
-        doc: 'No z_offset smaller than this many µm is sent.',
+        doc: 'No z_offset smaller than this many µm is sent. Must be >= 0.',
         format: Number,
         default: 0.5,
       },

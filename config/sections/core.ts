@@ -40,7 +40,7 @@ export const core = {
   },
   shutdown: {
     drainTimeoutMs: {
-      doc: 'On SIGTERM, how long to wait for queued tiles to be scored and published before stopping anyway. Keep it below systemd TimeoutStopSec (30 s in systemd/focusd.service).',
+      doc: 'On SIGTERM, how long to wait for queued tiles to be scored and published before stopping anyway. Must be below TimeoutStopSec of systemd/focusd.service (30 s; check-config refuses more) and below 2^31 - 1 ms (the longest Node.js timer), like every other timer setting (mqtt.connectTimeoutMs, reconnectMs, statsIntervalS, controller.actionTtlS).',
       format: 'positive-int',
       default: 20000,
       env: 'FOCUSD_DRAIN_TIMEOUT_MS',

@@ -2,7 +2,7 @@
 export const ingest = {
   ingest: {
     endpoint: {
-      doc: 'ZeroMQ endpoint focusd binds to for incoming tiles (tcp://host:port or ipc://path).',
+      doc: 'ZeroMQ endpoint focusd binds to for incoming tiles (tcp://host:port with port 1..65535, or ipc://path).',
       format: 'zmq-endpoint',
       default: 'tcp://127.0.0.1:5555',
       env: 'FOCUSD_INGEST_ENDPOINT',
@@ -26,6 +26,20 @@ export const ingest = {
       format: 'positive-int',
       default: 40_000_000,
       env: 'FOCUSD_MAX_PIXELS',
+    },
+    curve: {
+      secretKeyFile: {
+        doc: 'File whose first line is the Z85 CURVE secret key (40 characters) of the ingest socket. Set: scanners must connect with CURVE (the matching server public key) and a client key listed in ingest.curve.clientKeysFile; others are refused in the handshake (counted as ingest_handshake_failures). Empty: the systemd credential ingest-curve-secret-key if present, else no CURVE.',
+        format: String,
+        default: '',
+        env: 'FOCUSD_INGEST_CURVE_SECRET_KEY_FILE',
+      },
+      clientKeysFile: {
+        doc: 'File of the scanner public keys allowed to connect with CURVE: Z85, one per line; a line starting with # is a comment. Required with a secret key. Empty: the systemd credential ingest-curve-clients.',
+        format: String,
+        default: '',
+        env: 'FOCUSD_INGEST_CURVE_CLIENT_KEYS_FILE',
+      },
     },
     highWaterMark: {
       doc: 'ZeroMQ receive high-water mark (messages). With overflow=backpressure a full queue stops reading, this buffer fills and the sender blocks.',

@@ -54,7 +54,7 @@ export const mqtt = {
       },
     },
     baseTopic: {
-      doc: 'Prefix of every topic. Empty: focusd/<scanner.id>.',
+      doc: 'Prefix of every topic. Empty: focusd/<scanner.id>. At most 1024 UTF-8 bytes; no leading $ (broker-reserved), +, #, control characters (NUL, newline), empty levels or leading /.',
       format: String,
       default: '',
       env: 'FOCUSD_MQTT_BASE_TOPIC',

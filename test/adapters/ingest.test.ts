@@ -1,6 +1,9 @@
 // The ingest edge end to end over real ZeroMQ sockets on loopback: sender (TileSender) → ZmqIngest → a sink that
 // really decodes (decodeTile) and answers with a digest of the decoded pixels, so a round trip proves they arrived intact.
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import net from 'node:net';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import sharp from 'sharp';
@@ -387,7 +390,7 @@ describe('ingest behaviour', () => {
   });
 
   it('a frame beyond the hard limit drops only that connection; the ingest keeps serving', async () => {
-    const { sink, ingest, logs, tx } = await setup('pull', 'push');
+    const { ctx, sink, ingest, logs, tx } = await setup('pull', 'push');
     const rogue = new zmq.Push({ linger: 0 });
     rogue.connect(ingest.boundEndpoint!);
     await rogue.send([JSON.stringify(header()), Buffer.alloc(MAX_MESSAGE * 3)]);
@@ -395,11 +398,101 @@ describe('ingest behaviour', () => {
     while (!logs.some((l) => String(l.message).startsWith('ingest peer disconnected')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     rogue.close();
     expect(logs.some((l) => String(l.message).startsWith('ingest peer disconnected'))).toBe(true);
+    // the only trace libzmq leaves is the disconnect: counted (issue 10, note 8)
+    expect(ctx.metrics.ingestDisconnects).toBeGreaterThanOrEqual(1);
     expect(sink.submits).toBe(0);
     const { frames } = rawTile('RGB24', 0, 5);
     await tx.sendFrames(frames);
     const r = await sink.seen.next();
     expect(r.ok && r.header.seq).toBe(5);
+  });
+
+  it('junk connections (not ZMTP) are counted every one and logged once per interval (issue 10, note 8)', async () => {
+    const { ctx, sink, ingest, logs, tx } = await setup('router', 'dealer');
+    const port = Number(ingest.boundEndpoint!.split(':').pop());
+    const n = 40;
+    await Promise.all(
+      [...Array(n).keys()].map(
+        () =>
+          new Promise<void>((resolve) => {
+            const c = net.connect(port, '127.0.0.1', () => c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+            c.on('error', () => resolve());
+            c.on('close', () => resolve());
+            c.setTimeout(3000, () => c.destroy());
+          }),
+      ),
+    );
+    const deadline = Date.now() + 5000;
+    while (ctx.metrics.ingestHandshakeFailures < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(ctx.metrics.ingestHandshakeFailures).toBe(n);
+    const lines = logs.filter((l) => /^ingest peer (protocol error|handshake failed)/.test(String(l.message)));
+    expect(lines).toHaveLength(1);
+    expect(logs.filter((l) => String(l.message).startsWith('ingest peer disconnected')).length).toBeLessThanOrEqual(1);
+    expect(ctx.metrics.snapshot()).toMatchObject({ ingest_handshake_failures: n });
+    // a real sender is still served
+    const { frames } = rawTile('RGB24', 0, 6);
+    const r = await tx.sendFrames(frames);
+    expect(r?.ok).toBe(true);
+    expect(sink.submits).toBe(1);
+  });
+
+  it('CURVE (ingest.curve.*): a listed client key is served; an unlisted key and a plain client are refused in the handshake', async () => {
+    const server = zmq.curveKeyPair();
+    // a key with # in it (a Z85 digit) must not be cut as a comment: draw until one has it
+    let allowed = zmq.curveKeyPair();
+    while (!allowed.publicKey.includes('#')) allowed = zmq.curveKeyPair();
+    const stranger = zmq.curveKeyPair();
+    const dir = mkdtempSync(join(tmpdir(), 'focusd-curve-'));
+    writeFileSync(join(dir, 'secret'), `${server.secretKey}\n`);
+    writeFileSync(join(dir, 'clients'), `# scanners allowed to send tiles\n${allowed.publicKey}\n`);
+    const { ctx, sink, ingest } = await setup('router', 'req', undefined, {
+      'ingest.curve.secretKeyFile': join(dir, 'secret'),
+      'ingest.curve.clientKeysFile': join(dir, 'clients'),
+    });
+    expect(ctx.config.resolved.ingestCurve?.clientKeys).toEqual([allowed.publicKey]);
+    const client = (keys: { publicKey: string; secretKey: string } | null) => {
+      const s = new zmq.Dealer({
+        linger: 0,
+        receiveTimeout: 1500,
+        ...(keys ? { curveServerKey: server.publicKey, curvePublicKey: keys.publicKey, curveSecretKey: keys.secretKey } : {}),
+      });
+      s.connect(ingest.boundEndpoint!);
+      return s;
+    };
+    const ask = async (s: zmq.Dealer, seq: number) => {
+      await s.send([Buffer.alloc(0), ...rawTile('RGB24', 0, seq).frames]);
+      try {
+        const f = await s.receive();
+        return JSON.parse(f[f.length - 1]!.toString()) as TileReply;
+      } catch {
+        return null;
+      } finally {
+        s.close();
+      }
+    };
+    const good = await ask(client(allowed), 1);
+    expect(good?.ok && good.header.seq).toBe(1);
+    const before = ctx.metrics.ingestHandshakeFailures;
+    expect(await ask(client(stranger), 2)).toBeNull();
+    expect(await ask(client(null), 3)).toBeNull();
+    expect(sink.submits).toBe(1);
+    expect(ctx.metrics.ingestHandshakeFailures - before).toBeGreaterThanOrEqual(2);
+  });
+
+  it('CURVE configuration problems are named: a client list without a secret key, malformed keys', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'focusd-curve-'));
+    writeFileSync(join(dir, 'clients'), 'not-a-key\n');
+    writeFileSync(join(dir, 'secret'), 'short\n');
+    expect(() => testContext({ 'ingest.curve.clientKeysFile': join(dir, 'clients') })).toThrow(/ingest\.curve\.secretKeyFile: required/);
+    let msg = '';
+    try {
+      testContext({ 'ingest.curve.clientKeysFile': join(dir, 'clients'), 'ingest.curve.secretKeyFile': join(dir, 'secret') });
+    } catch (err) {
+      msg = (err as Error).message;
+    }
+    expect(msg).toMatch(/ingest\.curve\.secretKeyFile: .* must hold one Z85 key/);
+    expect(msg).toMatch(/ingest\.curve\.clientKeysFile: 1 line\(s\) .* "not-a-key"/);
+    expect(msg).not.toContain('short');
   });
 
   it('binds a wildcard port and reports the real endpoint; a second bind to it fails and stop() after that is safe', async () => {

@@ -1,8 +1,8 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, describeSchema, loadConfig } from '../../config/load.js';
+import { ConfigError, DEFAULT_MODEL_DIR, describeSchema, loadConfig } from '../../config/load.js';
 import { runFocusd } from '../helpers/proc.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'focusd-config-'));
@@ -84,6 +84,40 @@ describe('configuration', () => {
     writeFileSync(join(creds, 'mqtt-password'), 'from-credential\n');
     expect(loadConfig({ env: { FOCUSD_MQTT_URL: 'mqtt://b:1883', CREDENTIALS_DIRECTORY: creds } }).resolved.mqttPassword).toBe('from-credential');
     expect(loadConfig({ env: { STATE_DIRECTORY: '/var/lib/focusd' } }).resolved.stateDir).toBe('/var/lib/focusd');
+  });
+
+  it('refuses values that convict accepts but that break at run time, naming the key (issue 10, defect 6)', () => {
+    const cases: Array<[Record<string, unknown>, RegExp]> = [
+      [{ 'ingest.endpoint': 'tcp://127.0.0.1:99999' }, /^ingest\.endpoint: port 99999/],
+      [{ 'mqtt.url': 'mqtt://127.0.0.1:70000' }, /^mqtt\.url: port "70000" is not 1\.\.65535/],
+      [{ 'mqtt.baseTopic': '$SYS/focusd' }, /^mqtt\.baseTopic: "\$SYS\/focusd" starts with \$/],
+      [{ 'mqtt.baseTopic': 'lab/fo\u0000cusd' }, /^mqtt\.baseTopic: .* contains a control character/],
+      [{ 'mqtt.baseTopic': 'lab/\ud800' }, /^mqtt\.baseTopic: .* is not valid UTF-8/],
+      [{ 'mqtt.baseTopic': 'lab/#' }, /^mqtt\.baseTopic: .* contains \+ or #/],
+      [{ 'mqtt.baseTopic': 'a'.repeat(2000) }, /^mqtt\.baseTopic: .* is 2000 bytes long, at most 1024/],
+      [{ 'shutdown.drainTimeoutMs': 3_000_000_000 }, /^shutdown\.drainTimeoutMs: 3000000000 ms is longer than a timer can wait/],
+      [{ 'shutdown.drainTimeoutMs': 30_000 }, /^shutdown\.drainTimeoutMs: 30000 ms is not below TimeoutStopSec of systemd\/focusd\.service \(30000 ms\)/],
+      [{ 'mqtt.reconnectMs': 2 ** 31 }, /^mqtt\.reconnectMs: .* longer than a timer can wait/],
+      [{ 'mqtt.statsIntervalS': 3_000_000 }, /^mqtt\.statsIntervalS: .* longer than a timer can wait/],
+      [{ 'mqtt.keepaliveS': 70_000 }, /^mqtt\.keepaliveS: 70000 is above the MQTT maximum/],
+      [{ 'controller.limits.deadBandUm': -0.5 }, /^controller\.limits\.deadBandUm: must be >= 0, got -0\.5/],
+      [{ 'controller.drift.hysteresisUm': -1 }, /^controller\.drift\.hysteresisUm: must be >= 0, got -1/],
+    ];
+    for (const [overrides, re] of cases) {
+      const p = problems(() => loadConfig({ env: {}, overrides }));
+      expect(p.some((l) => re.test(l)), `${JSON.stringify(overrides).slice(0, 80)}: ${p.join(' | ')}`).toBe(true);
+    }
+    // the edges that are fine
+    expect(loadConfig({ env: {}, overrides: { 'ingest.endpoint': 'tcp://127.0.0.1:65535', 'mqtt.baseTopic': 'lab/é/focusd', 'controller.limits.deadBandUm': 0 } }).resolved.baseTopic).toBe('lab/é/focusd');
+  });
+
+  it('check-config verifies the model bundle sha256 (issue 10, defect 6)', async () => {
+    const bundle = mkdtempSync(join(tmpdir(), 'focusd-bundle-'));
+    copyFileSync(join(DEFAULT_MODEL_DIR, 'manifest.json'), join(bundle, 'manifest.json'));
+    writeFileSync(join(bundle, 'model.onnx'), 'not the model');
+    const r = await runFocusd(['check-config', '--model', bundle]);
+    expect(r.code, r.stderr).toBe(78);
+    expect(r.stderr).toMatch(/scoring\.model: model bundle .* \/sha256 mismatch: model\.onnx hashes to [0-9a-f]{64}/);
   });
 
   it('check-config exits non-zero and names every problem; accepts the development example', async () => {

@@ -121,3 +121,30 @@ describe('pipeline ordering', () => {
     await p.stop();
   });
 });
+
+describe('pixel size far from the model (issue 10, defect 1)', () => {
+  it('pixel_size_um 1000, 220 and 100 on a raw GRAY8 tile of zeros are invalid_header at once; the next tile scores', async () => {
+    const { d, sub, base } = await start({ 'ingest.pattern': 'router' });
+    const sender = new TileSender({ endpoint: d.ingestEndpoint, pattern: 'req', timeoutMs: 30_000 });
+    sender.connect();
+    try {
+      const zeros = Buffer.alloc(1600 * 1200);
+      const gray = (seq: number, px: number): TileHeader => ({ ...header(seq), width: 1600, height: 1200, pixel_type: 'GRAY8', pixel_size_um: px });
+      for (const [i, px] of [1000, 220, 100].entries()) {
+        const t0 = performance.now();
+        const reply = await sender.send(gray(i, px), zeros);
+        expect(performance.now() - t0).toBeLessThan(2000);
+        expect(reply).toMatchObject({ ok: false, reason: 'invalid_header' });
+        expect((reply as { detail: string }).detail).toContain(`/pixel_size_um`);
+      }
+      const ok = await sender.send(header(10), raw);
+      expect(ok).toMatchObject({ ok: true });
+      expect(d.ctx.metrics.rejected.get('invalid_header')).toBe(3);
+      await until(() => sub.on(`${base}/error`).length === 3, 10_000, 'three error messages');
+      for (const m of sub.on(`${base}/error`)) assertSchema('error', m.json);
+    } finally {
+      await sender.close();
+      await sub.close();
+    }
+  });
+});

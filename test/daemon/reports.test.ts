@@ -87,4 +87,50 @@ describe('nightly drift report', () => {
     const ok = await runFocusd(['report', '--out', out], { FOCUSD_STATE_DIR: dir, FOCUSD_SCORER: 'classical', FOCUSD_SCANNER_ID: 'scanner-a' });
     expect(ok.stderr).not.toMatch(/no tiles of scanner/);
   });
+
+  it('slide ids with newline, |, ESC, NUL and <script> are escaped in Markdown and stripped on the terminal; other scanners are reported (issue 10, defect 7)', async () => {
+    const dir = tempDir('focusd-report-');
+    const now = Date.now();
+    const ctx = makeCtx({ 'store.dir': dir, 'scanner.id': 'scanner-a', 'reports.schedule': '' });
+    const store = new Store(ctx);
+    await store.start(new AbortController().signal);
+    const evil = 'S1\n| fake | 999 |\u001b[2J\u0000<script>alert(1)</script>\u009b31m*x*';
+    for (let i = 0; i < 4; i++) {
+      store.recordTile(outcome({ slide: evil, seq: i, d: 3 }), now - HOUR + i * 1000);
+      store.recordTile(outcome({ scanner: 'scanner-b\u001b[31m', slide: 'b-1', seq: i, d: 0.1 }), now - HOUR + i * 1000);
+    }
+    store.recordTile(outcome({ scanner: 'scanner-c', slide: 'c-1', seq: 9, d: 4 }), now - HOUR);
+    const reporter = new DriftReporter(ctx, store);
+    const files = await reporter.runOnce(now);
+    expect(files).not.toBeNull();
+    const md = readFileSync(files!.markdown, 'utf8');
+    for (const bad of ['\u001b', '\u0000', '\u009b', '<script>', '\n| fake']) expect(md, JSON.stringify(bad)).not.toContain(bad);
+    // one table row for the slide: the pipe is escaped, the newline did not start a row of its own
+    const rows = md.split('\n').filter((l) => l.startsWith('| S1'));
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toContain('S1\ufffd\\| fake \\| 999 \\|\ufffd\\[2J\ufffd&lt;script&gt;alert(1)&lt;/script&gt;\ufffd31m\\*x\\* | 4 |');
+    // tiles of other scanners: per scanner, not mixed into this scanner's slides
+    const r = JSON.parse(readFileSync(files!.json, 'utf8'));
+    expect(r.slides.map((s: { slide: string }) => s.slide)).toEqual([evil]);
+    expect(r.other_scanners).toEqual([
+      { scanner: 'scanner-b\u001b[31m', slides: 1, tiles: 4, with_tissue: 4, out_of_focus: 0 },
+      { scanner: 'scanner-c', slides: 1, tiles: 1, with_tissue: 1, out_of_focus: 1 },
+    ]);
+    expect(md).toContain('## Other scanners');
+    expect(md).toContain('| scanner-b\ufffd\\[31m | 1 | 4 | 4 | 0 |');
+    expect(ctx.logLines().some((l) => l.includes('4 tiles from scanner scanner-b\ufffd[31m'))).toBe(true);
+    await store.stop();
+
+    // the terminal: focusd report prints the Markdown (and --json) with no control character in it
+    const out = tempDir('focusd-report-out-');
+    for (const args of [[], ['--json']]) {
+      const t = await runFocusd(['report', '--out', out, '--scanner-id', 'scanner-a', ...args], { FOCUSD_STATE_DIR: dir, FOCUSD_SCORER: 'classical' });
+      expect(t.code, t.stderr).toBe(0);
+      // eslint-disable-next-line no-control-regex
+      expect(t.stdout.replace(/\n/g, ''), args.join()).not.toMatch(/[\u0000-\u001f\u007f-\u009f]/);
+    }
+    // a report of a quiet period says no other scanner was seen
+    const quiet = await new DriftReporter(ctx, { driftStats: () => [] } as unknown as Store).runOnce(now);
+    expect(readFileSync(quiet!.markdown, 'utf8')).toContain('None: every tile in the period came from this scanner.');
+  });
 });

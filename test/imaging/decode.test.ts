@@ -2,6 +2,7 @@ import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { DecodeError, decodeTile } from '../../imaging/decode.js';
 import { PIXEL_TYPES, type IncomingTile, type TileHeader } from '../../core/types.js';
+import { synthTile } from '../../sim/procedural.js';
 import { bombPng, expectedRgb, header, rawPayload, referenceRgb } from '../helpers/tiles.js';
 
 const W = 37; // odd sizes: no accidental alignment
@@ -170,6 +171,28 @@ describe('decodeTile encoded', () => {
     ] as const) {
       const e = await decodeError(tile({ format }, buf.subarray(0, Math.floor(buf.length * 0.8))));
       expect(e.reason, format).toBe('decode_failed');
+    }
+  });
+
+  it('a corrupt jpeg (stray marker, zeroed run, SOF that claims 6000x6000) is decode_failed, not grey pixels (issue 10, defect 5)', async () => {
+    const t = synthTile({ width: 800, height: 600, seed: 3, kind: 'tissue', defocusUm: 4 });
+    const jpg = await sharp(t.rgb, { raw: { width: 800, height: 600, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+    expect((await decodeTile(tile({ format: 'jpeg' }, jpg), opts)).width).toBe(800);
+    // walk the markers to the frame header (SOF0): height and width follow its length and precision
+    let sof = 2;
+    while (jpg[sof + 1] !== 0xc0) sof += 2 + jpg.readUInt16BE(sof + 2);
+    const lying = Buffer.from(jpg);
+    lying.writeUInt16BE(6000, sof + 5);
+    lying.writeUInt16BE(6000, sof + 7);
+    const entropy = jpg.length - 2000; // well inside the scan data
+    const marker = Buffer.from(jpg);
+    marker[entropy] = 0xff;
+    const zeroed = Buffer.from(jpg);
+    zeroed.fill(0, entropy, entropy + 64);
+    for (const [name, buf] of [['6000x6000 SOF', lying], ['stray 0xff', marker], ['zeroed run', zeroed]] as const) {
+      const e = await decodeError(tile({ format: 'jpeg' }, buf));
+      expect(e.reason, name).toBe('decode_failed');
+      expect(e.message, name).toMatch(/jpeg payload could not be decoded: .*Corrupt JPEG data/);
     }
   });
 

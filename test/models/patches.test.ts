@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { synthTile } from '../../sim/procedural.js';
 import { DefocusOptics } from '../../imaging/optics.js';
 import { detectTissue } from '../../imaging/tissue.js';
-import { axisPositions, type ModelInput, planPatches, planTile } from '../../models/patches.js';
+import { axisPositions, MAX_PATCH_CELLS, type ModelInput, planPatches, planTile } from '../../models/patches.js';
 import { scoringContext } from '../helpers/scoring-ctx.js';
 
 const optics = new DefocusOptics();
@@ -123,5 +123,19 @@ describe('tiles smaller than one patch', () => {
   it('without tissue: no_tissue material, no plan', () => {
     const t = synthTile({ width: 300, height: 400, seed: 46, kind: 'glass' }, optics);
     expect(planTile({ ...t, pixelSizeUm: 0.22 }, SHIPPED, cfg)).toMatchObject({ hasTissue: false, plan: null });
+  });
+});
+
+describe('the patch grid is bounded whatever the header says (issue 10, defect 1)', () => {
+  it('a µm/nm slip in pixel_size_um throws at once instead of building a grid of ~10^10 cells', () => {
+    const t = synthTile({ width: 1600, height: 1200, seed: 47, kind: 'tissue', defocusUm: 3 }, optics);
+    for (const px of [1000, 220, 100]) {
+      const t0 = performance.now();
+      expect(() => planTile({ ...t, pixelSizeUm: px }, SHIPPED, cfg)).toThrow(new RegExp(`more than ${MAX_PATCH_CELLS} cells`));
+      expect(performance.now() - t0, `${px} µm/px`).toBeLessThan(500);
+    }
+    // a grid just inside the bound is still laid out (16 tile px per patch at 4x the model's pixel size)
+    const plan = planPatches(1600, 1200, 1.76, input(64, 0.44), detectTissue(t.rgb, 1600, 1200, cfg.tissue), cfg.patches);
+    expect(plan.rows * plan.cols).toBe(100 * 75);
   });
 });

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { Ajv2020 } from 'ajv/dist/2020.js';
-import { MAX_HEADER_BYTES, parseMessage } from '../../protocol/header.js';
+import { MAX_HEADER_BYTES, MAX_JSON_DEPTH, jsonDepthExceeds, parseMessage, pixelSizeProblem } from '../../protocol/header.js';
 import type { Rejection } from '../../core/types.js';
 import { header } from '../helpers/tiles.js';
 
@@ -79,7 +79,7 @@ describe('parseMessage', () => {
 
     expect(rejectionOf([enc(header({ seq: -1 })), Buffer.alloc(1)]).detail).toContain('/seq must be >= 0');
     expect(rejectionOf([enc(header({ attempt: 1.5 })), Buffer.alloc(1)]).detail).toContain('/attempt must be integer');
-    expect(rejectionOf([enc(header({ pixel_size_um: 0 })), Buffer.alloc(1)]).detail).toContain('/pixel_size_um must be > 0');
+    expect(rejectionOf([enc(header({ pixel_size_um: 0 })), Buffer.alloc(1)]).detail).toContain('/pixel_size_um must be >= 0.01');
     expect(rejectionOf([enc(header({ acquired_at: 'yesterday' })), Buffer.alloc(1)]).detail).toContain('/acquired_at must match format "date-time"');
     expect(rejectionOf([enc(header({ format: 'gif' as 'png' })), Buffer.alloc(1)]).detail).toContain('/format must be one of png, jpeg, tiff, raw');
     expect(rejectionOf([enc({ ...header(), pixel_sise_um: 1 }), Buffer.alloc(1)]).detail).toContain('/pixel_sise_um is not allowed');
@@ -134,6 +134,61 @@ describe('parseMessage', () => {
     const r = rejectionOf([enc(header({ format: 'raw', width: 2000, height: 1000, pixel_type: 'GRAY8' })), Buffer.alloc(10)]);
     expect(r.reason).toBe('too_many_pixels');
     expect(r.detail).toContain('2000000');
+  });
+
+  it('bounds every numeric header field to a plausible range (issue 10, defect 1 and the seq note)', () => {
+    const bad: Array<[Record<string, unknown>, string]> = [
+      [{ pixel_size_um: 1000 }, '/pixel_size_um must be <= 100'],
+      [{ pixel_size_um: 0.001 }, '/pixel_size_um must be >= 0.01'],
+      [{ seq: 2 ** 53 + 2 }, '/seq must be <= 9007199254740991'],
+      [{ seq: 1e300 }, '/seq must be <= 9007199254740991'],
+      [{ attempt: 1e9 }, '/attempt must be <= 10000'],
+      [{ tile: { index: 2 ** 31, row: 0, col: 0 } }, '/tile/index must be <= 2147483647'],
+      [{ tile: { index: 0, row: 1e12, col: 0 } }, '/tile/row must be <= 2147483647'],
+      [{ tile: { index: 0, row: 0, col: 1e12 } }, '/tile/col must be <= 2147483647'],
+      [{ stage_um: { x: 1e7, y: 0, z: 0 } }, '/stage_um/x must be <= 1000000'],
+      [{ stage_um: { x: 0, y: -1e7, z: 0 } }, '/stage_um/y must be >= -1000000'],
+      [{ stage_um: { x: 0, y: 0, z: 1e308 } }, '/stage_um/z must be <= 1000000'],
+      [{ format: 'raw', width: 70000, height: 1, pixel_type: 'GRAY8' }, '/width must be <= 65535'],
+      [{ format: 'raw', width: 1, height: 70000, pixel_type: 'GRAY8' }, '/height must be <= 65535'],
+      [{ format: 'raw', width: 1, height: 1, pixel_type: 'GRAY8', stride: 2 ** 21 }, '/stride must be <= 1048576'],
+    ];
+    for (const [over, msg] of bad) {
+      const r = rejectionOf([enc(header(over)), Buffer.alloc(1)]);
+      expect(r.reason, msg).toBe('invalid_header');
+      expect(r.detail).toContain(msg);
+    }
+    // 1e309 is Infinity after JSON.parse (ajv does not count it as a number)
+    const inf = Buffer.from(JSON.stringify(header()).replace('"x":100.5', '"x":1e309'));
+    expect(rejectionOf([inf, Buffer.alloc(1)]).detail).toContain('/stage_um/x must be');
+    // the largest safe seq passes
+    expect(parseMessage([enc(header({ seq: Number.MAX_SAFE_INTEGER })), Buffer.alloc(1)], limits, 0).ok).toBe(true);
+  });
+
+  it('pixelSizeProblem: within a factor of 4 of the model, else a detail that names the field and the unit', () => {
+    expect(pixelSizeProblem(0.22, 0.22)).toBeNull();
+    expect(pixelSizeProblem(0.88, 0.22)).toBeNull();
+    expect(pixelSizeProblem(0.055, 0.22)).toBeNull();
+    const slip = pixelSizeProblem(220, 0.22)!;
+    expect(slip).toContain('/pixel_size_um 220');
+    expect(slip).toContain('1.00e+3x larger');
+    expect(pixelSizeProblem(0.05, 0.22)).toContain('smaller');
+  });
+
+  it('refuses a header nested deeper than MAX_JSON_DEPTH without parsing it, and does not echo it (defect 3)', () => {
+    for (const depth of [MAX_JSON_DEPTH + 1, 6000, 30000]) {
+      const deep = `{"v":1,"x_deep":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+      const r = rejectionOf([Buffer.from(deep), Buffer.alloc(1)]);
+      expect(r.reason).toBe('invalid_header');
+      expect(r.detail).toContain(`deeper than ${MAX_JSON_DEPTH}`);
+      expect(r.received.header).toBeUndefined();
+      // the rejection (what is replied, published and logged) serialises
+      expect(() => JSON.stringify(r)).not.toThrow();
+    }
+    // brackets inside strings (escaped quotes included) do not count; exactly the limit passes
+    expect(jsonDepthExceeds(Buffer.from(`{"a":"${'['.repeat(100)}\\"${'{'.repeat(100)}"}`), 2)).toBe(false);
+    const atLimit = `${'['.repeat(MAX_JSON_DEPTH - 1)}${']'.repeat(MAX_JSON_DEPTH - 1)}`;
+    expect(parseMessage([enc({ ...header(), x_ok: JSON.parse(atLimit) }), Buffer.alloc(1)], limits, 0).ok).toBe(true);
   });
 
   it('the schema file is valid draft 2020-12 and agrees with parseMessage on a valid header', () => {
