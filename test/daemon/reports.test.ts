@@ -130,7 +130,11 @@ describe('nightly drift report', () => {
       expect(t.stdout.replace(/\n/g, ''), args.join()).not.toMatch(/[\u0000-\u001f\u007f-\u009f]/);
     }
     // a report of a quiet period says no other scanner was seen
-    const quiet = await new DriftReporter(ctx, { driftStats: () => [] } as unknown as Store).runOnce(now);
+    const quietCtx = makeCtx({ 'store.dir': tempDir('focusd-report-quiet-'), 'scanner.id': 'scanner-a', 'reports.schedule': '' });
+    const empty = new Store(quietCtx);
+    await empty.start(new AbortController().signal);
+    const quiet = await new DriftReporter(quietCtx, empty).runOnce(now);
+    await empty.stop();
     expect(readFileSync(quiet!.markdown, 'utf8')).toContain('None: every tile in the period came from this scanner.');
   });
 });
