@@ -44,13 +44,18 @@ export interface InProcessOptions {
  * configured as `config` says otherwise.
  */
 export function inProcessDaemons(o: InProcessOptions): DaemonFactory {
-  return async (): Promise<DaemonHandle> => {
+  return async (run): Promise<DaemonHandle> => {
     const base = loadConfig(o.load);
+    // its own scanner id (MQTT client id, topics, learned state) for the run without feedback: on a shared broker
+    // two daemons with one client id would keep throwing each other off
+    const scannerId = run === 'feedback' ? base.scanner.id : `${base.scanner.id}-nofeedback`;
     const stateDir = mkdtempSync(join(tmpdir(), 'focusd-sim-'));
     const embedded = base.mqtt.url === 'embedded';
     const mqttPort = embedded ? await freePort() : 0;
     const zmqPort = await freePort();
     const overrides: Record<string, unknown> = {
+      'scanner.id': scannerId,
+      ...(run === 'feedback' || !base.mqtt.clientId ? {} : { 'mqtt.clientId': `${base.mqtt.clientId}-nofeedback` }),
       'ingest.endpoint': `tcp://127.0.0.1:${zmqPort}`,
       'ingest.pattern': o.pattern,
       'store.dir': stateDir,

@@ -50,11 +50,17 @@ describe('focusd score', () => {
 });
 
 describe('focusd demo', () => {
-  it('runs the whole loop on the embedded broker and reports every tile', async () => {
-    const r = await runFocusd(['demo', '--width', '640', '--height', '480']);
+  it('runs the closed loop on the embedded broker: obeys focusd\'s commands and prints the yield with and without focusd', async () => {
+    // a small slide: every acquisition is rendered and scored for real
+    const r = await runFocusd(['demo', '--cols', '4', '--rows', '3']);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/summary: 20 tiles — \d+ in focus, \d+ out of focus, \d+ no tissue; \d+ actions/);
-    expect(r.stdout).toMatch(/tile r0c0 seq {2}0 {2}no_tissue/);
-    expect(r.stdout).toMatch(/▶ ACTION (reacquire|z_offset)/);
+    // the first tile at the planned z, its truth beside the daemon's verdict
+    expect(r.stdout).toMatch(/r0c0 #0 z 1500\.00: true defocus [+-]\d+\.\d\d µm → (in_focus|out_of_focus|no_tissue)/);
+    expect(r.stdout).toMatch(/▶ (reacquire|z_offset)/);
+    expect(r.stdout).toMatch(/actions ignored \(no feedback\)\s+1–1\s+\d+ % \(\d+\/12\)/);
+    const m = /without focusd (\d+) %, with focusd (\d+) % \((\d\.\d\d) acquisitions per tile/.exec(r.stdout);
+    expect(m, r.stdout).not.toBeNull();
+    // commands were obeyed: tiles were taken again
+    expect(Number(m![3])).toBeGreaterThan(1);
   });
 });
