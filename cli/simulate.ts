@@ -36,6 +36,7 @@ export interface InProcessOptions {
   /** how the user's configuration is loaded (loadConfig); the factory adds its own ports and state dir. */
   load: { file: string | null; args: string[]; env: NodeJS.ProcessEnv; overrides?: Record<string, unknown> };
   pattern: 'router' | 'pull';
+  /** the daemon's log level (default: its configuration's log.level). */
   logLevel?: string;
 }
 
@@ -49,42 +50,50 @@ export function inProcessDaemons(o: InProcessOptions): DaemonFactory {
     // its own scanner id (MQTT client id, topics, learned state) for the run without feedback: on a shared broker
     // two daemons with one client id would keep throwing each other off
     const scannerId = run === 'feedback' ? base.scanner.id : `${base.scanner.id}-nofeedback`;
-    const stateDir = mkdtempSync(join(tmpdir(), 'focusd-sim-'));
     const embedded = base.mqtt.url === 'embedded';
-    const mqttPort = embedded ? await freePort() : 0;
-    const zmqPort = await freePort();
-    const overrides: Record<string, unknown> = {
-      'scanner.id': scannerId,
-      ...(run === 'feedback' || !base.mqtt.clientId ? {} : { 'mqtt.clientId': `${base.mqtt.clientId}-nofeedback` }),
-      'ingest.endpoint': `tcp://127.0.0.1:${zmqPort}`,
-      'ingest.pattern': o.pattern,
-      'store.dir': stateDir,
-      'reports.schedule': '',
-      'mqtt.statsIntervalS': 0,
-      ...(embedded ? { 'mqtt.embedded.port': mqttPort } : {}),
-    };
-    const config = loadConfig({ ...o.load, overrides: { ...o.load.overrides, ...overrides } });
-    const level = o.logLevel ?? 'warn';
-    const daemon = new Daemon(config, { logger: createLogger({ level, format: 'pretty', stream: process.stderr }), env: {} });
-    try {
-      await daemon.start();
-    } catch (err) {
-      rmSync(stateDir, { recursive: true, force: true });
-      throw err;
-    }
-    const st = daemon.status();
-    return {
-      endpoint: daemon.ingestEndpoint,
-      pattern: o.pattern,
-      mqttUrl: embedded ? `mqtt://127.0.0.1:${mqttPort}` : config.mqtt.url,
-      baseTopic: config.resolved.baseTopic,
-      scanner: config.scanner.id,
-      info: { in_process: true, engine: st.engine, model: st.model, scorer: config.scoring.scorer },
-      stop: async () => {
-        await daemon.stop('simulation finished');
+    const level = o.logLevel ?? base.log.level;
+    // ingest on port 0 (the daemon reports what it bound); the embedded broker needs a port of its own, and a free
+    // port can be taken by another process before the broker binds it: then try again with another
+    for (let tries = 1; ; tries++) {
+      const stateDir = mkdtempSync(join(tmpdir(), 'focusd-sim-'));
+      const mqttPort = embedded ? await freePort() : 0;
+      const overrides: Record<string, unknown> = {
+        'scanner.id': scannerId,
+        ...(run === 'feedback' || !base.mqtt.clientId ? {} : { 'mqtt.clientId': `${base.mqtt.clientId}-nofeedback` }),
+        'ingest.endpoint': 'tcp://127.0.0.1:0',
+        'ingest.pattern': o.pattern,
+        'store.dir': stateDir,
+        'reports.schedule': '',
+        'mqtt.statsIntervalS': 0,
+        ...(embedded ? { 'mqtt.embedded.port': mqttPort } : {}),
+      };
+      const config = loadConfig({ ...o.load, overrides: { ...o.load.overrides, ...overrides } });
+      const daemon = new Daemon(config, { logger: createLogger({ level, format: 'pretty', stream: process.stderr }), env: {} });
+      try {
+        await daemon.start();
+      } catch (err) {
         rmSync(stateDir, { recursive: true, force: true });
-      },
-    };
+        if (embedded && tries < 3 && /EADDRINUSE|address already in use/i.test((err as Error).message)) continue;
+        throw err;
+      }
+      return handle(daemon, config, embedded ? `mqtt://127.0.0.1:${mqttPort}` : config.mqtt.url, stateDir, o.pattern);
+    }
+  };
+}
+
+function handle(daemon: Daemon, config: FocusdConfig, mqttUrl: string, stateDir: string, pattern: 'router' | 'pull'): DaemonHandle {
+  const st = daemon.status();
+  return {
+    endpoint: daemon.ingestEndpoint,
+    pattern,
+    mqttUrl,
+    baseTopic: config.resolved.baseTopic,
+    scanner: config.scanner.id,
+    info: { in_process: true, engine: st.engine, model: st.model, scorer: config.scoring.scorer },
+    stop: async () => {
+      await daemon.stop('simulation finished');
+      rmSync(stateDir, { recursive: true, force: true });
+    },
   };
 }
 
@@ -181,7 +190,11 @@ export async function simulateMain(argv: string[]): Promise<number> {
     throw err;
   }
   const pattern = values.pattern;
-  const daemon = values.endpoint ? externalDaemon(config, values.endpoint, pattern) : inProcessDaemons({ load, pattern });
+  // the daemon's info lines would drown the simulator's; --log-level or a config file says otherwise
+  const quietDaemon = !split.configFile && !split.configArgs.includes('--log-level') && !process.env.FOCUSD_LOG_LEVEL;
+  const daemon = values.endpoint
+    ? externalDaemon(config, values.endpoint, pattern)
+    : inProcessDaemons({ load, pattern, ...(quietDaemon ? { logLevel: 'warn' } : {}) });
   const out = (s: string) => process.stdout.write(s + '\n');
   const reports: SimulationReport[] = [];
   for (const name of instruments) {
