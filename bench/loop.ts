@@ -5,8 +5,9 @@
  *
  *   npm run bench -- --loop                               # 5 instruments x 3 slides of 8x6 tiles
  *   npm run bench -- --loop --loop-instruments matching,mirrored --loop-slides 2
+ *   npm run bench -- --loop --loop-merge a.json,b.json      # one table from runs made one instrument at a time
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { inProcessDaemons } from '../cli/simulate.js';
@@ -75,14 +76,41 @@ export async function loopBench(o: LoopBenchOptions): Promise<void> {
     });
     reports.push(r);
   }
+  writeLoopResults(reports, o, started, Math.round((Date.now() - started.getTime()) / 100) / 10, null);
+}
+
+interface LoopResult {
+  schema: 'focusd/bench-loop/1';
+  started_at: string;
+  time_s: number;
+  machine: Record<string, unknown>;
+  settings: Record<string, unknown>;
+  daemon: Record<string, unknown>;
+  merged_from: string[] | null;
+  runs: SimulationReport[];
+}
+
+/** Re-tables runs written earlier (e.g. one instrument per invocation, to keep each run short on a shared machine). */
+export function mergeLoopResults(files: string[], out: string): void {
+  const parts = files.map((f) => JSON.parse(readFileSync(f, 'utf8')) as LoopResult);
+  const bad = files.filter((_, i) => parts[i]!.schema !== 'focusd/bench-loop/1');
+  if (bad.length) throw new Error(`--loop-merge: not a loop benchmark result: ${bad.join(', ')}`);
+  const first = parts[0]!;
+  const o = { ...(first.settings as unknown as LoopBenchOptions), instruments: parts.flatMap((p) => p.runs.map((r) => r.instrument)).join(','), out };
+  const time = parts.reduce((a, p) => a + p.time_s, 0);
+  writeLoopResults(parts.flatMap((p) => p.runs), o, new Date(first.started_at), Math.round(time * 10) / 10, files);
+}
+
+function writeLoopResults(reports: SimulationReport[], o: LoopBenchOptions, started: Date, timeS: number, mergedFrom: string[] | null): void {
   const d = reports[0]?.with_feedback?.daemon ?? {};
-  const result = {
+  const result: LoopResult = {
     schema: 'focusd/bench-loop/1',
     started_at: started.toISOString(),
-    time_s: Math.round((Date.now() - started.getTime()) / 100) / 10,
+    time_s: timeS,
     machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model ?? '?', mem_gb: Math.round((totalmem() / 2 ** 30) * 100) / 100, node: process.version },
-    settings: { ...o, out: undefined },
+    settings: { ...o, out: undefined } as Record<string, unknown>,
     daemon: { scorer: d.scorer, engine: d.engine, model: d.model },
+    merged_from: mergedFrom,
     runs: reports,
   };
   const stamp = started.toISOString().replace(/[:.]/g, '-');
@@ -92,7 +120,7 @@ Machine: ${result.machine.cpus} CPU (${result.machine.cpu_model}), Node ${result
 Virtual scanner (sim/, \`focusd simulate\`): ${o.slides} slides in a row per instrument on one daemon (in-process, embedded broker, router),
 ${o.cols}x${o.rows} tiles of ${o.width}x${o.height} px (0.22 µm/px), seed ${o.seed}; the same slides without feedback (commands received and ignored).
 Yield: tissue tiles whose final acquisition is within ±1 µm of the true focus. Wrong-way: a re-acquisition (not a probe) or z_offset
-that left the tile further from focus than before. Total ${result.time_s} s.
+that left the tile further from focus than before. Total ${result.time_s} s${mergedFrom ? ` (${mergedFrom.length} invocations, merged)` : ''}.
 
 ${markdownTable(reports)}
 

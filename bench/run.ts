@@ -47,6 +47,7 @@ const { values: args } = parseArgs({
     'loop-seed': { type: 'string', default: '1' },
     'loop-grid': { type: 'string', default: '8x6' },
     'loop-tile': { type: 'string', default: '640x320' },
+    'loop-merge': { type: 'string', default: '' },
     scorer: { type: 'string', default: 'cnn' },
   },
 });
@@ -320,7 +321,11 @@ async function main(): Promise<void> {
   if (args.loop) {
     const [cols, rows] = args['loop-grid']!.split('x').map(Number);
     const [width, height] = args['loop-tile']!.split('x').map(Number);
-    const { loopBench } = await import('./loop.js');
+    const { loopBench, mergeLoopResults } = await import('./loop.js');
+    if (args['loop-merge']) {
+      mergeLoopResults(args['loop-merge'].split(','), args.out!);
+      return;
+    }
     await loopBench({
       instruments: args['loop-instruments']!,
       slides: Number(args['loop-slides']),

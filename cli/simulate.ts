@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -38,6 +38,11 @@ export interface InProcessOptions {
   pattern: 'router' | 'pull';
   /** the daemon's log level (default: its configuration's log.level). */
   logLevel?: string;
+  /**
+   * keep each run's state (SQLite: history, outbox, what the daemon learned) in `<stateDir>/<run>` across daemons
+   * of the factory, e.g. across restarts between slides; default: a fresh temporary dir per daemon, removed at stop.
+   */
+  stateDir?: string;
 }
 
 /**
@@ -55,7 +60,9 @@ export function inProcessDaemons(o: InProcessOptions): DaemonFactory {
     // ingest on port 0 (the daemon reports what it bound); the embedded broker needs a port of its own, and a free
     // port can be taken by another process before the broker binds it: then try again with another
     for (let tries = 1; ; tries++) {
-      const stateDir = mkdtempSync(join(tmpdir(), 'focusd-sim-'));
+      const keep = o.stateDir !== undefined;
+      const stateDir = keep ? join(o.stateDir!, run) : mkdtempSync(join(tmpdir(), 'focusd-sim-'));
+      if (keep) mkdirSync(stateDir, { recursive: true });
       const mqttPort = embedded ? await freePort() : 0;
       const overrides: Record<string, unknown> = {
         'scanner.id': scannerId,
@@ -72,16 +79,16 @@ export function inProcessDaemons(o: InProcessOptions): DaemonFactory {
       try {
         await daemon.start();
       } catch (err) {
-        rmSync(stateDir, { recursive: true, force: true });
+        if (!keep) rmSync(stateDir, { recursive: true, force: true });
         if (embedded && tries < 3 && /EADDRINUSE|address already in use/i.test((err as Error).message)) continue;
         throw err;
       }
-      return handle(daemon, config, embedded ? `mqtt://127.0.0.1:${mqttPort}` : config.mqtt.url, stateDir, o.pattern);
+      return handle(daemon, config, embedded ? `mqtt://127.0.0.1:${mqttPort}` : config.mqtt.url, keep ? null : stateDir, o.pattern);
     }
   };
 }
 
-function handle(daemon: Daemon, config: FocusdConfig, mqttUrl: string, stateDir: string, pattern: 'router' | 'pull'): DaemonHandle {
+function handle(daemon: Daemon, config: FocusdConfig, mqttUrl: string, removeAtStop: string | null, pattern: 'router' | 'pull'): DaemonHandle {
   const st = daemon.status();
   return {
     endpoint: daemon.ingestEndpoint,
@@ -92,7 +99,7 @@ function handle(daemon: Daemon, config: FocusdConfig, mqttUrl: string, stateDir:
     info: { in_process: true, engine: st.engine, model: st.model, scorer: config.scoring.scorer },
     stop: async () => {
       await daemon.stop('simulation finished');
-      rmSync(stateDir, { recursive: true, force: true });
+      if (removeAtStop) rmSync(removeAtStop, { recursive: true, force: true });
     },
   };
 }
@@ -199,21 +206,27 @@ export async function simulateMain(argv: string[]): Promise<number> {
   const reports: SimulationReport[] = [];
   for (const name of instruments) {
     out(`instrument ${name}: ${ints.slides} slides of ${ints.cols}x${ints.rows} tiles (${ints.width}x${ints.height} px), seed ${ints.seed}, ${pattern}`);
-    const r = await runSimulation({
-      instrument: name,
-      slides: ints.slides!,
-      seed: ints.seed!,
-      cols: ints.cols,
-      rows: ints.rows,
-      width: ints.width,
-      height: ints.height,
-      toleranceUm: config.decision.toleranceUm,
-      runs: values['no-feedback'] ? ['no_feedback'] : values['feedback-only'] ? ['feedback'] : ['no_feedback', 'feedback'],
-      daemon,
-      onSlide: (run, s) => out(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
-      onEvent: values.verbose ? (run, e) => out(eventLine(run, e)) : undefined,
-    });
-    reports.push(r);
+    try {
+      reports.push(
+        await runSimulation({
+          instrument: name,
+          slides: ints.slides!,
+          seed: ints.seed!,
+          cols: ints.cols,
+          rows: ints.rows,
+          width: ints.width,
+          height: ints.height,
+          toleranceUm: config.decision.toleranceUm,
+          runs: values['no-feedback'] ? ['no_feedback'] : values['feedback-only'] ? ['feedback'] : ['no_feedback', 'feedback'],
+          daemon,
+          onSlide: (run, s) => out(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
+          onEvent: values.verbose ? (run, e) => out(eventLine(run, e)) : undefined,
+        }),
+      );
+    } catch (err) {
+      process.stderr.write(`focusd simulate: instrument ${name}: ${(err as Error).stack ?? String(err)}\n`);
+      return 1;
+    }
   }
   out('');
   out(textTable(reports));

@@ -49,6 +49,21 @@ describe('focusd score', () => {
   });
 });
 
+describe('focusd simulate', () => {
+  it('prints its usage and rejects bad options with exit 64, naming the option', async () => {
+    const help = await runFocusd(['simulate', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/--instrument NAME\s+matching\|mirrored\|sa-reversed\|colour-reversed\|none\|all/);
+    const bogus = await runFocusd(['simulate', '--instrument', 'bogus']);
+    expect(bogus.code).toBe(64);
+    expect(bogus.stderr).toMatch(/--instrument: "bogus" is not one of matching, mirrored/);
+    const slides = await runFocusd(['simulate', '--slides', '0']);
+    expect(slides.code).toBe(64);
+    expect(slides.stderr).toMatch(/--slides: "0" is not a positive integer/);
+    expect((await runFocusd(['simulate', '--pattern', 'pub'])).code).toBe(64);
+  });
+});
+
 describe('focusd demo', () => {
   it('runs the closed loop on the embedded broker: obeys focusd\'s commands and prints the yield with and without focusd', async () => {
     // a small slide of one-patch tiles: every acquisition is rendered and scored for real
