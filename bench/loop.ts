@@ -90,6 +90,11 @@ interface LoopResult {
   runs: SimulationReport[];
 }
 
+function withoutTileDetail(r: SimulationReport): SimulationReport {
+  const strip = (run: SimulationReport['with_feedback']) => (run ? { ...run, slides: run.slides.map((s) => ({ ...s, tiles_detail: [] })) } : null);
+  return { ...r, with_feedback: strip(r.with_feedback), without_feedback: strip(r.without_feedback) };
+}
+
 /** Re-tables runs written earlier (e.g. one instrument per invocation, to keep each run short on a shared machine). */
 export function mergeLoopResults(files: string[], out: string): void {
   const parts = files.map((f) => JSON.parse(readFileSync(f, 'utf8')) as LoopResult);
@@ -111,7 +116,8 @@ function writeLoopResults(reports: SimulationReport[], o: LoopBenchOptions, star
     settings: { ...o, out: undefined } as Record<string, unknown>,
     daemon: { scorer: d.scorer, engine: d.engine, model: d.model },
     merged_from: mergedFrom,
-    runs: reports,
+    // per-tile details stay out of the results folder (focusd simulate --json writes them); moves stay in
+    runs: reports.map((r) => withoutTileDetail(r)),
   };
   const stamp = started.toISOString().replace(/[:.]/g, '-');
   const md = `# focusd closed-loop benchmark (${stamp})

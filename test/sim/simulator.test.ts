@@ -1,5 +1,9 @@
 // The closed-loop virtual scanner (sim/): its optics and focus surface, then against the real daemon (in-process,
 // real ZeroMQ, the real Mosquitto of MOSQUITTO_URL): actions ignored, actions obeyed, and wrong-way moves counted.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { describe, expect, it } from 'vitest';
 import { inProcessDaemons } from '../../cli/simulate.js';
@@ -183,6 +187,40 @@ describe('closed loop against the real daemon', () => {
       expect(Math.abs(det[right!.index]!.final_defocus_um)).toBeLessThan(0.2);
     } finally {
       await script.endAsync();
+    }
+  });
+
+  it('router, restart between slides: each slide gets a new daemon on the same state, which holds both slides', async () => {
+    const scanner = uniqueId('sim');
+    const stateDir = mkdtempSync(join(tmpdir(), 'focusd-sim-state-'));
+    const endpoints: string[] = [];
+    const inner = inProcessDaemons({
+      load: { file: null, args: [], env: {}, overrides: { 'scanner.id': scanner, 'mqtt.url': MOSQUITTO_URL, 'log.level': 'error' } },
+      pattern: 'router',
+      stateDir,
+    });
+    const factory: DaemonFactory = async (run) => {
+      const d = await inner(run);
+      endpoints.push(d.endpoint);
+      return d;
+    };
+    try {
+      const r = await runSimulation({
+        instrument: 'none', slides: 2, seed: 9, cols: 2, rows: 2, width: 640, height: 320, daemon: factory, runs: ['feedback'], restartBetweenSlides: true,
+      });
+      expect(endpoints).toHaveLength(2);
+      const slides = r.with_feedback!.slides;
+      expect(slides).toHaveLength(2);
+      expect(r.with_feedback!.daemon).toMatchObject({ restarted_between_slides: true });
+      const db = new Database(join(stateDir, 'feedback', 'focusd.sqlite'), { readonly: true });
+      try {
+        const rows = db.prepare('SELECT slide, COUNT(*) AS n FROM tiles WHERE scanner = ? GROUP BY slide ORDER BY slide').all(scanner) as Array<{ slide: string; n: number }>;
+        expect(rows).toEqual(slides.map((s) => ({ slide: s.slide, n: s.acquisitions })));
+      } finally {
+        db.close();
+      }
+    } finally {
+      rmSync(stateDir, { recursive: true, force: true });
     }
   });
 });
