@@ -26,6 +26,7 @@ without feedback for comparison. By default a daemon is started in-process (embe
   --seed N            slides and tissue are drawn from it (default 1)
   --cols N --rows N   tiles per slide (default 8 x 6)
   --width N --height N  tile size in pixels (default 640 x 320, 0.22 µm/px)
+  --restart-between-slides  stop the daemon after every slide and start a new one on the same state (in-process)
   --json FILE         write the full report (per slide, per tile, every move)
   --endpoint URL      scan against a running daemon at this ZeroMQ endpoint instead (its MQTT url, base topic and
                       scanner id are read from --config / the environment / --mqtt-url, as the daemon reads them)
@@ -160,6 +161,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
         json: { type: 'string' },
         endpoint: { type: 'string' },
         verbose: { type: 'boolean', default: false },
+        'restart-between-slides': { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
     }));
@@ -199,9 +201,13 @@ export async function simulateMain(argv: string[]): Promise<number> {
   const pattern = values.pattern;
   // the daemon's info lines would drown the simulator's; --log-level or a config file says otherwise
   const quietDaemon = !split.configFile && !split.configArgs.includes('--log-level') && !process.env.FOCUSD_LOG_LEVEL;
+  const restart = values['restart-between-slides']!;
+  if (restart && values.endpoint) return bad('--restart-between-slides needs the in-process daemon (no --endpoint)');
+  // restarts keep the state (what the daemon learned) in one dir for the whole simulation
+  const stateDir = restart ? mkdtempSync(join(tmpdir(), 'focusd-sim-state-')) : undefined;
   const daemon = values.endpoint
     ? externalDaemon(config, values.endpoint, pattern)
-    : inProcessDaemons({ load, pattern, ...(quietDaemon ? { logLevel: 'warn' } : {}) });
+    : inProcessDaemons({ load, pattern, ...(quietDaemon ? { logLevel: 'warn' } : {}), ...(stateDir ? { stateDir } : {}) });
   const out = (s: string) => process.stdout.write(s + '\n');
   const reports: SimulationReport[] = [];
   for (const name of instruments) {
@@ -219,6 +225,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
           toleranceUm: config.decision.toleranceUm,
           runs: values['no-feedback'] ? ['no_feedback'] : values['feedback-only'] ? ['feedback'] : ['no_feedback', 'feedback'],
           daemon,
+          restartBetweenSlides: restart,
           onSlide: (run, s) => out(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
           onEvent: values.verbose ? (run, e) => out(eventLine(run, e)) : undefined,
         }),
@@ -226,6 +233,9 @@ export async function simulateMain(argv: string[]): Promise<number> {
     } catch (err) {
       process.stderr.write(`focusd simulate: instrument ${name}: ${(err as Error).stack ?? String(err)}\n`);
       return 1;
+    } finally {
+      // every instrument is a new instrument: nothing learned on one may carry to the next
+      if (stateDir) rmSync(stateDir, { recursive: true, force: true });
     }
   }
   out('');
