@@ -91,7 +91,7 @@ interface LoopResult {
 }
 
 function withoutTileDetail(r: SimulationReport): SimulationReport {
-  const strip = (run: SimulationReport['with_feedback']) => (run ? { ...run, slides: run.slides.map((s) => ({ ...s, tiles_detail: [] })) } : null);
+  const strip = (run: SimulationReport['with_feedback']) => (run ? { ...run, slides: run.slides.map((s) => ({ ...s, tiles_detail: [], acquisitions_detail: [] })) } : null);
   return { ...r, with_feedback: strip(r.with_feedback), without_feedback: strip(r.without_feedback) };
 }
 

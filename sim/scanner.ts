@@ -135,6 +135,8 @@ export interface SlideResult extends ScanCounts {
   surface: SurfaceParams;
   tiles_detail: TileDetail[];
   moves: Move[];
+  /** every acquisition in order: truth beside the daemon's verdict and score. */
+  acquisitions_detail: Acquisition[];
 }
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
@@ -344,7 +346,7 @@ export class VirtualScanner {
       tol: o.toleranceUm ?? 1,
       time_s: (performance.now() - t0) / 1000,
     });
-    return { slide: slideId, seed: slide.seed, surface: slide.surface, ...counts, tiles_detail: detail, moves };
+    return { slide: slideId, seed: slide.seed, surface: slide.surface, ...counts, tiles_detail: detail, moves, acquisitions_detail: acqs };
   }
 }
 
