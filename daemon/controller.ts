@@ -676,7 +676,7 @@ function rememberMap<V>(m: Map<string, V>, k: string, v: V): void {
 /** The Component: 'tile:scored' in, 'action' out; refusals by the safety limits are logged as warnings. */
 export interface ControllerDeps {
   /** the store (adapters/store.ts): limits already spent on a slide and the learned sign evidence survive a restart. */
-  store?: { slideLimits: SlideHistory } & EvidenceStore & { recordLoopEvent?(e: LoopEventRow): void; evidenceKeys?(scanner: string): LearnerKey[] };
+  store?: { slideLimits: SlideHistory } & EvidenceStore & { recordLoopEvent?(e: LoopEventRow): void; evidenceKeys?(scanner?: string): LearnerKey[] };
 }
 
 /** One loop event as the store keeps it for the nightly report. */
@@ -703,7 +703,7 @@ export class Controller implements Component {
     this.logic = new FocusController(this.ctx.config.controller, store ? (scanner, slide) => store.slideLimits(scanner, slide) : undefined, store);
     this.off = this.ctx.events.on('tile:scored', (o) => this.handle(o));
     // what this scanner learned before the restart is in status and /metrics from the start
-    for (const k of store?.evidenceKeys?.(this.ctx.config.scanner.id) ?? []) this.logic.learner.state(k);
+    for (const k of store?.evidenceKeys?.() ?? []) this.logic.learner.state(k);
     this.refreshLoop();
   }
 
