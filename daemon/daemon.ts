@@ -77,6 +77,8 @@ export class Daemon {
       engine: this.scorerReady ? this.scorer!.info.engine : null,
       model: this.scorerReady ? { name: this.scorer!.info.name, version: this.scorer!.info.version, sha256: this.scorer!.info.sha256 } : null,
       runtime: { ...this.ctx.runtime },
+      // the feedback loop: learned sign direction and its evidence, wrong-way moves, slides under the stop-loss
+      loop: structuredClone(this.ctx.metrics.loop),
       metrics: this.ctx.metrics.snapshot(),
     };
   }
