@@ -11,7 +11,8 @@ commands:
   check-config  validate a configuration, name every problem  focusd check-config --config FILE [--print] [--schema]
   score         score image files offline, one JSON line each focusd score [--format json|csv] PATH...
   replay        send tiles to a daemon as a scanner would     focusd replay --help
-  demo          daemon + embedded broker + a sample scan      focusd demo
+  demo          daemon + embedded broker + a closed-loop scan focusd demo
+  simulate      virtual scanner obeying the daemon's commands focusd simulate --help
   calibrate     fit the model to this instrument's focus stack focusd calibrate STACK_DIR --out DIR
   report        drift report of the tile history on demand    focusd report [--from ISO] [--to ISO] [--out DIR]
 
@@ -28,6 +29,7 @@ const commands: Record<string, Command> = {
   report: reportMain,
   replay: async (argv) => (await import('./replay.js')).replayMain(argv),
   calibrate: async (argv) => (await import('./calibrate.js')).calibrateMain(argv),
+  simulate: async (argv) => (await import('./simulate.js')).simulateMain(argv),
 };
 
 export async function main(argv: string[]): Promise<number> {

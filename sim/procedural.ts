@@ -306,14 +306,27 @@ export function srgbToLinear(v8: number): number {
   return v <= 0.04045 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
 }
 
-/** Renders one tile. Pass a DefocusOptics to reuse its kernel cache across tiles. */
-export function synthTile(opts: SynthOptions, optics: DefocusOptics = new DefocusOptics()): SynthTile {
+/** A tile's scene in linear-light transmittance per channel, before any blur: the same at every defocus. */
+export interface SynthScene {
+  width: number;
+  height: number;
+  seed: number;
+  kind: SynthKind;
+  pixelSizeUm: number;
+  trans: [Float32Array, Float32Array, Float32Array];
+  truthTissueFraction: number;
+}
+
+/**
+ * The scene of a tile (stains, Beer-Lambert), without optics or sensor. The costly half of synthTile that does not
+ * depend on z: a virtual scanner that takes one tile at several z renders it once (sim/render.ts).
+ */
+export function synthScene(opts: Pick<SynthOptions, 'width' | 'height' | 'seed' | 'kind' | 'pixelSizeUm'>): SynthScene {
   const w = opts.width;
   const h = opts.height;
   if (!Number.isInteger(w) || !Number.isInteger(h) || w < 8 || h < 8) throw new Error(`synthTile: bad size ${w}x${h}`);
   const kind = opts.kind ?? 'tissue';
   const px = opts.pixelSizeUm ?? 0.22;
-  const z0 = opts.defocusUm ?? 0;
   const n = w * h;
   const scene = renderScene({ width: w, height: h, seed: opts.seed, kind, pixelSizeUm: px });
   // transmittance planes in linear light
@@ -322,6 +335,23 @@ export function synthTile(opts: SynthOptions, optics: DefocusOptics = new Defocu
     for (let i = 0; i < n; i++) t[i] = Math.exp(-2.302585 * p[i]!);
     return t;
   }) as [Float32Array, Float32Array, Float32Array];
+  return { width: w, height: h, seed: opts.seed, kind, pixelSizeUm: px, trans, truthTissueFraction: scene.truthTissue };
+}
+
+/** Renders one tile. Pass a DefocusOptics to reuse its kernel cache across tiles. */
+export function synthTile(opts: SynthOptions, optics: DefocusOptics = new DefocusOptics()): SynthTile {
+  return imageScene(synthScene(opts), opts, optics);
+}
+
+/** Images a scene at a defocus (optionally tilted or half blurred) through the optics, with illumination and sensor noise. */
+export function imageScene(
+  scene: SynthScene,
+  opts: Pick<SynthOptions, 'defocusUm' | 'tilt' | 'halfDefocus' | 'noise'>,
+  optics: DefocusOptics = new DefocusOptics(),
+): SynthTile {
+  const { width: w, height: h, pixelSizeUm: px, trans } = scene;
+  const z0 = opts.defocusUm ?? 0;
+  const n = w * h;
 
   // z field: constant, tilted or half-and-half
   const zAt = (x: number, y: number): number => {
@@ -367,7 +397,7 @@ export function synthTile(opts: SynthOptions, optics: DefocusOptics = new Defocu
   }
 
   // illumination: glass ≈ 240-250 in sRGB, slight white-balance tint and a gentle gradient/vignette
-  const rnd = rng32(opts.seed ^ 0x51ed270b);
+  const rnd = rng32(scene.seed ^ 0x51ed270b);
   const level = 0.86 + rnd() * 0.06; // linear; sRGB ≈ 239..249
   const tint = [0.985 + rnd() * 0.015, 1, 0.975 + rnd() * 0.02];
   const gx = (rnd() - 0.5) * 0.05, gy = (rnd() - 0.5) * 0.05;
@@ -383,7 +413,7 @@ export function synthTile(opts: SynthOptions, optics: DefocusOptics = new Defocu
     normals[i] = r * Math.cos(2 * Math.PI * u2);
     normals[i + 1] = r * Math.sin(2 * Math.PI * u2);
   }
-  let xs = (opts.seed * 2654435761) >>> 0 || 1;
+  let xs = (scene.seed * 2654435761) >>> 0 || 1;
   const lut = srgbTable();
   const LN = lut.length - 1;
   const rgb = Buffer.allocUnsafe(n * 3);
@@ -405,7 +435,7 @@ export function synthTile(opts: SynthOptions, optics: DefocusOptics = new Defocu
       }
     }
   }
-  return { rgb, width: w, height: h, truthTissueFraction: scene.truthTissue };
+  return { rgb, width: w, height: h, truthTissueFraction: scene.truthTissueFraction };
 }
 
 /** PNG of a synthetic tile (fast compression; tests and the demo send these over the wire). */

@@ -1,0 +1,207 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig, type FocusdConfig } from '../config/load.js';
+import { createLogger } from '../core/logger.js';
+import { freePort } from '../core/net.js';
+import { Daemon } from '../daemon/daemon.js';
+import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instruments.js';
+import { textTable, slideLine } from '../sim/report.js';
+import { runSimulation, type DaemonFactory, type DaemonHandle, type SimulationReport } from '../sim/run.js';
+import type { ScanEvent } from '../sim/scanner.js';
+import { splitConfigArgs } from './args.js';
+
+const USAGE = `usage: focusd simulate [options]
+
+A virtual scanner in front of focusd: procedural slides with a true focus surface (tilt, curvature, drift,
+isolated blurs) scanned tile by tile over ZeroMQ; the daemon's MQTT commands are obeyed; the same scan is run
+without feedback for comparison. By default a daemon is started in-process (embedded MQTT broker).
+
+  --instrument NAME   ${INSTRUMENTS.join('|')}|all   (default matching)
+  --slides N          slides in a row on the same daemon (default 3)
+  --pattern P         router|pull (default router)
+  --no-feedback       only the scan without feedback
+  --feedback-only     only the scan with feedback
+  --seed N            slides and tissue are drawn from it (default 1)
+  --cols N --rows N   tiles per slide (default 8 x 6)
+  --width N --height N  tile size in pixels (default 640 x 320, 0.22 µm/px)
+  --json FILE         write the full report (per slide, per tile, every move)
+  --endpoint URL      scan against a running daemon at this ZeroMQ endpoint instead (its MQTT url, base topic and
+                      scanner id are read from --config / the environment / --mqtt-url, as the daemon reads them)
+  --verbose           one line per acquisition and per command
+  --config FILE, --scorer, --model, --tolerance-um, --dry-run, ...  the daemon's configuration (focusd check-config --schema)`;
+
+export interface InProcessOptions {
+  /** how the user's configuration is loaded (loadConfig); the factory adds its own ports and state dir. */
+  load: { file: string | null; args: string[]; env: NodeJS.ProcessEnv; overrides?: Record<string, unknown> };
+  pattern: 'router' | 'pull';
+  logLevel?: string;
+}
+
+/**
+ * Starts a fresh daemon per run (its own state dir and ports; the embedded broker when mqtt.url is `embedded`),
+ * configured as `config` says otherwise.
+ */
+export function inProcessDaemons(o: InProcessOptions): DaemonFactory {
+  return async (): Promise<DaemonHandle> => {
+    const base = loadConfig(o.load);
+    const stateDir = mkdtempSync(join(tmpdir(), 'focusd-sim-'));
+    const embedded = base.mqtt.url === 'embedded';
+    const mqttPort = embedded ? await freePort() : 0;
+    const zmqPort = await freePort();
+    const overrides: Record<string, unknown> = {
+      'ingest.endpoint': `tcp://127.0.0.1:${zmqPort}`,
+      'ingest.pattern': o.pattern,
+      'store.dir': stateDir,
+      'reports.schedule': '',
+      'mqtt.statsIntervalS': 0,
+      ...(embedded ? { 'mqtt.embedded.port': mqttPort } : {}),
+    };
+    const config = loadConfig({ ...o.load, overrides: { ...o.load.overrides, ...overrides } });
+    const level = o.logLevel ?? 'warn';
+    const daemon = new Daemon(config, { logger: createLogger({ level, format: 'pretty', stream: process.stderr }), env: {} });
+    try {
+      await daemon.start();
+    } catch (err) {
+      rmSync(stateDir, { recursive: true, force: true });
+      throw err;
+    }
+    const st = daemon.status();
+    return {
+      endpoint: daemon.ingestEndpoint,
+      pattern: o.pattern,
+      mqttUrl: embedded ? `mqtt://127.0.0.1:${mqttPort}` : config.mqtt.url,
+      baseTopic: config.resolved.baseTopic,
+      scanner: config.scanner.id,
+      info: { in_process: true, engine: st.engine, model: st.model, scorer: config.scoring.scorer },
+      stop: async () => {
+        await daemon.stop('simulation finished');
+        rmSync(stateDir, { recursive: true, force: true });
+      },
+    };
+  };
+}
+
+/** An external daemon: the same one for both runs; the run without feedback uses its own scanner id. */
+export function externalDaemon(config: FocusdConfig, endpoint: string, pattern: 'router' | 'pull'): DaemonFactory {
+  return async (run) => ({
+    endpoint,
+    pattern,
+    mqttUrl: config.mqtt.url === 'embedded' ? `mqtt://127.0.0.1:${config.mqtt.embedded.port}` : config.mqtt.url,
+    baseTopic: config.resolved.baseTopic,
+    // the daemon keeps what it learns per scanner: the scan without feedback must not teach the other one
+    scanner: run === 'feedback' ? config.scanner.id : `${config.scanner.id}-nofeedback`,
+    info: { in_process: false },
+    stop: async () => undefined,
+  });
+}
+
+const fmt = (v: number | null | undefined) => (v === null || v === undefined ? '   –  ' : `${v >= 0 ? '+' : ''}${v.toFixed(2)}`);
+
+/** One line per acquisition / command (--verbose, and the demo). */
+export function eventLine(run: string, e: ScanEvent): string {
+  if (e.type === 'acquisition') {
+    const a = e.acq;
+    return (
+      `    ${run === 'feedback' ? '' : '[no feedback] '}r${e.tile.row}c${e.tile.col} #${a.attempt}${a.probe ? ' probe' : ''} z ${a.z_um.toFixed(2)}: ` +
+      `true defocus ${fmt(a.defocus_um)} µm → ${String(a.verdict).padEnd(12)} scored ${fmt(a.scored_defocus_um)} µm (sign conf ${a.sign_confidence ?? '–'})`
+    );
+  }
+  const a = e.action;
+  return `    ${e.executed ? '▶' : '·'} ${a.type}${a.probe ? ' (probe)' : ''} tile ${a.tile.index}: ${e.note} — ${a.reason}`;
+}
+
+/** `focusd simulate`. */
+export async function simulateMain(argv: string[]): Promise<number> {
+  let split;
+  try {
+    split = splitConfigArgs(argv);
+  } catch (err) {
+    process.stderr.write(`focusd simulate: ${(err as Error).message}\n`);
+    return 64;
+  }
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: split.rest,
+      options: {
+        instrument: { type: 'string', default: 'matching' },
+        slides: { type: 'string', default: '3' },
+        pattern: { type: 'string', default: 'router' },
+        'no-feedback': { type: 'boolean', default: false },
+        'feedback-only': { type: 'boolean', default: false },
+        seed: { type: 'string', default: '1' },
+        cols: { type: 'string', default: '8' },
+        rows: { type: 'string', default: '6' },
+        width: { type: 'string', default: '640' },
+        height: { type: 'string', default: '320' },
+        json: { type: 'string' },
+        endpoint: { type: 'string' },
+        verbose: { type: 'boolean', default: false },
+        help: { type: 'boolean', default: false },
+      },
+    }));
+  } catch (err) {
+    process.stderr.write(`focusd simulate: ${(err as Error).message}\n\n${USAGE}\n`);
+    return 64;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  const bad = (msg: string) => {
+    process.stderr.write(`focusd simulate: ${msg}\n`);
+    return 64;
+  };
+  const instruments: InstrumentName[] = values.instrument === 'all' ? [...INSTRUMENTS] : isInstrument(values.instrument!) ? [values.instrument] : [];
+  if (!instruments.length) return bad(`--instrument: "${values.instrument}" is not one of ${INSTRUMENTS.join(', ')}, all`);
+  if (values.pattern !== 'router' && values.pattern !== 'pull') return bad(`--pattern: "${values.pattern}" is not router or pull`);
+  const ints: Record<string, number> = {};
+  for (const k of ['slides', 'seed', 'cols', 'rows', 'width', 'height'] as const) {
+    const n = Number(values[k]);
+    if (!Number.isInteger(n) || n < (k === 'seed' ? 0 : 1)) return bad(`--${k}: "${values[k]}" is not a ${k === 'seed' ? 'non-negative' : 'positive'} integer`);
+    ints[k] = n;
+  }
+  if (values['no-feedback'] && values['feedback-only']) return bad('--no-feedback and --feedback-only exclude each other');
+  let config: FocusdConfig;
+  const load = { file: split.configFile, args: split.configArgs, env: process.env };
+  try {
+    config = loadConfig(load);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`focusd simulate: ${err.message}\n`);
+      return 78;
+    }
+    throw err;
+  }
+  const pattern = values.pattern;
+  const daemon = values.endpoint ? externalDaemon(config, values.endpoint, pattern) : inProcessDaemons({ load, pattern });
+  const out = (s: string) => process.stdout.write(s + '\n');
+  const reports: SimulationReport[] = [];
+  for (const name of instruments) {
+    out(`instrument ${name}: ${ints.slides} slides of ${ints.cols}x${ints.rows} tiles (${ints.width}x${ints.height} px), seed ${ints.seed}, ${pattern}`);
+    const r = await runSimulation({
+      instrument: name,
+      slides: ints.slides!,
+      seed: ints.seed!,
+      cols: ints.cols,
+      rows: ints.rows,
+      width: ints.width,
+      height: ints.height,
+      toleranceUm: config.decision.toleranceUm,
+      runs: values['no-feedback'] ? ['no_feedback'] : values['feedback-only'] ? ['feedback'] : ['no_feedback', 'feedback'],
+      daemon,
+      onSlide: (run, s) => out(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
+      onEvent: values.verbose ? (run, e) => out(eventLine(run, e)) : undefined,
+    });
+    reports.push(r);
+  }
+  out('');
+  out(textTable(reports));
+  if (values.json) {
+    writeFileSync(values.json, JSON.stringify({ schema: 'focusd/simulation-runs/1', argv, runs: reports }, null, 2) + '\n');
+    out(`\nwrote ${values.json}`);
+  }
+  return 0;
+}

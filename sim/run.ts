@@ -1,0 +1,176 @@
+/**
+ * Scenario runner of the virtual scanner: one instrument, N slides in a row on the same daemon (what it learns
+ * on one slide it keeps for the next), once with feedback (commands obeyed) and once without (the same slides,
+ * the same commands received and ignored: what the scan would be without focusd), each run on its own daemon.
+ * The daemon comes from a factory, so this folder never imports daemon/ (cli/simulate.ts starts one in-process,
+ * tests start theirs, or the factory hands back an external one).
+ */
+import { DEFAULT_FEED_TIMINGS, MqttFeed, type FeedTimings } from './feed.js';
+import { instrument, instrumentOptics, type InstrumentName } from './instruments.js';
+import { TileRenderer } from './render.js';
+import { totalOf, VirtualScanner, type ScanCounts, type ScanEvent, type SlideResult } from './scanner.js';
+import { VirtualSlide } from './slide.js';
+
+export type RunKind = 'feedback' | 'no_feedback';
+
+/** A daemon to scan against. */
+export interface DaemonHandle {
+  /** ZeroMQ endpoint the daemon's ingest is bound to. */
+  endpoint: string;
+  pattern: 'router' | 'pull';
+  mqttUrl: string;
+  baseTopic: string;
+  /** scanner id the tiles carry (the daemon keeps its per-instrument state under it). */
+  scanner: string;
+  /** what the report says about it (engine, model, ...). */
+  info?: Record<string, unknown>;
+  stop(): Promise<void>;
+}
+
+export type DaemonFactory = (run: RunKind) => Promise<DaemonHandle>;
+
+export interface SimulationOptions {
+  instrument: InstrumentName;
+  slides: number;
+  seed: number;
+  /** which runs: both (default), only with feedback, only without. */
+  runs?: RunKind[];
+  daemon: DaemonFactory;
+  cols?: number;
+  rows?: number;
+  width?: number;
+  height?: number;
+  toleranceUm?: number;
+  timings?: Partial<FeedTimings>;
+  /** makes the slide ids new to a daemon that already saw a run (default: time-based). */
+  tag?: string;
+  onEvent?: (run: RunKind, e: ScanEvent) => void;
+  onSlide?: (run: RunKind, r: SlideResult) => void;
+  /** shared between runs so the scan without feedback and the first pass with it render each image once. */
+  renderer?: TileRenderer;
+}
+
+export interface RunReport {
+  feedback: boolean;
+  daemon: Record<string, unknown>;
+  slides: SlideResult[];
+  total: ScanCounts;
+  /** slides after the first: what the daemon does once it has seen this instrument. */
+  after_first: ScanCounts | null;
+}
+
+export interface SimulationReport {
+  schema: 'focusd/simulation/1';
+  instrument: InstrumentName;
+  instrument_description: string;
+  pattern: 'router' | 'pull';
+  seed: number;
+  grid: { cols: number; rows: number };
+  tile: { width: number; height: number; pixel_size_um: number };
+  tolerance_um: number;
+  started_at: string;
+  time_s: number;
+  render: { renders: number; cache_hits: number; render_s: number };
+  with_feedback: RunReport | null;
+  without_feedback: RunReport | null;
+}
+
+/** Seed of the i-th slide of a simulation. */
+export function slideSeed(seed: number, i: number): number {
+  return seed * 1000 + i + 1;
+}
+
+export async function runSimulation(o: SimulationOptions): Promise<SimulationReport> {
+  const started = new Date();
+  const t0 = performance.now();
+  const cols = o.cols ?? 8;
+  const rows = o.rows ?? 6;
+  const width = o.width ?? 640;
+  const height = o.height ?? 320;
+  const tol = o.toleranceUm ?? 1;
+  const runs = o.runs ?? ['no_feedback', 'feedback'];
+  const tag = o.tag ?? Date.now().toString(36);
+  const renderer = o.renderer ?? new TileRenderer(instrumentOptics(o.instrument), cols * rows);
+  const timings: FeedTimings = { ...DEFAULT_FEED_TIMINGS, ...o.timings };
+  const slides = Array.from({ length: o.slides }, (_, i) => new VirtualSlide({ seed: slideSeed(o.seed, i), cols, rows, width, height }));
+  const report: SimulationReport = {
+    schema: 'focusd/simulation/1',
+    instrument: o.instrument,
+    instrument_description: instrument(o.instrument).description,
+    pattern: 'router',
+    seed: o.seed,
+    grid: { cols, rows },
+    tile: { width, height, pixel_size_um: slides[0]?.pixelSizeUm ?? 0.22 },
+    tolerance_um: tol,
+    started_at: started.toISOString(),
+    time_s: 0,
+    render: { renders: 0, cache_hits: 0, render_s: 0 },
+    with_feedback: null,
+    without_feedback: null,
+  };
+  interface Side {
+    run: RunKind;
+    daemon: DaemonHandle;
+    feed: MqttFeed;
+    scanner: VirtualScanner;
+    results: SlideResult[];
+  }
+  const sides: Side[] = [];
+  try {
+    // without feedback first: its images are the first pass of the run with feedback until the first correction
+    for (const run of (['no_feedback', 'feedback'] as const).filter((r) => runs.includes(r))) {
+      const d = await o.daemon(run);
+      const feed = new MqttFeed({ url: d.mqttUrl, baseTopic: d.baseTopic, scanner: d.scanner }, timings);
+      const scanner = new VirtualScanner({
+        endpoint: d.endpoint,
+        pattern: d.pattern,
+        scanner: d.scanner,
+        feedback: run === 'feedback',
+        feed,
+        renderer,
+        toleranceUm: tol,
+        onEvent: o.onEvent ? (e) => o.onEvent!(run, e) : undefined,
+      });
+      sides.push({ run, daemon: d, feed, scanner, results: [] });
+      report.pattern = d.pattern;
+      await feed.start();
+      scanner.start();
+    }
+    // slide by slide, both runs: the renderer's caches hold one slide
+    for (const [i, slide] of slides.entries()) {
+      for (const s of sides) {
+        const r = await s.scanner.scanSlide(slide, `sim-${o.seed}-${i + 1}-${tag}-${s.run === 'feedback' ? 'fb' : 'nofb'}`);
+        s.results.push(r);
+        o.onSlide?.(s.run, r);
+      }
+    }
+  } finally {
+    // stop everything even when one part fails to stop; the first failure is rethrown
+    const failures: unknown[] = [];
+    for (const s of sides) {
+      for (const stop of [() => s.scanner.stop(), () => s.feed.stop(), () => s.daemon.stop()]) {
+        try {
+          await stop();
+        } catch (err) {
+          failures.push(err);
+        }
+      }
+    }
+    if (failures.length) throw failures[0];
+  }
+  for (const s of sides) {
+    const d = s.daemon;
+    const rr: RunReport = {
+      feedback: s.run === 'feedback',
+      daemon: { endpoint: d.endpoint, pattern: d.pattern, mqtt: d.mqttUrl, base_topic: d.baseTopic, scanner: d.scanner, ...d.info },
+      slides: s.results,
+      total: totalOf(s.results),
+      after_first: s.results.length > 1 ? totalOf(s.results.slice(1)) : null,
+    };
+    if (s.run === 'feedback') report.with_feedback = rr;
+    else report.without_feedback = rr;
+  }
+  report.render = { renders: renderer.renders, cache_hits: renderer.hits, render_s: Math.round(renderer.renderMs / 10) / 100 };
+  report.time_s = Math.round((performance.now() - t0) / 10) / 100;
+  return report;
+}
