@@ -21,7 +21,7 @@ export interface RuntimeView {
   dryRun: boolean;
 }
 
-export type Rule = 'isolated' | 'probe' | 'probe_result' | 'retry' | 'wrong_way' | 'drift' | 'tilt' | 'revert';
+export type Rule = 'isolated' | 'probe' | 'probe_result' | 'retry' | 'wrong_way' | 'restore' | 'drift' | 'tilt' | 'revert';
 
 export interface WhyTile {
   seq: number;
@@ -101,8 +101,12 @@ interface Move {
   modelSign: 1 | -1 | 0;
   conf: number | null;
   key: LearnerKey;
-  /** a move that already undoes a wrong one: no further correction after it. */
+  /** a move that already undoes a wrong one: no further correction after it (a restore to the best z at most). */
   corrective: boolean;
+  /** a worse outcome proves the assumed sign wrong (false when both directions were already tried). */
+  evidenceIfWorse: boolean;
+  /** stage z and |d| of the tile's best acquisition so far (restore target). */
+  bestZ: number;
 }
 
 /** A z_offset waiting for the tiles after it. */
@@ -135,8 +139,10 @@ interface SlideState {
   seen: Set<string>;
   predictions: Map<string, SurfacePrediction | null>;
   moves: Map<number, Move>;
-  /** lowest |defocus| seen per tile (any acquisition). */
-  best: Map<number, number>;
+  /** lowest |defocus| seen per tile (any acquisition) and the stage z it was seen at. */
+  best: Map<number, { abs: number; z: number }>;
+  /** tiles already sent back to their best z. */
+  restored: Set<number>;
   zEval: ZEval | null;
   wrongWay: number;
   /** first-acquisition tissue tiles so far. */
@@ -213,7 +219,7 @@ export class FocusController {
     const { x, y, z } = h.stage_um;
     const ctx: DecideCtx = { o, st, now, rt, out, pred, d, lkey, modelSign };
     const prevBest = st.best.get(h.tile.index);
-    st.best.set(h.tile.index, prevBest === undefined ? absD : Math.min(prevBest, absD));
+    if (prevBest === undefined || absD < prevBest.abs) st.best.set(h.tile.index, { abs: absD, z });
 
     if (h.attempt > 0) {
       const probe = st.probes.get(h.tile.index);
@@ -222,10 +228,13 @@ export class FocusController {
         // the probe went up by |d0|: if that made it better the stage was below focus (d0 < 0), else above
         const sign0: 1 | -1 = absD < probe.absD0 ? -1 : 1;
         const d0 = sign0 * probe.absD0;
-        const target = probe.z0 - d0;
-        // an experiment: when the two scores differ beyond their uncertainty, it says whether the model's sign was right
-        if (probe.conf !== null && Math.abs(absD - probe.absD0) > this.margin(rt, probe.unc0, unc)) {
-          this.learn(ctx, probe.key, probe.conf, probe.modelSign === sign0);
+        // below focus and still blurry at the probe: go on up by what is left; above: the other side of z0
+        const target = sign0 < 0 ? z + absD : probe.z0 - d0;
+        // an experiment: a probe that came back sharper beyond the scores' uncertainty proves the stage was below
+        // focus. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
+        // too): the re-acquisition below (probe_result) settles it when it comes back sharper than the first
+        if (probe.conf !== null && absD < probe.absD0 - this.margin(rt, probe.unc0, unc)) {
+          this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1);
         }
         st.surface.add(x, y, target);
         const rec = st.window.find((r) => r.seq === probe.seq);
@@ -237,7 +246,7 @@ export class FocusController {
         if (oof) {
           this.reacquire(ctx, target, 'probe_result', false,
             `probe at z ${r3(probe.z0)} + ${r3(probe.absD0)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
-            { effSign: sign0, modelSign: 0, corrective: true, baseAbs: probe.absD0 });
+            { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, evidenceIfWorse: false, conf: probe.conf, key: probe.key });
         }
         this.checkDrift(ctx);
         return out;
@@ -249,7 +258,7 @@ export class FocusController {
         if (absD > move.baseAbs + m) {
           // wrong way: the tile is further from focus than before the move, so the sign the move assumed was wrong
           this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} scored ${r3(absD)} µm, further from focus than ${r3(move.baseAbs)} µm before it`);
-          if (move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign);
+          if (move.modelSign !== 0 && move.conf !== null && move.evidenceIfWorse) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign);
           const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
           if (rec) {
             rec.d = -rec.d;
@@ -261,7 +270,11 @@ export class FocusController {
             const target = move.z0 + move.effSign * move.absD0;
             this.reacquire(ctx, target, 'wrong_way', false,
               `moving ${move.effSign > 0 ? 'down' : 'up'} from z ${r3(move.z0)} made the tile worse (${r3(move.absD0)} → ${r3(absD)} µm): the sign was wrong, re-acquire at ${r3(target)} µm`,
-              { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs });
+              { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, evidenceIfWorse: false });
+          } else {
+            // both ways tried and this one is worse: the scanner keeps the last image, so go back to the best z seen
+            // (once per tile, beyond the per-tile limit: a limit must never leave a tile worse than it was)
+            this.restore(ctx, move);
           }
           return out;
         }
@@ -285,6 +298,18 @@ export class FocusController {
     // ... and when the blur is systematic, also move the focus for the tiles to come
     this.checkDrift(ctx);
     return out;
+  }
+
+  private restore(c: DecideCtx, move: Move): void {
+    const h = c.o.header;
+    if (c.st.restored.has(h.tile.index) || c.rt.dryRun) return;
+    c.st.restored.add(h.tile.index);
+    const target = move.bestZ;
+    c.out.actions.push(
+      this.action(c, 'reacquire', r3(target - h.stage_um.z), 'restore',
+        `re-acquisitions of tile ${h.tile.index} left it further from focus (${r3(Math.abs(c.d))} µm) than at z ${r3(target)} (${r3(move.baseAbs)} µm): re-acquire there`,
+        [whyTile(c.o)], { target_z_um: r3(target), probe: false, stage_um: { ...h.stage_um } }),
+    );
   }
 
   /** Two scores differ beyond their uncertainty: at least a quarter of the tolerance. */
@@ -393,7 +418,7 @@ export class FocusController {
       const effSign: 1 | -1 = d >= 0 ? 1 : -1;
       this.reacquire(c, h.stage_um.z - d, rule, false,
         `defocus ${r3(d)} µm beyond ±${c.rt.toleranceUm} µm (sign confidence ${conf}${effSign !== c.modelSign ? ', sign reversed as learned on this instrument' : ''}); re-acquire at best focus`,
-        { effSign, modelSign: c.modelSign, corrective: false, baseAbs: c.st.best.get(h.tile.index) ?? absD });
+        { effSign, modelSign: c.modelSign, corrective: false, baseAbs: c.st.best.get(h.tile.index)?.abs ?? absD, evidenceIfWorse: true });
     } else {
       const ok = this.reacquire(c, h.stage_um.z + absD, 'probe', true,
         `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d| to learn the sign`);
@@ -401,7 +426,14 @@ export class FocusController {
     }
   }
 
-  private reacquire(c: DecideCtx, targetZ: number, rule: Rule, probe: boolean, detail: string, move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs'>): boolean {
+  private reacquire(
+    c: DecideCtx,
+    targetZ: number,
+    rule: Rule,
+    probe: boolean,
+    detail: string,
+    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'evidenceIfWorse'> & Partial<Pick<Move, 'conf' | 'key'>>,
+  ): boolean {
     const h = c.o.header;
     const dry = c.rt.dryRun;
     if (!dry) {
@@ -415,7 +447,17 @@ export class FocusController {
     }
     const zOff = r3(targetZ - h.stage_um.z);
     if (move && !dry) {
-      c.st.moves.set(h.tile.index, { ...move, attempt: h.attempt, z0: h.stage_um.z, absD0: Math.abs(c.o.score.defocus_um ?? 0), unc0: c.o.score.uncertainty_um ?? 0, conf: c.o.score.sign_confidence, key: c.lkey });
+      const best = c.st.best.get(h.tile.index);
+      c.st.moves.set(h.tile.index, {
+        conf: c.o.score.sign_confidence,
+        key: c.lkey,
+        ...move,
+        attempt: h.attempt,
+        z0: h.stage_um.z,
+        absD0: Math.abs(c.o.score.defocus_um ?? 0),
+        unc0: c.o.score.uncertainty_um ?? 0,
+        bestZ: best?.z ?? h.stage_um.z,
+      });
     }
     c.out.actions.push(
       this.action(c, 'reacquire', zOff, rule, detail, [whyTile(c.o)], {
@@ -595,6 +637,7 @@ export class FocusController {
         predictions: new Map(),
         moves: new Map(),
         best: new Map(),
+        restored: new Set(),
         zEval: null,
         wrongWay: 0,
         n: 0,

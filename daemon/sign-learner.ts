@@ -65,6 +65,9 @@ export function binOf(conf: number): number {
   return 0;
 }
 
+/** Experiments a bin needs before its own posterior is used instead of the pooled one. */
+const MIN_BIN_EVIDENCE = 3;
+
 const r3 = (v: number) => Math.round(v * 1000) / 1000;
 
 export class SignLearner {
@@ -101,7 +104,7 @@ export class SignLearner {
     return { p, dir: p >= this.s.trust ? 1 : 1 - p >= this.s.trust ? -1 : 0 };
   }
 
-  private pooledDirection(e: Entry): 1 | -1 | 0 {
+  private pooledCounts(e: Entry): { right: number; wrong: number } {
     let right = 0;
     let wrong = 0;
     e.bins.forEach((b, i) => {
@@ -110,14 +113,23 @@ export class SignLearner {
         wrong += b.wrong;
       }
     });
+    return { right, wrong };
+  }
+
+  private pooledDirection(e: Entry): 1 | -1 | 0 {
+    const { right, wrong } = this.pooledCounts(e);
     return this.dirOf(e.key, right, wrong).dir;
   }
 
   /** Should a sign of this confidence be used, and which way? Trusted only when the model is confident AND the posterior agrees. */
   judge(key: LearnerKey, conf: number): Judgement {
     const bin = binOf(conf);
-    const b = this.entry(key).bins[bin]!;
-    const { p, dir } = this.dirOf(key, b.right, b.wrong);
+    const e = this.entry(key);
+    const b = e.bins[bin]!;
+    // a bin with little evidence of its own borrows the pooled evidence of the trusted-confidence bins
+    const own = b.right + b.wrong >= MIN_BIN_EVIDENCE;
+    const pooled = this.pooledCounts(e);
+    const { p, dir } = own ? this.dirOf(key, b.right, b.wrong) : this.dirOf(key, pooled.right, pooled.wrong);
     if (conf < this.s.signConfidence || key.calibration_sign === 'unrecoverable') return { direction: 0, p_right: p, bin };
     return { direction: dir, p_right: p, bin };
   }
