@@ -228,8 +228,7 @@ export class FocusController {
         // the probe went up by |d0|: if that made it better the stage was below focus (d0 < 0), else above
         const sign0: 1 | -1 = absD < probe.absD0 ? -1 : 1;
         const d0 = sign0 * probe.absD0;
-        // below focus and still blurry at the probe: go on up by what is left; above: the other side of z0
-        const target = sign0 < 0 ? z + absD : probe.z0 - d0;
+        const target = probe.z0 - d0;
         // an experiment: a probe that came back sharper beyond the scores' uncertainty proves the stage was below
         // focus. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
         // too): the re-acquisition below (probe_result) settles it when it comes back sharper than the first
@@ -243,7 +242,9 @@ export class FocusController {
           rec.sign = sign0;
           rec.src = 'probe';
         }
-        if (oof) {
+        // below focus: the probe already is the best estimate of focus (going on up would trust an |d| that
+        // just proved to be off); above: re-acquire on the other side of z0
+        if (oof && sign0 > 0) {
           this.reacquire(ctx, target, 'probe_result', false,
             `probe at z ${r3(probe.z0)} + ${r3(probe.absD0)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
             { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, evidenceIfWorse: false, conf: probe.conf, key: probe.key });
@@ -257,7 +258,7 @@ export class FocusController {
         const m = this.margin(rt, move.unc0, unc);
         if (absD > move.baseAbs + m) {
           // wrong way: the tile is further from focus than before the move, so the sign the move assumed was wrong
-          this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} scored ${r3(absD)} µm, further from focus than ${r3(move.baseAbs)} µm before it`);
+          this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} scored ${r3(absD)} µm, further from focus than ${r3(move.baseAbs)} µm before it`, move.evidenceIfWorse);
           if (move.modelSign !== 0 && move.conf !== null && move.evidenceIfWorse) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign);
           const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
           if (rec) {
@@ -340,10 +341,15 @@ export class FocusController {
     }
   }
 
-  private wrongWay(c: DecideCtx, why: string): void {
+  /**
+   * Counts a wrong-way move. Only moves that trusted the model's sign count for the stop-loss: a move whose sign a
+   * probe settled (probe_result, the way back) failed on |d|, and probing everything would change nothing there.
+   */
+  private wrongWay(c: DecideCtx, why: string, signDriven: boolean): void {
     const st = c.st;
-    st.wrongWay++;
     c.out.wrongWay++;
+    if (!signDriven) return;
+    st.wrongWay++;
     if (st.wrongWay >= this.s.learning.maxWrongWay) this.diverge(c, `${st.wrongWay} wrong-way moves on this slide (limit ${this.s.learning.maxWrongWay}); last: ${why}`);
   }
 
