@@ -198,6 +198,9 @@ export interface SignBinState {
   /** sign-confidence range [lo, hi). */
   lo: number;
   hi: number;
+  /** |defocus| range [abs_lo_um, abs_hi_um) of the cell (µm; null: unbounded). */
+  abs_lo_um: number;
+  abs_hi_um: number | null;
   /** experiments (probes, re-acquisitions, z_offsets) whose outcome agreed / disagreed with the model's sign. */
   right: number;
   wrong: number;

@@ -210,7 +210,7 @@ export class FocusController {
     const modelSign: 1 | -1 = raw >= 0 ? 1 : -1;
     // the sign is used only when the model is confident AND this instrument's outcomes say which way it points;
     // on a slide where the stop-loss fired every sign is probed
-    const dir = conf !== null && !st.diverging ? this.learner.judge(lkey, conf).direction : 0;
+    const dir = conf !== null && !st.diverging ? this.learner.judge(lkey, conf, Math.abs(raw)).direction : 0;
     const signKnown = dir !== 0;
     const d = signKnown ? dir * raw : raw;
     const oof = o.verdict === 'out_of_focus';
@@ -233,7 +233,7 @@ export class FocusController {
         // focus. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
         // too): the re-acquisition below (probe_result) settles it when it comes back sharper than the first
         if (probe.conf !== null && absD < probe.absD0 - this.margin(rt, probe.unc0, unc)) {
-          this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1);
+          this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1, probe.absD0);
         }
         st.surface.add(x, y, target);
         const rec = st.window.find((r) => r.seq === probe.seq);
@@ -259,7 +259,7 @@ export class FocusController {
         if (absD > move.baseAbs + m) {
           // wrong way: the tile is further from focus than before the move, so the sign the move assumed was wrong
           this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} scored ${r3(absD)} µm, further from focus than ${r3(move.baseAbs)} µm before it`, move.evidenceIfWorse);
-          if (move.modelSign !== 0 && move.conf !== null && move.evidenceIfWorse) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign);
+          if (move.modelSign !== 0 && move.conf !== null && move.evidenceIfWorse) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign, move.absD0);
           const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
           if (rec) {
             rec.d = -rec.d;
@@ -279,7 +279,7 @@ export class FocusController {
           }
           return out;
         }
-        if (absD < move.baseAbs - m && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign);
+        if (absD < move.baseAbs - m && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.absD0);
       }
       if (signKnown || !oof) st.surface.add(x, y, z - d);
       if (oof) this.reacquireOof(ctx, signKnown, 'retry');
@@ -318,8 +318,8 @@ export class FocusController {
     return Math.max(0.25 * rt.toleranceUm, u0, u1);
   }
 
-  private learn(c: DecideCtx, key: LearnerKey, conf: number, modelRight: boolean): void {
-    const r = this.learner.record(key, conf, modelRight, c.now);
+  private learn(c: DecideCtx, key: LearnerKey, conf: number, modelRight: boolean, absUm: number): void {
+    const r = this.learner.record(key, conf, modelRight, c.now, absUm);
     c.out.learned = true;
     if (r.invertedDetected) {
       const h = c.o.header;
@@ -393,13 +393,13 @@ export class FocusController {
     const m = Math.max(0.5 * c.rt.toleranceUm, ev.unc);
     const half = Math.abs(ev.correction) / 2;
     if (excess > Math.max(m, half)) {
-      if (ev.modelSign !== 0 && ev.conf !== null) this.learn(c, ev.key, ev.conf, ev.modelSign === -ev.effSign);
+      if (ev.modelSign !== 0 && ev.conf !== null) this.learn(c, ev.key, ev.conf, ev.modelSign === -ev.effSign, ev.beforeAbs);
       this.revert(c, ev, after);
       c.st.wrongWay++;
       c.out.wrongWay++;
       this.diverge(c, `the z_offset of ${r3(ev.correction)} µm made the next tiles worse (median |defocus| ${r3(after)} µm, ${r3(excess)} µm more than without it)`);
     } else if (excess < -Math.max(m, half) && ev.modelSign !== 0 && ev.conf !== null) {
-      this.learn(c, ev.key, ev.conf, ev.modelSign === ev.effSign);
+      this.learn(c, ev.key, ev.conf, ev.modelSign === ev.effSign, ev.beforeAbs);
     }
   }
 

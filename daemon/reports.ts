@@ -130,11 +130,11 @@ export function renderDriftMarkdown(r: DriftReport): string {
     '',
     "Learned sign of the model (1 = as reported, −1 = reversed, 0 = not known yet, probing):",
     '',
-    '| objective | model | calibration | direction | right / wrong per bin (P right) |',
+    '| objective | model | calibration | direction | right / wrong per sign-confidence and \\|defocus\\| bin with evidence (P right) |',
     '|---|---|---|---:|---|',
     ...r.loop.sign_learning.map(
       (l) =>
-        `| ${l.objective} | ${l.model_sha256.slice(0, 12)} | ${l.calibration_sign}${l.calibrated ? ' (fitted)' : ''} | ${l.direction} | ${l.bins.map((b) => `${b.lo}–${b.hi}: ${b.right}/${b.wrong} (${b.p_right.toFixed(2)})`).join('; ')} |`,
+        `| ${l.objective} | ${l.model_sha256.slice(0, 12)} | ${l.calibration_sign}${l.calibrated ? ' (fitted)' : ''} | ${l.direction} | ${l.bins.filter((b) => b.right + b.wrong > 0).map((b) => `${b.lo}–${b.hi} at ${b.abs_lo_um}–${b.abs_hi_um ?? '∞'} µm: ${b.right}/${b.wrong} (${b.p_right.toFixed(2)})`).join('; ')} |`,
     ),
     '',
   ];

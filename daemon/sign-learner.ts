@@ -9,6 +9,14 @@ import type { ModelInfo, SignBinCounts, SignBinState, SignEvidenceKey, SignLearn
 
 /** Sign-confidence bin edges: [0.5, 0.8), [0.8, 0.95), [0.95, 1]. */
 export const SIGN_BIN_EDGES = [0.5, 0.8, 0.95, 1] as const;
+/**
+ * |defocus| bin edges (µm): [0, 2.5), [2.5, ∞). On an instrument whose aberrations differ from the training optics the
+ * sign cues can point one way near focus and another far from it (the virtual scanner's mirrored instrument reads
+ * −3 µm as +), so each magnitude range learns its own direction. Cell = magnitude bin × 3 + confidence bin.
+ */
+export const ABS_BIN_EDGES = [0, 2.5, Infinity] as const;
+const NCONF = SIGN_BIN_EDGES.length - 1;
+const NCELLS = NCONF * (ABS_BIN_EDGES.length - 1);
 
 export type LearnerKey = SignEvidenceKey;
 export type BinCounts = SignBinCounts;
@@ -60,10 +68,20 @@ export function learnerKey(scanner: string, objective: string, model: ModelInfo)
   };
 }
 
-export function binOf(conf: number): number {
+/** Confidence bin of a sign confidence. */
+export function confBinOf(conf: number): number {
   for (let i = SIGN_BIN_EDGES.length - 2; i >= 0; i--) if (conf >= SIGN_BIN_EDGES[i]!) return i;
   return 0;
 }
+
+/** Cell (magnitude bin × confidence bin) of a tile's |defocus| and sign confidence. */
+export function binOf(conf: number, absUm = 0): number {
+  const m = absUm >= ABS_BIN_EDGES[1] ? 1 : 0;
+  return m * NCONF + confBinOf(conf);
+}
+
+const confRange = (cell: number) => [SIGN_BIN_EDGES[cell % NCONF]!, SIGN_BIN_EDGES[(cell % NCONF) + 1]!] as const;
+const absRange = (cell: number) => [ABS_BIN_EDGES[Math.floor(cell / NCONF)]!, ABS_BIN_EDGES[Math.floor(cell / NCONF) + 1]!] as const;
 
 /** Experiments a bin needs before its own posterior is used instead of the pooled one. */
 const MIN_BIN_EVIDENCE = 3;
@@ -84,7 +102,7 @@ export class SignLearner {
     const k = [key.scanner, key.objective, key.model_sha256, key.calibration_sign].join('\u0000');
     let e = this.entries.get(k);
     if (!e) {
-      e = { key, bins: SIGN_BIN_EDGES.slice(1).map(() => ({ right: 0, wrong: 0 })), updatedAt: null, invertedDetected: false };
+      e = { key, bins: Array.from({ length: NCELLS }, () => ({ right: 0, wrong: 0 })), updatedAt: null, invertedDetected: false };
       for (const c of this.store?.loadEvidence(key) ?? []) {
         const b = e.bins[c.bin];
         if (!b) continue;
@@ -104,11 +122,13 @@ export class SignLearner {
     return { p, dir: p >= this.s.trust ? 1 : 1 - p >= this.s.trust ? -1 : 0 };
   }
 
-  private pooledCounts(e: Entry): { right: number; wrong: number } {
+  /** Evidence of the cells at trusted confidence (of one magnitude bin when given). */
+  private pooledCounts(e: Entry, absBin?: number): { right: number; wrong: number } {
     let right = 0;
     let wrong = 0;
     e.bins.forEach((b, i) => {
-      if (SIGN_BIN_EDGES[i + 1]! > this.s.signConfidence) {
+      if (absBin !== undefined && Math.floor(i / NCONF) !== absBin) return;
+      if (confRange(i)[1] > this.s.signConfidence) {
         right += b.right;
         wrong += b.wrong;
       }
@@ -122,22 +142,23 @@ export class SignLearner {
   }
 
   /** Should a sign of this confidence be used, and which way? Trusted only when the model is confident AND the posterior agrees. */
-  judge(key: LearnerKey, conf: number): Judgement {
-    const bin = binOf(conf);
+  judge(key: LearnerKey, conf: number, absUm = 0): Judgement {
+    const bin = binOf(conf, absUm);
     const e = this.entry(key);
     const b = e.bins[bin]!;
-    // a bin with little evidence of its own borrows the pooled evidence of the trusted-confidence bins
-    const own = b.right + b.wrong >= MIN_BIN_EVIDENCE;
-    const pooled = this.pooledCounts(e);
-    const { p, dir } = own ? this.dirOf(key, b.right, b.wrong) : this.dirOf(key, pooled.right, pooled.wrong);
+    // a cell with little evidence of its own borrows that of its magnitude range, then of all trusted-confidence cells
+    const range = this.pooledCounts(e, Math.floor(bin / NCONF));
+    const all = this.pooledCounts(e);
+    const use = b.right + b.wrong >= MIN_BIN_EVIDENCE ? b : range.right + range.wrong >= MIN_BIN_EVIDENCE ? range : all;
+    const { p, dir } = this.dirOf(key, use.right, use.wrong);
     if (conf < this.s.signConfidence || key.calibration_sign === 'unrecoverable') return { direction: 0, p_right: p, bin };
     return { direction: dir, p_right: p, bin };
   }
 
   /** One experiment's outcome: was the model's (reported) sign of the tile right? */
-  record(key: LearnerKey, conf: number, modelRight: boolean, now: number): RecordResult {
+  record(key: LearnerKey, conf: number, modelRight: boolean, now: number, absUm = 0): RecordResult {
     const e = this.entry(key);
-    const bin = binOf(conf);
+    const bin = binOf(conf, absUm);
     const before = e.bins.map((b) => this.dirOf(key, b.right, b.wrong).dir);
     const b = e.bins[bin]!;
     if (modelRight) b.right++;
@@ -163,7 +184,8 @@ export class SignLearner {
     const prior = this.prior(e.key);
     const bins: SignBinState[] = e.bins.map((b, i) => {
       const { p, dir } = this.dirOf(e.key, b.right, b.wrong);
-      return { lo: SIGN_BIN_EDGES[i]!, hi: SIGN_BIN_EDGES[i + 1]!, right: b.right, wrong: b.wrong, p_right: r3(p), direction: dir };
+      const [alo, ahi] = absRange(i);
+      return { lo: confRange(i)[0], hi: confRange(i)[1], abs_lo_um: alo, abs_hi_um: Number.isFinite(ahi) ? ahi : null, right: b.right, wrong: b.wrong, p_right: r3(p), direction: dir };
     });
     return {
       ...e.key,

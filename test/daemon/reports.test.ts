@@ -69,7 +69,7 @@ describe('nightly drift report', () => {
     expect(r.loop.sign_learning[0].bins[2]).toMatchObject({ right: 1, wrong: 7, p_right: 0.2, direction: -1 });
     const md = readFileSync(files!.markdown, 'utf8');
     expect(md).toMatch(/wrong-way moves: 2; slides where the stop-loss fired: slide-drift/);
-    expect(md).toMatch(/\| 20x \| f00dfeed0123 \| model \| -1 \| .*0\.95–1: 1\/7 \(0\.20\)/);
+    expect(md).toMatch(/\| 20x \| f00dfeed0123 \| model \| -1 \| .*0\.95–1 at 0–2\.5 µm: 1\/7 \(0\.20\)/);
   });
 
   it('a report that cannot be written is an error in the log, not a silent success', async () => {
