@@ -7,6 +7,8 @@
  *   npx tsx bench/run.ts --soak 10      # 10 minutes at the fixed rate, RSS drift
  *
  * Writes bench/results/<timestamp>.json and bench/results/latest.md.
+ *
+ *   npm run bench -- --loop             # instead: the closed-loop scenario matrix of the virtual scanner (bench/loop.ts)
  */
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -39,6 +41,14 @@ const { values: args } = parseArgs({
     soak: { type: 'string', default: '0' },
     threads: { type: 'string', default: '0' },
     out: { type: 'string', default: resolve(PACKAGE_ROOT, 'bench/results') },
+    loop: { type: 'boolean', default: false },
+    'loop-instruments': { type: 'string', default: 'all' },
+    'loop-slides': { type: 'string', default: '3' },
+    'loop-seed': { type: 'string', default: '1' },
+    'loop-grid': { type: 'string', default: '8x6' },
+    'loop-tile': { type: 'string', default: '640x320' },
+    'loop-merge': { type: 'string', default: '' },
+    scorer: { type: 'string', default: 'cnn' },
   },
 });
 const N = Number(args.tiles);
@@ -308,6 +318,27 @@ async function bareClassical(tiles: BenchTile[], n: number) {
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<void> {
+  if (args.loop) {
+    const [cols, rows] = args['loop-grid']!.split('x').map(Number);
+    const [width, height] = args['loop-tile']!.split('x').map(Number);
+    const { loopBench, mergeLoopResults } = await import('./loop.js');
+    if (args['loop-merge']) {
+      mergeLoopResults(args['loop-merge'].split(','), args.out!);
+      return;
+    }
+    await loopBench({
+      instruments: args['loop-instruments']!,
+      slides: Number(args['loop-slides']),
+      seed: Number(args['loop-seed']),
+      cols: cols!,
+      rows: rows!,
+      width: width!,
+      height: height!,
+      scorer: args.scorer!,
+      out: args.out!,
+    });
+    return;
+  }
   const tmp = mkdtempSync(join(tmpdir(), 'focusd-bench-'));
   const started = new Date();
   try {

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -26,6 +26,7 @@ without feedback for comparison. By default a daemon is started in-process (embe
   --seed N            slides and tissue are drawn from it (default 1)
   --cols N --rows N   tiles per slide (default 8 x 6)
   --width N --height N  tile size in pixels (default 640 x 320, 0.22 µm/px)
+  --restart-between-slides  stop the daemon after every slide and start a new one on the same state (in-process)
   --json FILE         write the full report (per slide, per tile, every move)
   --endpoint URL      scan against a running daemon at this ZeroMQ endpoint instead (its MQTT url, base topic and
                       scanner id are read from --config / the environment / --mqtt-url, as the daemon reads them)
@@ -36,7 +37,13 @@ export interface InProcessOptions {
   /** how the user's configuration is loaded (loadConfig); the factory adds its own ports and state dir. */
   load: { file: string | null; args: string[]; env: NodeJS.ProcessEnv; overrides?: Record<string, unknown> };
   pattern: 'router' | 'pull';
+  /** the daemon's log level (default: its configuration's log.level). */
   logLevel?: string;
+  /**
+   * keep each run's state (SQLite: history, outbox, what the daemon learned) in `<stateDir>/<run>` across daemons
+   * of the factory, e.g. across restarts between slides; default: a fresh temporary dir per daemon, removed at stop.
+   */
+  stateDir?: string;
 }
 
 /**
@@ -44,42 +51,57 @@ export interface InProcessOptions {
  * configured as `config` says otherwise.
  */
 export function inProcessDaemons(o: InProcessOptions): DaemonFactory {
-  return async (): Promise<DaemonHandle> => {
+  return async (run): Promise<DaemonHandle> => {
     const base = loadConfig(o.load);
-    const stateDir = mkdtempSync(join(tmpdir(), 'focusd-sim-'));
+    // its own scanner id (MQTT client id, topics, learned state) for the run without feedback: on a shared broker
+    // two daemons with one client id would keep throwing each other off
+    const scannerId = run === 'feedback' ? base.scanner.id : `${base.scanner.id}-nofeedback`;
     const embedded = base.mqtt.url === 'embedded';
-    const mqttPort = embedded ? await freePort() : 0;
-    const zmqPort = await freePort();
-    const overrides: Record<string, unknown> = {
-      'ingest.endpoint': `tcp://127.0.0.1:${zmqPort}`,
-      'ingest.pattern': o.pattern,
-      'store.dir': stateDir,
-      'reports.schedule': '',
-      'mqtt.statsIntervalS': 0,
-      ...(embedded ? { 'mqtt.embedded.port': mqttPort } : {}),
-    };
-    const config = loadConfig({ ...o.load, overrides: { ...o.load.overrides, ...overrides } });
-    const level = o.logLevel ?? 'warn';
-    const daemon = new Daemon(config, { logger: createLogger({ level, format: 'pretty', stream: process.stderr }), env: {} });
-    try {
-      await daemon.start();
-    } catch (err) {
-      rmSync(stateDir, { recursive: true, force: true });
-      throw err;
+    const level = o.logLevel ?? base.log.level;
+    // ingest on port 0 (the daemon reports what it bound); the embedded broker needs a port of its own, and a free
+    // port can be taken by another process before the broker binds it: then try again with another
+    for (let tries = 1; ; tries++) {
+      const keep = o.stateDir !== undefined;
+      const stateDir = keep ? join(o.stateDir!, run) : mkdtempSync(join(tmpdir(), 'focusd-sim-'));
+      if (keep) mkdirSync(stateDir, { recursive: true });
+      const mqttPort = embedded ? await freePort() : 0;
+      const overrides: Record<string, unknown> = {
+        'scanner.id': scannerId,
+        ...(run === 'feedback' || !base.mqtt.clientId ? {} : { 'mqtt.clientId': `${base.mqtt.clientId}-nofeedback` }),
+        'ingest.endpoint': 'tcp://127.0.0.1:0',
+        'ingest.pattern': o.pattern,
+        'store.dir': stateDir,
+        'reports.schedule': '',
+        'mqtt.statsIntervalS': 0,
+        ...(embedded ? { 'mqtt.embedded.port': mqttPort } : {}),
+      };
+      const config = loadConfig({ ...o.load, overrides: { ...o.load.overrides, ...overrides } });
+      const daemon = new Daemon(config, { logger: createLogger({ level, format: 'pretty', stream: process.stderr }), env: {} });
+      try {
+        await daemon.start();
+      } catch (err) {
+        if (!keep) rmSync(stateDir, { recursive: true, force: true });
+        if (embedded && tries < 3 && /EADDRINUSE|address already in use/i.test((err as Error).message)) continue;
+        throw err;
+      }
+      return handle(daemon, config, embedded ? `mqtt://127.0.0.1:${mqttPort}` : config.mqtt.url, keep ? null : stateDir, o.pattern);
     }
-    const st = daemon.status();
-    return {
-      endpoint: daemon.ingestEndpoint,
-      pattern: o.pattern,
-      mqttUrl: embedded ? `mqtt://127.0.0.1:${mqttPort}` : config.mqtt.url,
-      baseTopic: config.resolved.baseTopic,
-      scanner: config.scanner.id,
-      info: { in_process: true, engine: st.engine, model: st.model, scorer: config.scoring.scorer },
-      stop: async () => {
-        await daemon.stop('simulation finished');
-        rmSync(stateDir, { recursive: true, force: true });
-      },
-    };
+  };
+}
+
+function handle(daemon: Daemon, config: FocusdConfig, mqttUrl: string, removeAtStop: string | null, pattern: 'router' | 'pull'): DaemonHandle {
+  const st = daemon.status();
+  return {
+    endpoint: daemon.ingestEndpoint,
+    pattern,
+    mqttUrl,
+    baseTopic: config.resolved.baseTopic,
+    scanner: config.scanner.id,
+    info: { in_process: true, engine: st.engine, model: st.model, scorer: config.scoring.scorer },
+    stop: async () => {
+      await daemon.stop('simulation finished');
+      if (removeAtStop) rmSync(removeAtStop, { recursive: true, force: true });
+    },
   };
 }
 
@@ -139,6 +161,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
         json: { type: 'string' },
         endpoint: { type: 'string' },
         verbose: { type: 'boolean', default: false },
+        'restart-between-slides': { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
     }));
@@ -176,26 +199,44 @@ export async function simulateMain(argv: string[]): Promise<number> {
     throw err;
   }
   const pattern = values.pattern;
-  const daemon = values.endpoint ? externalDaemon(config, values.endpoint, pattern) : inProcessDaemons({ load, pattern });
+  // the daemon's info lines would drown the simulator's; --log-level or a config file says otherwise
+  const quietDaemon = !split.configFile && !split.configArgs.includes('--log-level') && !process.env.FOCUSD_LOG_LEVEL;
+  const restart = values['restart-between-slides']!;
+  if (restart && values.endpoint) return bad('--restart-between-slides needs the in-process daemon (no --endpoint)');
+  // restarts keep the state (what the daemon learned) in one dir for the whole simulation
+  const stateDir = restart ? mkdtempSync(join(tmpdir(), 'focusd-sim-state-')) : undefined;
+  const daemon = values.endpoint
+    ? externalDaemon(config, values.endpoint, pattern)
+    : inProcessDaemons({ load, pattern, ...(quietDaemon ? { logLevel: 'warn' } : {}), ...(stateDir ? { stateDir } : {}) });
   const out = (s: string) => process.stdout.write(s + '\n');
   const reports: SimulationReport[] = [];
   for (const name of instruments) {
     out(`instrument ${name}: ${ints.slides} slides of ${ints.cols}x${ints.rows} tiles (${ints.width}x${ints.height} px), seed ${ints.seed}, ${pattern}`);
-    const r = await runSimulation({
-      instrument: name,
-      slides: ints.slides!,
-      seed: ints.seed!,
-      cols: ints.cols,
-      rows: ints.rows,
-      width: ints.width,
-      height: ints.height,
-      toleranceUm: config.decision.toleranceUm,
-      runs: values['no-feedback'] ? ['no_feedback'] : values['feedback-only'] ? ['feedback'] : ['no_feedback', 'feedback'],
-      daemon,
-      onSlide: (run, s) => out(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
-      onEvent: values.verbose ? (run, e) => out(eventLine(run, e)) : undefined,
-    });
-    reports.push(r);
+    try {
+      reports.push(
+        await runSimulation({
+          instrument: name,
+          slides: ints.slides!,
+          seed: ints.seed!,
+          cols: ints.cols,
+          rows: ints.rows,
+          width: ints.width,
+          height: ints.height,
+          toleranceUm: config.decision.toleranceUm,
+          runs: values['no-feedback'] ? ['no_feedback'] : values['feedback-only'] ? ['feedback'] : ['no_feedback', 'feedback'],
+          daemon,
+          restartBetweenSlides: restart,
+          onSlide: (run, s) => out(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
+          onEvent: values.verbose ? (run, e) => out(eventLine(run, e)) : undefined,
+        }),
+      );
+    } catch (err) {
+      process.stderr.write(`focusd simulate: instrument ${name}: ${(err as Error).stack ?? String(err)}\n`);
+      return 1;
+    } finally {
+      // every instrument is a new instrument: nothing learned on one may carry to the next
+      if (stateDir) rmSync(stateDir, { recursive: true, force: true });
+    }
   }
   out('');
   out(textTable(reports));

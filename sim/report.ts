@@ -38,8 +38,9 @@ export function reportRows(r: SimulationReport): string[][] {
 }
 
 export function markdownTable(reports: SimulationReport[]): string {
-  const lines = [`| ${TABLE_HEAD.join(' | ')} |`, `|${TABLE_HEAD.map(() => '---').join('|')}|`];
-  for (const r of reports) for (const cells of reportRows(r)) lines.push(`| ${cells.join(' | ')} |`);
+  const md = (cells: string[]) => `| ${cells.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
+  const lines = [md(TABLE_HEAD), `|${TABLE_HEAD.map(() => '---').join('|')}|`];
+  for (const r of reports) for (const cells of reportRows(r)) lines.push(md(cells));
   return lines.join('\n');
 }
 

@@ -46,6 +46,11 @@ export interface SimulationOptions {
   tag?: string;
   onEvent?: (run: RunKind, e: ScanEvent) => void;
   onSlide?: (run: RunKind, r: SlideResult) => void;
+  /**
+   * stop each run's daemon after every slide and take a new one from the factory before the next (a factory that
+   * keeps the state dir tests that what the daemon learned survives a restart; one that kills it, a crash).
+   */
+  restartBetweenSlides?: boolean;
   /** shared between runs so the scan without feedback and the first pass with it render each image once. */
   renderer?: TileRenderer;
 }
@@ -73,6 +78,22 @@ export interface SimulationReport {
   render: { renders: number; cache_hits: number; render_s: number };
   with_feedback: RunReport | null;
   without_feedback: RunReport | null;
+}
+
+/** Stops a run's scanner, feed and daemon (each even when another fails); returns the failures. */
+async function disconnect(s: { scanner: VirtualScanner | null; feed: MqttFeed | null; daemon: DaemonHandle | null }): Promise<unknown[]> {
+  const failures: unknown[] = [];
+  for (const stop of [() => s.scanner?.stop(), () => s.feed?.stop(), () => s.daemon?.stop()]) {
+    try {
+      await stop();
+    } catch (err) {
+      failures.push(err);
+    }
+  }
+  s.scanner = null;
+  s.feed = null;
+  s.daemon = null;
+  return failures;
 }
 
 /** Seed of the i-th slide of a simulation. */
@@ -110,36 +131,48 @@ export async function runSimulation(o: SimulationOptions): Promise<SimulationRep
   };
   interface Side {
     run: RunKind;
-    daemon: DaemonHandle;
-    feed: MqttFeed;
-    scanner: VirtualScanner;
+    daemon: DaemonHandle | null;
+    feed: MqttFeed | null;
+    scanner: VirtualScanner | null;
     results: SlideResult[];
+    /** the last daemon's description, for the report. */
+    info?: Record<string, unknown>;
   }
-  const sides: Side[] = [];
+  const sides: Side[] = (['no_feedback', 'feedback'] as const)
+    .filter((r) => runs.includes(r))
+    .map((run) => ({ run, daemon: null, feed: null, scanner: null, results: [] }));
+  /** (Re)connects a run's scanner to a daemon from the factory. */
+  const connect = async (s: Side): Promise<void> => {
+    const d = await o.daemon(s.run);
+    s.daemon = d;
+    s.info = { endpoint: d.endpoint, pattern: d.pattern, mqtt: d.mqttUrl, base_topic: d.baseTopic, scanner: d.scanner, ...d.info };
+    s.feed = new MqttFeed({ url: d.mqttUrl, baseTopic: d.baseTopic, scanner: d.scanner }, timings);
+    s.scanner = new VirtualScanner({
+      endpoint: d.endpoint,
+      pattern: d.pattern,
+      scanner: d.scanner,
+      feedback: s.run === 'feedback',
+      feed: s.feed,
+      renderer,
+      toleranceUm: tol,
+      onEvent: o.onEvent ? (e) => o.onEvent!(s.run, e) : undefined,
+    });
+    report.pattern = d.pattern;
+    await s.feed.start();
+    s.scanner.start();
+  };
   try {
     // without feedback first: its images are the first pass of the run with feedback until the first correction
-    for (const run of (['no_feedback', 'feedback'] as const).filter((r) => runs.includes(r))) {
-      const d = await o.daemon(run);
-      const feed = new MqttFeed({ url: d.mqttUrl, baseTopic: d.baseTopic, scanner: d.scanner }, timings);
-      const scanner = new VirtualScanner({
-        endpoint: d.endpoint,
-        pattern: d.pattern,
-        scanner: d.scanner,
-        feedback: run === 'feedback',
-        feed,
-        renderer,
-        toleranceUm: tol,
-        onEvent: o.onEvent ? (e) => o.onEvent!(run, e) : undefined,
-      });
-      sides.push({ run, daemon: d, feed, scanner, results: [] });
-      report.pattern = d.pattern;
-      await feed.start();
-      scanner.start();
-    }
+    for (const s of sides) await connect(s);
     // slide by slide, both runs: the renderer's caches hold one slide
     for (const [i, slide] of slides.entries()) {
       for (const s of sides) {
-        const r = await s.scanner.scanSlide(slide, `sim-${o.seed}-${i + 1}-${tag}-${s.run === 'feedback' ? 'fb' : 'nofb'}`);
+        if (i > 0 && o.restartBetweenSlides) {
+          const failed = await disconnect(s);
+          if (failed.length) throw failed[0];
+          await connect(s);
+        }
+        const r = await s.scanner!.scanSlide(slide, `sim-${o.seed}-${i + 1}-${tag}-${s.run === 'feedback' ? 'fb' : 'nofb'}`);
         s.results.push(r);
         o.onSlide?.(s.run, r);
       }
@@ -147,22 +180,14 @@ export async function runSimulation(o: SimulationOptions): Promise<SimulationRep
   } finally {
     // stop everything even when one part fails to stop; the first failure is rethrown
     const failures: unknown[] = [];
-    for (const s of sides) {
-      for (const stop of [() => s.scanner.stop(), () => s.feed.stop(), () => s.daemon.stop()]) {
-        try {
-          await stop();
-        } catch (err) {
-          failures.push(err);
-        }
-      }
-    }
+    for (const s of sides) failures.push(...(await disconnect(s)));
     if (failures.length) throw failures[0];
   }
   for (const s of sides) {
-    const d = s.daemon;
+    const d = s.info!;
     const rr: RunReport = {
       feedback: s.run === 'feedback',
-      daemon: { endpoint: d.endpoint, pattern: d.pattern, mqtt: d.mqttUrl, base_topic: d.baseTopic, scanner: d.scanner, ...d.info },
+      daemon: { ...d, ...(o.restartBetweenSlides ? { restarted_between_slides: true } : {}) },
       slides: s.results,
       total: totalOf(s.results),
       after_first: s.results.length > 1 ? totalOf(s.results.slice(1)) : null,

@@ -106,6 +106,8 @@ export interface ScanCounts {
   actions: number;
   ignored_actions: number;
   late_actions: number;
+  /** late commands for a slide already finished (not executed; counted on the slide being scanned). */
+  stale_actions: number;
   dry_run_actions: number;
   refused_by_scanner: number;
   rejected: number;
@@ -133,6 +135,8 @@ export interface SlideResult extends ScanCounts {
   surface: SurfaceParams;
   tiles_detail: TileDetail[];
   moves: Move[];
+  /** every acquisition in order: truth beside the daemon's verdict and score. */
+  acquisitions_detail: Acquisition[];
 }
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
@@ -170,7 +174,7 @@ export class VirtualScanner {
     const byTile = new Map<number, Acquisition[]>();
     const moves: Move[] = [];
     const c = {
-      actions: 0, ignored: 0, late: 0, dry: 0, refused: 0, rejected: 0, lost: 0, reacquires: 0, probes: 0, zOffsets: 0, zSum: 0,
+      actions: 0, ignored: 0, late: 0, stale: 0, dry: 0, refused: 0, rejected: 0, lost: 0, reacquires: 0, probes: 0, zOffsets: 0, zSum: 0,
     };
     let seq = 0;
     let zOffset = 0;
@@ -238,7 +242,13 @@ export class VirtualScanner {
     const note = (a: ReceivedAction, executed: boolean, text: string) => o.onEvent?.({ type: 'action', slide: slideId, action: a, executed, note: text });
 
     const obey = async (a: ReceivedAction): Promise<void> => {
-      if (a.slide !== slideId || a.scan !== scan) return; // an earlier slide's command, after it was finished
+      if (a.slide !== slideId || a.scan !== scan) {
+        // a command for a slide already finished (it came after the end-of-slide wait): too late to execute
+        c.late++;
+        c.stale++;
+        note(a, false, 'for a slide already finished: not executed');
+        return;
+      }
       if (a.dry_run) {
         c.dry++;
         note(a, false, 'dry run: not executed');
@@ -336,7 +346,7 @@ export class VirtualScanner {
       tol: o.toleranceUm ?? 1,
       time_s: (performance.now() - t0) / 1000,
     });
-    return { slide: slideId, seed: slide.seed, surface: slide.surface, ...counts, tiles_detail: detail, moves };
+    return { slide: slideId, seed: slide.seed, surface: slide.surface, ...counts, tiles_detail: detail, moves, acquisitions_detail: acqs };
   }
 }
 
@@ -344,7 +354,7 @@ function summarise(
   detail: TileDetail[],
   acqs: Acquisition[],
   moves: Move[],
-  c: { actions: number; ignored: number; late: number; dry: number; refused: number; rejected: number; lost: number; reacquires: number; probes: number; zOffsets: number; zSum: number; unjudged: number; tol: number; time_s: number },
+  c: { actions: number; ignored: number; late: number; stale: number; dry: number; refused: number; rejected: number; lost: number; reacquires: number; probes: number; zOffsets: number; zSum: number; unjudged: number; tol: number; time_s: number },
 ): ScanCounts {
   const tissue = detail.filter((d) => d.tissue);
   const abs = tissue.map((d) => Math.abs(d.final_defocus_um));
@@ -371,6 +381,7 @@ function summarise(
     actions: c.actions,
     ignored_actions: c.ignored,
     late_actions: c.late,
+    stale_actions: c.stale,
     dry_run_actions: c.dry,
     refused_by_scanner: c.refused,
     rejected: c.rejected,
@@ -407,6 +418,7 @@ export function totalOf(slides: SlideResult[]): ScanCounts {
     actions: sum((s) => s.actions),
     ignored_actions: sum((s) => s.ignored_actions),
     late_actions: sum((s) => s.late_actions),
+    stale_actions: sum((s) => s.stale_actions),
     dry_run_actions: sum((s) => s.dry_run_actions),
     refused_by_scanner: sum((s) => s.refused_by_scanner),
     rejected: sum((s) => s.rejected),

@@ -113,12 +113,14 @@ export class VirtualSlide {
       bumps.push({ index: t.index, um: t.bumpUm });
     }
     const startAcquisition = Math.round(n * (0.35 + rnd() * 0.15));
-    const atEnd = sign() * (2 + rnd());
+    // a physical rate (µm per acquisition, i.e. per unit of scan time), not one scaled to the slide: on 8x6 tiles
+    // it reaches 2.5-3.5 µm by the end of the first pass; retakes take time, so the drift goes on during them
+    const rate = sign() * (0.09 + rnd() * 0.04);
     this.surface = {
       z0: o.z0 ?? 1500,
-      tiltUmPerMm: { x: round3(sign() * (1.2 + rnd() * 0.8)), y: round3(sign() * (0.5 + rnd())) },
+      tiltUmPerMm: { x: round3(sign() * (1.5 + rnd())), y: round3(sign() * (0.5 + rnd())) },
       curvatureUm: round3(sign() * (0.5 + rnd() * 0.5)),
-      drift: { startAcquisition, rateUmPerAcquisition: round3(atEnd / (n - startAcquisition)), atEndOfFirstPassUm: round3(atEnd) },
+      drift: { startAcquisition, rateUmPerAcquisition: rate, atEndOfFirstPassUm: round3(rate * (n - startAcquisition)) },
       bumps,
     };
   }

@@ -49,12 +49,33 @@ describe('focusd score', () => {
   });
 });
 
+describe('focusd simulate', () => {
+  it('prints its usage and rejects bad options with exit 64, naming the option', async () => {
+    const help = await runFocusd(['simulate', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/--instrument NAME\s+matching\|mirrored\|sa-reversed\|colour-reversed\|none\|all/);
+    const bogus = await runFocusd(['simulate', '--instrument', 'bogus']);
+    expect(bogus.code).toBe(64);
+    expect(bogus.stderr).toMatch(/--instrument: "bogus" is not one of matching, mirrored/);
+    const slides = await runFocusd(['simulate', '--slides', '0']);
+    expect(slides.code).toBe(64);
+    expect(slides.stderr).toMatch(/--slides: "0" is not a positive integer/);
+    expect((await runFocusd(['simulate', '--pattern', 'pub'])).code).toBe(64);
+  });
+});
+
 describe('focusd demo', () => {
-  it('runs the whole loop on the embedded broker and reports every tile', async () => {
-    const r = await runFocusd(['demo', '--width', '640', '--height', '480']);
+  it('runs the closed loop on the embedded broker: obeys focusd\'s commands and prints the yield with and without focusd', async () => {
+    // a small slide of one-patch tiles: every acquisition is rendered and scored for real
+    const r = await runFocusd(['demo', '--cols', '3', '--rows', '2', '--width', '320', '--height', '320']);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/summary: 20 tiles — \d+ in focus, \d+ out of focus, \d+ no tissue; \d+ actions/);
-    expect(r.stdout).toMatch(/tile r0c0 seq {2}0 {2}no_tissue/);
-    expect(r.stdout).toMatch(/▶ ACTION (reacquire|z_offset)/);
+    // the first tile at the planned z, its truth beside the daemon's verdict
+    expect(r.stdout).toMatch(/r0c0 #0 z 1500\.00: true defocus [+-]\d+\.\d\d µm → (in_focus|out_of_focus|no_tissue)/);
+    expect(r.stdout).toMatch(/▶ (reacquire|z_offset)/);
+    expect(r.stdout).toMatch(/actions ignored \(no feedback\)\s+1–1\s+\d+ % \(\d+\/\d+\)/);
+    const m = /without focusd (\d+) %, with focusd (\d+) % \((\d\.\d\d) acquisitions per tile/.exec(r.stdout);
+    expect(m, r.stdout).not.toBeNull();
+    // commands were obeyed: tiles were taken again
+    expect(Number(m![3])).toBeGreaterThan(1);
   });
 });
