@@ -100,6 +100,16 @@ export class HttpStatus implements Component {
     metric('ingest_handshake_failures_total', 'counter', 'ZeroMQ connections refused in the handshake (not ZMTP, CURVE refused).', [['', m.ingestHandshakeFailures]]);
     metric('ingest_disconnects_total', 'counter', 'ZeroMQ peer connections closed, including those libzmq drops for a frame over the hard limit.', [['', m.ingestDisconnects]]);
     metric('queue_depth', 'gauge', 'Tiles admitted to the pipeline.', [['', m.queueDepth]]);
+    // feedback loop (docs/controller.md): what the controller learned about the model's sign, and the stop-loss
+    const loop = m.loop;
+    const lbl = (l: (typeof loop.sign_learning)[number]) =>
+      `scanner="${esc(l.scanner)}",objective="${esc(l.objective)}",model="${l.model_sha256.slice(0, 12)}",calibration="${l.calibration_sign}"`;
+    metric('sign_direction', 'gauge', "Learned direction of the model's sign (1 as reported, -1 reversed, 0 not known yet: probing).", loop.sign_learning.map((l) => [`{${lbl(l)}}`, l.direction]));
+    metric('sign_p_right', 'gauge', "Posterior probability that the model's sign is right, per sign-confidence bin.", loop.sign_learning.flatMap((l) => l.bins.map((b) => [`{${lbl(l)},bin="${b.lo}-${b.hi}"}`, b.p_right] as [string, number])));
+    metric('sign_experiments_total', 'counter', "Experiments (probes, re-acquisitions, z_offsets) whose outcome agreed (right) or disagreed (wrong) with the model's sign.", loop.sign_learning.flatMap((l) => (['right', 'wrong'] as const).map((k) => [`{${lbl(l)},outcome="${k}"}`, l.bins.reduce((a, b) => a + b[k], 0)] as [string, number])));
+    metric('wrong_way_moves_total', 'counter', 'Commanded moves that left a tile (or the tiles after a z_offset) further from focus.', [['', loop.wrong_way_moves]]);
+    metric('z_offsets_reverted_total', 'counter', 'z_offsets taken back because the tiles after them got worse.', [['', loop.z_offsets_reverted]]);
+    metric('diverging_slides', 'gauge', 'Slides where the stop-loss froze z_offsets (recent, at most 32).', [['', loop.diverging_slides.length]]);
     const p = m.latency.percentiles([50, 95, 99]);
     metric('latency_ms', 'gauge', 'Receive-to-verdict latency over the recent window.', Object.entries(p).filter(([, v]) => v !== null).map(([k, v]) => [`{quantile="0.${k.slice(1)}"}`, v as number]));
     return lines.join('\n') + '\n';
@@ -112,4 +122,9 @@ export class HttpStatus implements Component {
     s.closeAllConnections();
     await new Promise<void>((r) => s.close(() => r()));
   }
+}
+
+/** Prometheus label value escaping: backslash, quote, newline. */
+function esc(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 }

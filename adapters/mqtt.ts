@@ -238,6 +238,18 @@ export class MqttAdapter implements Component, ActionPublisher {
         }),
       ),
     );
+    this.offs.push(
+      this.ctx.events.on('loop:alert', (a) =>
+        void this.fire('error', this.topics.error, {
+          schema: SCHEMA_IDS.error,
+          scanner: this.ctx.config.scanner.id,
+          at: new Date().toISOString(),
+          reason: a.reason,
+          detail: a.detail,
+          loop: { scanner: a.scanner, slide: a.slide, objective: a.objective, ...(a.learning ? { learning: a.learning } : {}), ...(a.diverging ? { diverging: a.diverging } : {}) },
+        }),
+      ),
+    );
     this.offs.push(this.ctx.events.on('status:changed', () => this.connected && void this.publishStatus()));
 
     await new Promise<void>((res, rej) => {

@@ -4,13 +4,16 @@ import Database from 'better-sqlite3';
 import type { Context } from '../core/context.js';
 import type { Component } from '../core/lifecycle.js';
 import { LogThrottle } from '../core/log-throttle.js';
-import type { Action, ActionRefusal, TileOutcome, Verdict } from '../core/types.js';
+import type { Action, ActionRefusal, SignBinCounts as BinCounts, SignEvidenceKey as LearnerKey, TileOutcome, Verdict } from '../core/types.js';
 
 /**
  * The daemon's state in one SQLite file (WAL) under config.resolved.stateDir:
  *  - tiles:   every verdict with metadata and a focus-map summary (input of the nightly drift reports),
  *  - actions: every command the controller decided, with its delivery status,
  *  - outbox:  commands not yet acknowledged by the broker (daemon/outbox.ts); survives crashes.
+ *  - sign_evidence: outcome learning of the model's sign per scanner/objective/model and confidence bin
+ *    (daemon/sign-learner.ts); never pruned, it is what the instrument taught the daemon.
+ *  - loop_events: wrong-way moves, loop_diverging and sign_inverted_detected, for the nightly report.
  */
 export const STORE_FILE = 'focusd.sqlite';
 const PRUNE_EVERY_MS = 60 * 60 * 1000;
@@ -88,6 +91,17 @@ CREATE TABLE IF NOT EXISTS refusals (
   suppressed INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refusals_at ON refusals (at);
+CREATE TABLE IF NOT EXISTS sign_evidence (
+  scanner TEXT NOT NULL, objective TEXT NOT NULL, model_sha256 TEXT NOT NULL, calibration_sign TEXT NOT NULL,
+  calibrated INTEGER NOT NULL, bin INTEGER NOT NULL,
+  right INTEGER NOT NULL DEFAULT 0, wrong INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL,
+  PRIMARY KEY (scanner, objective, model_sha256, calibration_sign, bin)
+);
+CREATE TABLE IF NOT EXISTS loop_events (
+  id INTEGER PRIMARY KEY,
+  at INTEGER NOT NULL, scanner TEXT NOT NULL, slide TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS loop_events_at ON loop_events (at);
 CREATE TABLE IF NOT EXISTS outbox (
   n INTEGER PRIMARY KEY AUTOINCREMENT,
   id TEXT NOT NULL UNIQUE,
@@ -197,6 +211,7 @@ export class Store implements Component {
       const r = this.conn.prepare('DELETE FROM tiles WHERE at < ?').run(cutoff);
       this.conn.prepare("DELETE FROM actions WHERE at < ? AND status != 'queued'").run(cutoff);
       this.conn.prepare('DELETE FROM refusals WHERE at < ?').run(cutoff);
+      this.conn.prepare('DELETE FROM loop_events WHERE at < ?').run(cutoff);
       return r.changes;
     });
   }
@@ -266,6 +281,54 @@ export class Store implements Component {
   actionStatus(id: string): ActionStatus | null {
     const r = this.conn.prepare('SELECT status FROM actions WHERE id = ?').get(id) as { status: ActionStatus } | undefined;
     return r?.status ?? null;
+  }
+
+  // ---- outcome learning (daemon/sign-learner.ts) -------------------------------------------------------------
+
+  loadEvidence(k: LearnerKey): BinCounts[] {
+    return this.conn
+      .prepare(
+        `SELECT bin, right, wrong, updated_at FROM sign_evidence
+         WHERE scanner = ? AND objective = ? AND model_sha256 = ? AND calibration_sign = ? ORDER BY bin`,
+      )
+      .all(k.scanner, k.objective, k.model_sha256, k.calibration_sign) as BinCounts[];
+  }
+
+  /** One experiment's outcome, committed at once (WAL): a SIGKILL right after it loses nothing. */
+  addEvidence(k: LearnerKey, bin: number, right: number, wrong: number, at: number): void {
+    this.conn
+      .prepare(
+        `INSERT INTO sign_evidence (scanner, objective, model_sha256, calibration_sign, calibrated, bin, right, wrong, updated_at)
+         VALUES (?,?,?,?,?,?,?,?,?)
+         ON CONFLICT (scanner, objective, model_sha256, calibration_sign, bin)
+         DO UPDATE SET right = right + excluded.right, wrong = wrong + excluded.wrong, updated_at = excluded.updated_at, calibrated = excluded.calibrated`,
+      )
+      .run(k.scanner, k.objective, k.model_sha256, k.calibration_sign, k.calibrated ? 1 : 0, bin, right, wrong, at);
+  }
+
+  /** Every scanner/objective/model with sign evidence (of one scanner when given). */
+  evidenceKeys(scanner?: string): LearnerKey[] {
+    const rows = this.conn
+      .prepare(
+        `SELECT scanner, objective, model_sha256, calibration_sign, max(calibrated) AS calibrated FROM sign_evidence
+         WHERE (? IS NULL OR scanner = ?) GROUP BY scanner, objective, model_sha256, calibration_sign ORDER BY max(updated_at)`,
+      )
+      .all(scanner ?? null, scanner ?? null) as (Omit<LearnerKey, 'calibrated'> & { calibrated: number })[];
+    return rows.map((r) => ({ ...r, calibrated: r.calibrated === 1 }));
+  }
+
+  recordLoopEvent(e: { at: number; scanner: string; slide: string; kind: string; detail: string }): void {
+    this.conn.prepare('INSERT INTO loop_events (at, scanner, slide, kind, detail) VALUES (?,?,?,?,?)').run(e.at, e.scanner, e.slide, e.kind, e.detail);
+  }
+
+  /** Loop events per slide and kind in [fromMs, toMs). */
+  loopEventCounts(fromMs: number, toMs: number, scanner?: string): { scanner: string; slide: string; kind: string; n: number }[] {
+    return this.conn
+      .prepare(
+        `SELECT scanner, slide, kind, count(*) AS n FROM loop_events
+         WHERE at >= ? AND at < ? AND (? IS NULL OR scanner = ?) GROUP BY scanner, slide, kind ORDER BY scanner, slide, kind`,
+      )
+      .all(fromMs, toMs, scanner ?? null, scanner ?? null) as { scanner: string; slide: string; kind: string; n: number }[];
   }
 
   // ---- queries ----------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { Action, ActionRefusal, IncomingTile, Rejection, TileOutcome } from './types.js';
+import type { Action, ActionRefusal, IncomingTile, LoopAlert, Rejection, TileOutcome } from './types.js';
 
 /** Everything the daemon's parts tell each other, typed. Listeners must not throw. */
 export interface DaemonEvents {
@@ -10,6 +10,8 @@ export interface DaemonEvents {
   'action:expired': [action: Action];
   /** a safety limit stopped a command that someone should know about (throttled per slide and limit). */
   'action:refused': [refusal: ActionRefusal];
+  /** the feedback loop contradicts itself: sign_inverted_detected, loop_diverging (published on the error topic). */
+  'loop:alert': [alert: LoopAlert];
   'engine:fallback': [info: { requested: string; chosen: string; reason: string }];
   'status:changed': [];
 }

@@ -1,4 +1,4 @@
-import type { RejectReason, Verdict } from './types.js';
+import type { LoopState, RejectReason, Verdict } from './types.js';
 
 /** Fixed-size ring of recent latencies; percentiles over the window, no unbounded growth. */
 export class LatencyWindow {
@@ -55,6 +55,8 @@ export class Metrics {
   readonly latency = new LatencyWindow();
   queueDepth = 0;
   inFlight = 0;
+  /** the feedback loop's learning and stop-loss (kept up to date by daemon/controller.ts). */
+  loop: LoopState = { sign_learning: [], wrong_way_moves: 0, z_offsets_reverted: 0, diverging_slides: [] };
   private rateMark = { at: Date.now(), scored: 0 };
 
   reject(reason: RejectReason): void {
@@ -100,6 +102,7 @@ export class Metrics {
       queue_depth: this.queueDepth,
       in_flight: this.inFlight,
       latency_ms: this.latency.percentiles([50, 95, 99]),
+      loop: structuredClone(this.loop),
     };
   }
 }

@@ -54,6 +54,12 @@ export interface ModelInfo {
   engine: string;
   /** µm per pixel the scorer expects (the model bundle's input pixel size); tiles of other sizes are rescaled. */
   pixel_size_um: number;
+  /**
+   * The bundle's calibration sign and whether it was fitted on a focus stack (manifest calibration.fitted_at):
+   * the controller's prior for "the model's sign is right" (docs/controller.md, outcome learning). Absent for
+   * scorers without a sign (classical).
+   */
+  calibration?: { sign: 'model' | 'inverted' | 'unrecoverable'; fitted: boolean };
 }
 
 /** Coarse per-patch focus map of one tile: row-major, null where a cell holds no tissue patch. */
@@ -194,4 +200,90 @@ export type HealthReason = 'mqtt_disconnected' | 'store_write_failed' | 'outbox_
 export interface HealthReport {
   ok: boolean;
   reasons: Array<{ reason: HealthReason; detail: string; since: string }>;
+}
+
+/** Outcome learning (daemon/sign-learner.ts): evidence that the model's sign is right, one sign-confidence bin. */
+export interface SignBinState {
+  /** sign-confidence range [lo, hi). */
+  lo: number;
+  hi: number;
+  /** |defocus| range [abs_lo_um, abs_hi_um) of the cell (µm; null: unbounded). */
+  abs_lo_um: number;
+  abs_hi_um: number | null;
+  /** experiments (probes, re-acquisitions, z_offsets) whose outcome agreed / disagreed with the model's sign. */
+  right: number;
+  wrong: number;
+  /** posterior mean of P(model sign right), prior included. */
+  p_right: number;
+  /** +1: the model's sign is trusted as is, −1: trusted reversed, 0: not known yet (probe). */
+  direction: 1 | -1 | 0;
+}
+
+/** What has been learned about one model's sign on one scanner and objective. */
+export interface SignLearningState {
+  scanner: string;
+  objective: string;
+  model_sha256: string;
+  /** the bundle's calibration sign: the learning is relative to the sign the bundle already reports. */
+  calibration_sign: 'model' | 'inverted' | 'unrecoverable' | 'none';
+  /** calibration fitted on a focus stack: the prior favours the bundle's sign. */
+  calibrated: boolean;
+  /** prior pseudo-counts (right, wrong) added to every bin. */
+  prior: { right: number; wrong: number };
+  bins: SignBinState[];
+  /** the direction over all trusted-confidence bins (bins at ≥ controller.signConfidence pooled). */
+  direction: 1 | -1 | 0;
+  experiments: number;
+  /** the evidence says the bundle's sign is reversed on this instrument although the bundle was calibrated, or (uncalibrated) reversed. */
+  inverted_detected: boolean;
+  updated_at: string | null;
+}
+
+/** A slide on which the stop-loss fired. */
+export interface DivergingSlide {
+  scanner: string;
+  slide: string;
+  since: string;
+  reason: string;
+  wrong_way_moves: number;
+}
+
+/** The feedback loop's health: in status, stats, /metrics (docs/controller.md). */
+export interface LoopState {
+  sign_learning: SignLearningState[];
+  /** commanded moves that left a tile (or, for a z_offset, the next tiles) further from focus, since start. */
+  wrong_way_moves: number;
+  /** z_offsets taken back because the tiles after them got worse. */
+  z_offsets_reverted: number;
+  /** slides where z_offsets are frozen and every sign is probed (most recent last, at most 32). */
+  diverging_slides: DivergingSlide[];
+}
+
+/** A problem of the feedback loop itself, published on the error topic. */
+export interface LoopAlert {
+  reason: 'sign_inverted_detected' | 'loop_diverging';
+  detail: string;
+  scanner: string;
+  slide: string;
+  objective: string;
+  /** sign_inverted_detected: the learning state that contradicts the bundle; loop_diverging: the slide. */
+  learning?: SignLearningState;
+  diverging?: DivergingSlide;
+}
+
+/** Whose sign evidence: the store keeps it per scanner, objective and model (sha256 + the bundle's calibration sign). */
+export interface SignEvidenceKey {
+  scanner: string;
+  objective: string;
+  model_sha256: string;
+  calibration_sign: SignLearningState['calibration_sign'];
+  calibrated: boolean;
+}
+
+/** Stored evidence of one sign-confidence bin. */
+export interface SignBinCounts {
+  bin: number;
+  right: number;
+  wrong: number;
+  updated_at: number;
 }

@@ -5,7 +5,8 @@ import { FocusSurface } from './focus-surface.js';
 import { median } from '../core/stats.js';
 import type { Component } from '../core/lifecycle.js';
 import { LogThrottle } from '../core/log-throttle.js';
-import type { Action, ActionType, SurfacePrediction, TileHeader, TileOutcome } from '../core/types.js';
+import type { Action, ActionType, DivergingSlide, LoopAlert, SurfacePrediction, TileHeader, TileOutcome } from '../core/types.js';
+import { type EvidenceStore, type LearnerKey, learnerKey, SignLearner } from './sign-learner.js';
 
 /**
  * Feedback controller (docs/controller.md). `FocusController` is the pure decision logic: scored tiles in,
@@ -20,7 +21,7 @@ export interface RuntimeView {
   dryRun: boolean;
 }
 
-export type Rule = 'isolated' | 'probe' | 'probe_result' | 'retry' | 'drift' | 'tilt';
+export type Rule = 'isolated' | 'probe' | 'probe_result' | 'retry' | 'wrong_way' | 'restore' | 'drift' | 'tilt' | 'revert';
 
 export interface WhyTile {
   seq: number;
@@ -44,6 +45,14 @@ export interface Decision {
   actions: Action[];
   refused: Refusal[];
   prediction: SurfacePrediction | null;
+  /** sign_inverted_detected / loop_diverging raised by this tile. */
+  alerts: LoopAlert[];
+  /** wrong-way moves found on this tile (a re-acquisition that came back further from focus, or a z_offset judged worse). */
+  wrongWay: number;
+  /** z_offsets taken back on this tile. */
+  reverted: number;
+  /** the learned sign evidence changed (experiments recorded). */
+  learned: boolean;
 }
 
 interface Rec {
@@ -58,6 +67,12 @@ interface Rec {
   z: number;
   /** surface prediction made before this tile was included. */
   pred: SurfacePrediction | null;
+  /** running number of the slide's first-acquisition tissue tiles (the z_offset judgement's time axis). */
+  n: number;
+  /** where the sign came from: the model (times the learned direction) or a probe; null while unknown. */
+  src: 'model' | 'probe' | null;
+  /** learned direction applied to the model's sign (1 or −1) when src is model. */
+  dir: 1 | -1;
 }
 
 interface Probe {
@@ -65,6 +80,51 @@ interface Probe {
   attempt: number;
   z0: number;
   absD0: number;
+  unc0: number;
+  /** the model's own sign of the probed tile (before any learned direction) and its confidence. */
+  modelSign: 1 | -1;
+  conf: number | null;
+  key: LearnerKey;
+}
+
+/** A commanded re-acquisition waiting for its outcome (the stop-loss judges it). */
+interface Move {
+  attempt: number;
+  z0: number;
+  absD0: number;
+  /** |defocus| of the tile's best acquisition so far: the move must not end further from focus than this. */
+  baseAbs: number;
+  unc0: number;
+  /** the sign the move assumed (model sign × learned direction, or a probe's). */
+  effSign: 1 | -1;
+  /** the model's sign when the move relied on it (evidence for the learner), 0 otherwise. */
+  modelSign: 1 | -1 | 0;
+  conf: number | null;
+  key: LearnerKey;
+  /** a move that already undoes a wrong one: no further correction after it (a restore to the best z at most). */
+  corrective: boolean;
+  /** a worse outcome proves the assumed sign wrong (false when both directions were already tried). */
+  evidenceIfWorse: boolean;
+  /** stage z and |d| of the tile's best acquisition so far (restore target). */
+  bestZ: number;
+}
+
+/** A z_offset waiting for the tiles after it. */
+interface ZEval {
+  correction: number;
+  beforeAbs: number;
+  unc: number;
+  /** (n, |d|) of the run (taken at the old z for sure): its trend is what no correction would give. */
+  old: [number, number][];
+  /** (n, |d|) of the tiles taken after the correction reached the stage. */
+  after: [number, number][];
+  /** the sign of the run the correction assumed. */
+  effSign: 1 | -1;
+  /** the model's sign of the run and its confidence when the run's signs came from the model. */
+  modelSign: 1 | -1 | 0;
+  conf: number | null;
+  key: LearnerKey;
+  seq: number;
 }
 
 interface SlideState {
@@ -78,6 +138,17 @@ interface SlideState {
   surface: FocusSurface;
   seen: Set<string>;
   predictions: Map<string, SurfacePrediction | null>;
+  moves: Map<number, Move>;
+  /** lowest |defocus| seen per tile (any acquisition) and the stage z it was seen at. */
+  best: Map<number, { abs: number; z: number }>;
+  /** tiles already sent back to their best z. */
+  restored: Set<number>;
+  zEval: ZEval | null;
+  wrongWay: number;
+  /** first-acquisition tissue tiles so far. */
+  n: number;
+  /** stop-loss fired: z_offsets frozen, every sign probed. */
+  diverging: DivergingSlide | null;
 }
 
 /** Slides remembered per controller; older ones are forgotten (a scanner works on one slide at a time). */
@@ -92,8 +163,16 @@ export type SlideHistory = (scanner: string, slide: string) => { cumulativeUm: n
 
 export class FocusController {
   private readonly slides = new Map<string, SlideState>();
+  readonly learner: SignLearner;
 
-  constructor(private readonly s: ControllerSettings, private readonly history?: SlideHistory) {}
+  constructor(private readonly s: ControllerSettings, private readonly history?: SlideHistory, evidence?: EvidenceStore) {
+    this.learner = new SignLearner({ trust: s.learning.trust, priorCalibrated: s.learning.priorCalibrated, signConfidence: s.signConfidence }, evidence);
+  }
+
+  /** Slides where the stop-loss fired (most recent last). */
+  diverging(): DivergingSlide[] {
+    return [...this.slides.values()].flatMap((st) => (st.diverging ? [{ ...st.diverging, wrong_way_moves: st.wrongWay }] : []));
+  }
 
   /** Surface prediction for a tile, as it was before this tile was scored (for the tile message). */
   predict(h: TileHeader): SurfacePrediction | null {
@@ -112,7 +191,7 @@ export class FocusController {
   onTile(o: TileOutcome, now: number, rt: RuntimeView): Decision {
     const h = o.header;
     const st = this.state(h);
-    const out: Decision = { actions: [], refused: [], prediction: null };
+    const out: Decision = { actions: [], refused: [], prediction: null, alerts: [], wrongWay: 0, reverted: 0, learned: false };
     const key = `${h.seq}/${h.attempt}`;
     // a tile delivered twice must not decide twice; its actions would have the same ids anyway
     if (st.seen.has(key)) {
@@ -123,15 +202,24 @@ export class FocusController {
     const pred = st.surface.predict(h.stage_um.x, h.stage_um.y, h.stage_um.z);
     rememberMap(st.predictions, key, pred);
     out.prediction = pred;
-    const d = o.score.defocus_um;
-    if (o.verdict === 'no_tissue' || d === null) return out;
+    const raw = o.score.defocus_um;
+    if (o.verdict === 'no_tissue' || raw === null) return out;
 
     const conf = o.score.sign_confidence;
-    const signKnown = conf !== null && conf >= this.s.signConfidence;
+    const lkey = learnerKey(h.scanner, h.objective, o.score.model);
+    const modelSign: 1 | -1 = raw >= 0 ? 1 : -1;
+    // the sign is used only when the model is confident AND this instrument's outcomes say which way it points;
+    // on a slide where the stop-loss fired every sign is probed
+    const dir = conf !== null && !st.diverging ? this.learner.judge(lkey, conf, Math.abs(raw)).direction : 0;
+    const signKnown = dir !== 0;
+    const d = signKnown ? dir * raw : raw;
     const oof = o.verdict === 'out_of_focus';
     const absD = Math.abs(d);
+    const unc = o.score.uncertainty_um ?? 0;
     const { x, y, z } = h.stage_um;
-    const ctx: DecideCtx = { o, st, now, rt, out, pred };
+    const ctx: DecideCtx = { o, st, now, rt, out, pred, d, lkey, modelSign };
+    const prevBest = st.best.get(h.tile.index);
+    if (prevBest === undefined || absD < prevBest.abs) st.best.set(h.tile.index, { abs: absD, z });
 
     if (h.attempt > 0) {
       const probe = st.probes.get(h.tile.index);
@@ -141,18 +229,57 @@ export class FocusController {
         const sign0: 1 | -1 = absD < probe.absD0 ? -1 : 1;
         const d0 = sign0 * probe.absD0;
         const target = probe.z0 - d0;
+        // an experiment: a probe that came back sharper beyond the scores' uncertainty proves the stage was below
+        // focus. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
+        // too): the re-acquisition below (probe_result) settles it when it comes back sharper than the first
+        if (probe.conf !== null && absD < probe.absD0 - this.margin(rt, probe.unc0, unc)) {
+          this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1, probe.absD0);
+        }
         st.surface.add(x, y, target);
         const rec = st.window.find((r) => r.seq === probe.seq);
         if (rec) {
           rec.d = d0;
           rec.sign = sign0;
+          rec.src = 'probe';
         }
-        if (oof) {
+        // below focus: the probe already is the best estimate of focus (going on up would trust an |d| that
+        // just proved to be off); above: re-acquire on the other side of z0
+        if (oof && sign0 > 0) {
           this.reacquire(ctx, target, 'probe_result', false,
-            `probe at z ${r3(probe.z0)} + ${r3(probe.absD0)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`);
+            `probe at z ${r3(probe.z0)} + ${r3(probe.absD0)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
+            { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, evidenceIfWorse: false, conf: probe.conf, key: probe.key });
         }
         this.checkDrift(ctx);
         return out;
+      }
+      const move = st.moves.get(h.tile.index);
+      if (move && h.attempt > move.attempt) {
+        st.moves.delete(h.tile.index);
+        const m = this.margin(rt, move.unc0, unc);
+        if (absD > move.baseAbs + m) {
+          // wrong way: the tile is further from focus than before the move, so the sign the move assumed was wrong
+          this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} scored ${r3(absD)} µm, further from focus than ${r3(move.baseAbs)} µm before it`, move.evidenceIfWorse);
+          if (move.modelSign !== 0 && move.conf !== null && move.evidenceIfWorse) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign, move.absD0);
+          const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
+          if (rec) {
+            rec.d = -rec.d;
+            rec.sign = rec.sign === 1 ? -1 : 1;
+            rec.src = 'probe';
+          }
+          if (!move.corrective) {
+            // the first acquisition's |d| with the opposite sign: best focus is on the other side of z0
+            const target = move.z0 + move.effSign * move.absD0;
+            this.reacquire(ctx, target, 'wrong_way', false,
+              `moving ${move.effSign > 0 ? 'down' : 'up'} from z ${r3(move.z0)} made the tile worse (${r3(move.absD0)} → ${r3(absD)} µm): the sign was wrong, re-acquire at ${r3(target)} µm`,
+              { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, evidenceIfWorse: false });
+          } else {
+            // both ways tried and this one is worse: the scanner keeps the last image, so go back to the best z seen
+            // (once per tile, beyond the per-tile limit: a limit must never leave a tile worse than it was)
+            this.restore(ctx, move);
+          }
+          return out;
+        }
+        if (absD < move.baseAbs - m && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.absD0);
       }
       if (signKnown || !oof) st.surface.add(x, y, z - d);
       if (oof) this.reacquireOof(ctx, signKnown, 'retry');
@@ -160,9 +287,11 @@ export class FocusController {
     }
 
     st.tilesSinceZ++;
+    st.n++;
+    this.evalZ(ctx, absD, unc);
     if (signKnown || !oof) st.surface.add(x, y, z - d);
     const sign: 1 | -1 | 0 = oof && signKnown ? (d > 0 ? 1 : -1) : 0;
-    st.window.push({ seq: h.seq, index: h.tile.index, attempt: h.attempt, d: sign ? d : absD, sign, oof, conf, z, pred });
+    st.window.push({ seq: h.seq, index: h.tile.index, attempt: h.attempt, d: sign ? d : absD, sign, oof, conf, z, pred, n: st.n, src: sign ? 'model' : null, dir: dir === -1 ? -1 : 1 });
     while (st.window.length > Math.max(this.s.drift.window, this.s.drift.consecutive)) st.window.shift();
     if (!oof) return out;
     // every blurry tile has to be replaced: re-acquire it (a probe when the sign is unsure) ...
@@ -172,22 +301,145 @@ export class FocusController {
     return out;
   }
 
-  private reacquireOof(c: DecideCtx, signKnown: boolean, rule: 'isolated' | 'retry'): void {
+  private restore(c: DecideCtx, move: Move): void {
     const h = c.o.header;
-    const d = c.o.score.defocus_um!;
-    const conf = c.o.score.sign_confidence;
-    if (signKnown) {
-      this.reacquire(c, h.stage_um.z - d, rule, false,
-        `defocus ${r3(d)} µm beyond ±${c.rt.toleranceUm} µm (sign confidence ${conf}); re-acquire at best focus`);
-    } else {
-      const absD = Math.abs(d);
-      const ok = this.reacquire(c, h.stage_um.z + absD, 'probe', true,
-        `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with sign confidence ${conf} < ${this.s.signConfidence}: probe at z + |d| to learn the sign`);
-      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD });
+    if (c.st.restored.has(h.tile.index) || c.rt.dryRun) return;
+    c.st.restored.add(h.tile.index);
+    const target = move.bestZ;
+    c.out.actions.push(
+      this.action(c, 'reacquire', r3(target - h.stage_um.z), 'restore',
+        `re-acquisitions of tile ${h.tile.index} left it further from focus (${r3(Math.abs(c.d))} µm) than at z ${r3(target)} (${r3(move.baseAbs)} µm): re-acquire there`,
+        [whyTile(c.o)], { target_z_um: r3(target), probe: false, stage_um: { ...h.stage_um } }),
+    );
+  }
+
+  /** Two scores differ beyond their uncertainty: at least a quarter of the tolerance. */
+  private margin(rt: RuntimeView, u0: number, u1: number): number {
+    return Math.max(0.25 * rt.toleranceUm, u0, u1);
+  }
+
+  private learn(c: DecideCtx, key: LearnerKey, conf: number, modelRight: boolean, absUm: number): void {
+    const r = this.learner.record(key, conf, modelRight, c.now, absUm);
+    c.out.learned = true;
+    if (r.invertedDetected) {
+      const h = c.o.header;
+      const st = r.state;
+      const pooled = st.bins.filter((b) => b.hi > this.s.signConfidence);
+      const right = pooled.reduce((a, b) => a + b.right, 0);
+      const wrong = pooled.reduce((a, b) => a + b.wrong, 0);
+      c.out.alerts.push({
+        reason: 'sign_inverted_detected',
+        detail:
+          `on ${h.scanner} (${h.objective}) the model's sign was wrong in ${wrong} of ${right + wrong} experiments ` +
+          `(bundle calibration: ${st.calibration_sign}${st.calibrated ? ', fitted on a focus stack' : ', not fitted'}); the controller now uses the reversed sign. ` +
+          `Recalibrate the bundle on this instrument (focusd calibrate).`,
+        scanner: h.scanner,
+        slide: h.slide,
+        objective: h.objective,
+        learning: st,
+      });
     }
   }
 
-  private reacquire(c: DecideCtx, targetZ: number, rule: Rule, probe: boolean, detail: string): boolean {
+  /**
+   * Counts a wrong-way move. Only moves that trusted the model's sign count for the stop-loss: a move whose sign a
+   * probe settled (probe_result, the way back) failed on |d|, and probing everything would change nothing there.
+   */
+  private wrongWay(c: DecideCtx, why: string, signDriven: boolean): void {
+    const st = c.st;
+    c.out.wrongWay++;
+    if (!signDriven) return;
+    st.wrongWay++;
+    if (st.wrongWay >= this.s.learning.maxWrongWay) this.diverge(c, `${st.wrongWay} wrong-way moves on this slide (limit ${this.s.learning.maxWrongWay}); last: ${why}`);
+  }
+
+  /** Stop-loss: freeze z_offsets on the slide and probe every sign from now on. */
+  private diverge(c: DecideCtx, reason: string): void {
+    const st = c.st;
+    if (st.diverging) return;
+    const h = c.o.header;
+    st.diverging = { scanner: h.scanner, slide: h.slide, since: new Date(c.now).toISOString(), reason, wrong_way_moves: st.wrongWay };
+    // drift evidence gathered with the untrusted signs must not drive anything
+    st.window = [];
+    c.out.alerts.push({
+      reason: 'loop_diverging',
+      detail: `slide ${h.slide}: ${reason}; z_offsets frozen on this slide, every sign is probed`,
+      scanner: h.scanner,
+      slide: h.slide,
+      objective: h.objective,
+      diverging: { ...st.diverging },
+    });
+  }
+
+  /**
+   * Judges the last z_offset on the first tiles taken after it, against what no correction would have given: the
+   * growing trend of |defocus| over the run that triggered it (taken at the old z), so a tilt or a drift that goes
+   * on is not blamed on the correction. A wrong-way z_offset adds |c| to the error, a right one
+   * removes it: beyond half of it (and the scores' uncertainty) the z_offset is judged, and a worse one taken back.
+   */
+  private evalZ(c: DecideCtx, absD: number, unc: number): void {
+    const ev = c.st.zEval;
+    if (!ev) return;
+    const n = c.st.n;
+    // the tiles in flight may or may not have been taken at the new z: they judge nothing
+    if (c.st.tilesSinceZ <= this.s.learning.settleTiles) return;
+    ev.after.push([n, absD]);
+    ev.unc = Math.max(ev.unc, unc);
+    if (ev.after.length < this.s.learning.evalTiles) return;
+    c.st.zEval = null;
+    const cf = trend(ev.old);
+    const excess = median(ev.after.map(([k, v]) => v - cf(k)));
+    const after = median(ev.after.map(([, v]) => v));
+    const m = Math.max(0.5 * c.rt.toleranceUm, ev.unc);
+    const half = Math.abs(ev.correction) / 2;
+    if (excess > Math.max(m, half)) {
+      if (ev.modelSign !== 0 && ev.conf !== null) this.learn(c, ev.key, ev.conf, ev.modelSign === -ev.effSign, ev.beforeAbs);
+      this.revert(c, ev, after);
+      c.st.wrongWay++;
+      c.out.wrongWay++;
+      this.diverge(c, `the z_offset of ${r3(ev.correction)} µm made the next tiles worse (median |defocus| ${r3(after)} µm, ${r3(excess)} µm more than without it)`);
+    } else if (excess < -Math.max(m, half) && ev.modelSign !== 0 && ev.conf !== null) {
+      this.learn(c, ev.key, ev.conf, ev.modelSign === ev.effSign, ev.beforeAbs);
+    }
+  }
+
+  private revert(c: DecideCtx, ev: ZEval, after: number): void {
+    const st = c.st;
+    const correction = r3(-ev.correction);
+    if (!c.rt.dryRun) st.cumulativeUm = r3(st.cumulativeUm + correction);
+    st.lastZSign = 0;
+    st.tilesSinceZ = 0;
+    st.window = [];
+    c.out.reverted++;
+    const detail = `the z_offset of ${r3(ev.correction)} µm (tile seq ${ev.seq}) made the next tiles worse (median |defocus| ${r3(ev.beforeAbs)} µm before, ${r3(after)} µm after): take it back`;
+    c.out.actions.push(this.action(c, 'z_offset', correction, 'revert', detail, [whyTile(c.o)], { stage_um: { ...c.o.header.stage_um } }, { cumulative_um: st.cumulativeUm, clamped: false }));
+  }
+
+  private reacquireOof(c: DecideCtx, signKnown: boolean, rule: 'isolated' | 'retry'): void {
+    const h = c.o.header;
+    const d = c.d;
+    const conf = c.o.score.sign_confidence;
+    const absD = Math.abs(d);
+    if (signKnown) {
+      const effSign: 1 | -1 = d >= 0 ? 1 : -1;
+      this.reacquire(c, h.stage_um.z - d, rule, false,
+        `defocus ${r3(d)} µm beyond ±${c.rt.toleranceUm} µm (sign confidence ${conf}${effSign !== c.modelSign ? ', sign reversed as learned on this instrument' : ''}); re-acquire at best focus`,
+        { effSign, modelSign: c.modelSign, corrective: false, baseAbs: c.st.best.get(h.tile.index)?.abs ?? absD, evidenceIfWorse: true });
+    } else {
+      const ok = this.reacquire(c, h.stage_um.z + absD, 'probe', true,
+        `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d| to learn the sign`);
+      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, modelSign: c.modelSign, conf, key: c.lkey });
+    }
+  }
+
+  private reacquire(
+    c: DecideCtx,
+    targetZ: number,
+    rule: Rule,
+    probe: boolean,
+    detail: string,
+    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'evidenceIfWorse'> & Partial<Pick<Move, 'conf' | 'key'>>,
+  ): boolean {
     const h = c.o.header;
     const dry = c.rt.dryRun;
     if (!dry) {
@@ -200,6 +452,19 @@ export class FocusController {
       c.st.reacquires.set(h.tile.index, n + 1);
     }
     const zOff = r3(targetZ - h.stage_um.z);
+    if (move && !dry) {
+      const best = c.st.best.get(h.tile.index);
+      c.st.moves.set(h.tile.index, {
+        conf: c.o.score.sign_confidence,
+        key: c.lkey,
+        ...move,
+        attempt: h.attempt,
+        z0: h.stage_um.z,
+        absD0: Math.abs(c.o.score.defocus_um ?? 0),
+        unc0: c.o.score.uncertainty_um ?? 0,
+        bestZ: best?.z ?? h.stage_um.z,
+      });
+    }
     c.out.actions.push(
       this.action(c, 'reacquire', zOff, rule, detail, [whyTile(c.o)], {
         target_z_um: r3(targetZ),
@@ -214,6 +479,8 @@ export class FocusController {
     const st = c.st;
     const tol = c.rt.toleranceUm;
     const { consecutive, window, share, cooldownTiles, hysteresisUm } = this.s.drift;
+    // stop-loss: no z_offset on a slide where the loop made things worse
+    if (st.diverging) return;
     if (st.lastZSign !== 0 && st.tilesSinceZ < cooldownTiles) return;
     const known = st.window.filter((r) => r.oof && r.sign !== 0);
     if (known.length === 0) return;
@@ -277,6 +544,22 @@ export class FocusController {
     if (!c.rt.dryRun) st.cumulativeUm = r3(st.cumulativeUm + correction);
     st.lastZSign = correction > 0 ? 1 : -1;
     st.tilesSinceZ = 0;
+    if (!c.rt.dryRun) {
+      const fromModel = run.every((r) => r.src === 'model');
+      const confs = run.map((r) => r.conf).filter((v): v is number => v !== null);
+      st.zEval = {
+        correction,
+        beforeAbs: mag,
+        unc: c.o.score.uncertainty_um ?? 0,
+        old: run.map((r) => [r.n, Math.abs(r.d)] as [number, number]),
+        after: [],
+        effSign: sgn,
+        modelSign: fromModel ? ((sgn * run[0]!.dir) as 1 | -1) : 0,
+        conf: fromModel && confs.length ? median(confs) : null,
+        key: c.lkey,
+        seq: c.o.header.seq,
+      };
+    }
     // only tiles taken after the correction may count for the next one
     st.window = [];
     const detail =
@@ -358,6 +641,13 @@ export class FocusController {
         surface: new FocusSurface(this.s.surface),
         seen: new Set(),
         predictions: new Map(),
+        moves: new Map(),
+        best: new Map(),
+        restored: new Set(),
+        zEval: null,
+        wrongWay: 0,
+        n: 0,
+        diverging: null,
       };
       this.slides.set(k, st);
       if (this.slides.size > MAX_SLIDES) this.slides.delete(this.slides.keys().next().value!);
@@ -377,6 +667,33 @@ interface DecideCtx {
   rt: RuntimeView;
   out: Decision;
   pred: SurfacePrediction | null;
+  /** the tile's defocus with the learned sign applied when trusted (else the model's value). */
+  d: number;
+  lkey: LearnerKey;
+  modelSign: 1 | -1;
+}
+
+/**
+ * Least-squares line through (n, v), as a function; a flat median when the points cannot carry a slope. A falling
+ * trend is not extrapolated: the counterfactual is never better than the run itself (the stop-loss must not fire
+ * because the error would have shrunk anyway).
+ */
+function trend(pts: [number, number][]): (n: number) => number {
+  const k = pts.length;
+  const mx = pts.reduce((a, p) => a + p[0], 0) / k;
+  const my = pts.reduce((a, p) => a + p[1], 0) / k;
+  let sxx = 0;
+  let sxy = 0;
+  for (const [x, y] of pts) {
+    sxx += (x - mx) ** 2;
+    sxy += (x - mx) * (y - my);
+  }
+  if (k < 3 || sxx === 0) {
+    const m = median(pts.map((p) => p[1]));
+    return () => m;
+  }
+  const b = Math.max(0, sxy / sxx);
+  return (n) => my + b * (n - mx);
 }
 
 function slideKey(h: { scanner: string; slide: string }): string {
@@ -407,8 +724,17 @@ function rememberMap<V>(m: Map<string, V>, k: string, v: V): void {
 
 /** The Component: 'tile:scored' in, 'action' out; refusals by the safety limits are logged as warnings. */
 export interface ControllerDeps {
-  /** the store (adapters/store.ts): limits already spent on a slide survive a restart. */
-  store?: { slideLimits: SlideHistory };
+  /** the store (adapters/store.ts): limits already spent on a slide and the learned sign evidence survive a restart. */
+  store?: { slideLimits: SlideHistory } & EvidenceStore & { recordLoopEvent?(e: LoopEventRow): void; evidenceKeys?(scanner?: string): LearnerKey[] };
+}
+
+/** One loop event as the store keeps it for the nightly report. */
+export interface LoopEventRow {
+  at: number;
+  scanner: string;
+  slide: string;
+  kind: 'wrong_way' | LoopAlert['reason'];
+  detail: string;
 }
 
 export class Controller implements Component {
@@ -423,8 +749,11 @@ export class Controller implements Component {
   async start(signal: AbortSignal): Promise<void> {
     signal.throwIfAborted();
     const store = this.deps.store;
-    this.logic = new FocusController(this.ctx.config.controller, store ? (scanner, slide) => store.slideLimits(scanner, slide) : undefined);
+    this.logic = new FocusController(this.ctx.config.controller, store ? (scanner, slide) => store.slideLimits(scanner, slide) : undefined, store);
     this.off = this.ctx.events.on('tile:scored', (o) => this.handle(o));
+    // what this scanner learned before the restart is in status and /metrics from the start
+    for (const k of store?.evidenceKeys?.() ?? []) this.logic.learner.state(k);
+    this.refreshLoop();
   }
 
   async stop(): Promise<void> {
@@ -437,6 +766,29 @@ export class Controller implements Component {
     return this.logic?.predict(h) ?? null;
   }
 
+
+  private refreshLoop(): void {
+    if (!this.logic) return;
+    const loop = this.ctx.metrics.loop;
+    loop.sign_learning = this.logic.learner.snapshot();
+    const div = this.logic.diverging();
+    // slides forgotten by the controller stay listed until 32 newer ones push them out
+    for (const d of div) {
+      const i = loop.diverging_slides.findIndex((x) => x.scanner === d.scanner && x.slide === d.slide);
+      if (i >= 0) loop.diverging_slides[i] = d;
+      else loop.diverging_slides.push(d);
+    }
+    while (loop.diverging_slides.length > 32) loop.diverging_slides.shift();
+  }
+
+  private record(e: LoopEventRow): void {
+    try {
+      this.deps.store?.recordLoopEvent?.(e);
+    } catch (err) {
+      this.ctx.logger.error('controller: cannot record loop event', { err: (err as Error).message, ...e });
+    }
+  }
+
   private handle(o: TileOutcome): void {
     if (!this.logic) return;
     let d: Decision;
@@ -446,6 +798,23 @@ export class Controller implements Component {
       // a controller bug must not take the scoring down; it is logged with the tile it failed on
       this.ctx.logger.error('controller failed on tile', { err: (err as Error).message, stack: (err as Error).stack, slide: o.header.slide, seq: o.header.seq });
       return;
+    }
+    if (d.learned || d.wrongWay || d.reverted || d.alerts.length) {
+      const loop = this.ctx.metrics.loop;
+      loop.wrong_way_moves += d.wrongWay;
+      loop.z_offsets_reverted += d.reverted;
+      const dirs = (xs: typeof loop.sign_learning) => xs.map((x) => `${x.direction}/${x.bins.map((b) => b.direction).join(',')}`).join(';');
+      const before = dirs(loop.sign_learning);
+      this.refreshLoop();
+      const h = o.header;
+      for (let i = 0; i < d.wrongWay; i++) this.record({ at: Date.now(), scanner: h.scanner, slide: h.slide, kind: 'wrong_way', detail: `tile ${h.tile.index} seq ${h.seq}` });
+      for (const a of d.alerts) {
+        this.ctx.logger.warn(`controller: ${a.reason}`, { slide: a.slide, detail: a.detail });
+        this.record({ at: Date.now(), scanner: a.scanner, slide: a.slide, kind: a.reason, detail: a.detail });
+        this.ctx.events.emit('loop:alert', a);
+      }
+      // the retained status tells what the loop has learned and where it stopped trusting itself
+      if (d.alerts.length || before !== dirs(loop.sign_learning)) this.ctx.events.emit('status:changed');
     }
     for (const r of d.refused) {
       // dead band and hysteresis are the controller working as intended; the other limits need a person

@@ -81,6 +81,8 @@ export class Daemon {
       mqtt: { url: redactUrl(this.mqttSide?.mqtt.url ?? c.mqtt.url), connected: this.mqttSide?.mqtt.connected ?? false, base_topic: c.resolved.baseTopic },
       health: this.health(),
       runtime: { ...this.ctx.runtime },
+      // the feedback loop: learned sign direction and its evidence, wrong-way moves, slides under the stop-loss
+      loop: structuredClone(this.ctx.metrics.loop),
       metrics: this.ctx.metrics.snapshot(),
     };
   }

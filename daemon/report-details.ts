@@ -53,11 +53,11 @@ export interface SlideDetail {
   /** [minutes, z-offset µm] of every z-offset correction sent for the slide. */
   z_offsets: [number, number][];
   surface: SurfaceSummary | null;
-  loop: LoopFigures;
+  actions: LoopFigures;
 }
 
 export interface DetailedReport extends DriftReport {
-  loop: LoopFigures;
+  actions: LoopFigures;
   models: string[];
   trend: Trend;
   details: SlideDetail[];
@@ -128,7 +128,7 @@ function slideDetail(slide: string, tiles: ReportTileRow[], actions: ReportActio
     scan: tiles.filter((t) => t.defocus_um !== null).map((t) => [min(t.at), t.defocus_um!, t.attempt]),
     z_offsets: actions.filter((a) => a.type === 'z_offset' && !a.dry_run && a.status !== 'expired').map((a) => [min(a.at), r3(a.z_offset_um)]),
     surface: surfaceOf(finals),
-    loop: loopFigures(tiles, actions, refusals),
+    actions: loopFigures(tiles, actions, refusals),
   };
 }
 
@@ -155,7 +155,7 @@ export function detailReport(ctx: Context, store: DetailStore, r: DriftReport, f
   const { trendNights, windowHours, change } = ctx.config.reports;
   return {
     ...r,
-    loop: loopFigures(tiles, actions, refusals),
+    actions: loopFigures(tiles, actions, refusals),
     models: [...new Set(tiles.map((t) => `${t.model} ${t.model_version}`))].sort(),
     trend: buildTrend(store, toMs, scanner, { trendNights, windowHours, change }),
     details: r.slides.map((s) => slideDetail(s.slide, tilesOf.get(s.slide) ?? [], actionsOf.get(s.slide) ?? [], refusalsOf.get(s.slide) ?? [])),

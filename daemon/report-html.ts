@@ -74,7 +74,7 @@ async function slideSection(r: DetailedReport, i: number, toleranceUm: number): 
 <table><tr><th>tiles</th><th>with tissue</th><th>out of focus</th><th>rate</th><th>mean |defocus| µm</th><th>p95 |defocus| µm</th><th>drift µm/h</th><th>re-acquired</th><th>probes</th><th>z-offsets</th><th>refused</th><th>expired</th></tr>
 <tr><td>${num(k('tiles'), s.tiles, 0)}</td><td>${num(k('with_tissue'), s.with_tissue, 0)}</td><td>${num(k('out_of_focus'), s.out_of_focus, 0)}</td><td>${pct(k('out_of_focus_rate'), s.out_of_focus_rate)}</td>
 <td>${num(k('mean_abs_defocus_um'), s.mean_abs_defocus_um, 2)}</td><td>${num(k('p95_abs_defocus_um'), s.p95_abs_defocus_um, 2)}</td><td>${num(k('drift_um_per_h'), s.drift_um_per_h, 2)}</td>
-<td>${num(dk('loop.reacquisitions'), d.loop.reacquisitions, 0)}</td><td>${num(dk('loop.probes'), d.loop.probes, 0)}</td><td>${num(dk('loop.z_offsets'), d.loop.z_offsets, 0)}</td><td>${num(dk('loop.refused'), d.loop.refused, 0)}</td><td>${num(dk('loop.expired'), d.loop.expired, 0)}</td></tr></table>
+<td>${num(dk('actions.reacquisitions'), d.actions.reacquisitions, 0)}</td><td>${num(dk('actions.probes'), d.actions.probes, 0)}</td><td>${num(dk('actions.z_offsets'), d.actions.z_offsets, 0)}</td><td>${num(dk('actions.refused'), d.actions.refused, 0)}</td><td>${num(dk('actions.expired'), d.actions.expired, 0)}</td></tr></table>
 <div class="charts">${charts.map(figure).join('\n')}</div>
 ${surface}
 </section>`;
@@ -87,7 +87,7 @@ export async function renderDriftHtml(r: DetailedReport, opts: { toleranceUm: nu
     ...r.alerts.map((a, i) => `<li data-alert="alerts.${i}"><b>${esc(a.slide)}</b>: ${esc(a.message)}</li>`),
   ];
   const t = r.totals;
-  const L = r.loop;
+  const L = r.actions;
   const rules = Object.entries(L.by_rule).sort(([a], [b]) => a.localeCompare(b));
   const refusedBy = Object.entries(L.refused_by_limit).sort(([a], [b]) => a.localeCompare(b));
   const trendCharts: Chart[] = [];
@@ -112,16 +112,20 @@ ${tile('tiles', num('totals.tiles', t.tiles, 0))}
 ${tile('tiles with tissue', num('totals.with_tissue', t.with_tissue, 0))}
 ${tile('out of focus', num('totals.out_of_focus', t.out_of_focus, 0))}
 ${tile('out-of-focus rate', pct('totals.out_of_focus_rate', t.out_of_focus_rate))}
-${tile('re-acquisitions', num('loop.reacquisitions', L.reacquisitions, 0))}
-${tile('probes', num('loop.probes', L.probes, 0))}
-${tile('z-offset corrections', num('loop.z_offsets', L.z_offsets, 0))}
-${tile('z-offset total', num('loop.z_offset_total_um', L.z_offset_total_um, 2, ' µm'))}
-${tile('refused actions', num('loop.refused', L.refused, 0))}
-${tile('expired actions', num('loop.expired', L.expired, 0))}
-${tile('dry-run actions', num('loop.dry_run', L.dry_run, 0))}
+${tile('re-acquisitions', num('actions.reacquisitions', L.reacquisitions, 0))}
+${tile('probes', num('actions.probes', L.probes, 0))}
+${tile('z-offset corrections', num('actions.z_offsets', L.z_offsets, 0))}
+${tile('z-offset total', num('actions.z_offset_total_um', L.z_offset_total_um, 2, ' µm'))}
+${tile('refused actions', num('actions.refused', L.refused, 0))}
+${tile('expired actions', num('actions.expired', L.expired, 0))}
+${tile('dry-run actions', num('actions.dry_run', L.dry_run, 0))}
+${tile('wrong-way moves', num('loop.wrong_way_moves', r.loop.wrong_way_moves, 0))}
+${tile('sign inverted detected', num('loop.sign_inverted_detected', r.loop.sign_inverted_detected, 0))}
+${tile('stop-loss slides', r.loop.diverging_slides.length ? esc(r.loop.diverging_slides.join(', ')) : 'none')}
+${r.loop.sign_learning.map((l) => tile(`learned sign, ${l.objective}`, `${l.direction === 1 ? 'as the model says' : l.direction === -1 ? 'reversed' : 'not known yet (probing)'} <span class="u">(${l.experiments} experiments)</span>`)).join('\n')}
 </div>
-<table id="rules"><tr><th>actions by rule</th><th>count</th></tr>${rules.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${num(`loop.by_rule.${k}`, v, 0)}</td></tr>`).join('') || '<tr><td colspan="2">none</td></tr>'}
-${refusedBy.map(([k, v]) => `<tr><td>refused: ${esc(k)}</td><td>${num(`loop.refused_by_limit.${k}`, v, 0)}</td></tr>`).join('')}</table>
+<table id="rules"><tr><th>actions by rule</th><th>count</th></tr>${rules.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${num(`actions.by_rule.${k}`, v, 0)}</td></tr>`).join('') || '<tr><td colspan="2">none</td></tr>'}
+${refusedBy.map(([k, v]) => `<tr><td>refused: ${esc(k)}</td><td>${num(`actions.refused_by_limit.${k}`, v, 0)}</td></tr>`).join('')}</table>
 <p>Model and calibration: ${r.models.length ? r.models.map((m) => `<span class="mono">${esc(m)}</span>`).join(', ') : '–'}</p>
 <h2>Across nights (last ${r.trend.nights.length})</h2>
 <p class="sub">Change detector: two-sided CUSUM on each nightly figure against the mean of the first ${det.baselineNights} nights (k = ${det.k} σ, h = ${det.h} σ, reported from a ${det.minRatio}× change).</p>

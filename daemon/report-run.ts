@@ -53,7 +53,7 @@ export function reportMessage(r: DriftReport | DetailedReport, files: ReportFile
       out_of_focus: r.totals.out_of_focus,
       out_of_focus_rate: r.totals.out_of_focus_rate,
       z_offsets: r.totals.z_offsets,
-      ...(d ? { reacquisitions: d.loop.reacquisitions, probes: d.loop.probes, refused: d.loop.refused, expired: d.loop.expired } : {}),
+      ...(d ? { reacquisitions: d.actions.reacquisitions, probes: d.actions.probes, refused: d.actions.refused, expired: d.actions.expired } : {}),
     },
     alerts: [
       ...r.alerts.map((a) => ({ kind: a.kind, slide: a.slide, message: a.message })),

@@ -5,6 +5,8 @@ import type { DriftStats, Store } from '../adapters/store.js';
 import type { Context } from '../core/context.js';
 import type { Component } from '../core/lifecycle.js';
 import { produceReport, type ReportFiles } from './report-run.js';
+import type { SignLearningState } from '../core/types.js';
+import { SignLearner } from './sign-learner.js';
 
 export interface DriftReport {
   schema: 1;
@@ -20,10 +22,43 @@ export interface DriftReport {
    * misconfigured sender): stored and counted here per scanner, not mixed into the slides above.
    */
   other_scanners: Array<{ scanner: string; slides: number; tiles: number; with_tissue: number; out_of_focus: number }>;
+  /** the feedback loop over the period: learned sign per scanner/objective/model, wrong-way moves, stop-loss. */
+  loop: {
+    wrong_way_moves: number;
+    diverging_slides: string[];
+    sign_inverted_detected: number;
+    slides: Array<{ slide: string; wrong_way_moves: number; loop_diverging: boolean }>;
+    sign_learning: SignLearningState[];
+  };
+}
+
+type ReportStore = Pick<Store, 'driftStats'> & Partial<Pick<Store, 'loopEventCounts' | 'evidenceKeys' | 'loadEvidence'>>;
+
+function loopSection(ctx: Context, store: ReportStore, fromMs: number, toMs: number): DriftReport['loop'] {
+  const scanner = ctx.config.scanner.id;
+  const ev = store.loopEventCounts?.(fromMs, toMs, scanner) ?? [];
+  const per = new Map<string, { slide: string; wrong_way_moves: number; loop_diverging: boolean }>();
+  for (const e of ev) {
+    const s = per.get(e.slide) ?? { slide: e.slide, wrong_way_moves: 0, loop_diverging: false };
+    if (e.kind === 'wrong_way') s.wrong_way_moves += e.n;
+    if (e.kind === 'loop_diverging') s.loop_diverging = true;
+    per.set(e.slide, s);
+  }
+  const c = ctx.config.controller;
+  // the same posterior the controller uses, from the stored evidence
+  const learner = new SignLearner({ trust: c.learning.trust, priorCalibrated: c.learning.priorCalibrated, signConfidence: c.signConfidence }, store.loadEvidence ? { loadEvidence: (k) => store.loadEvidence!(k), addEvidence: () => undefined } : undefined);
+  const slides = [...per.values()];
+  return {
+    wrong_way_moves: slides.reduce((a, s) => a + s.wrong_way_moves, 0),
+    diverging_slides: slides.filter((s) => s.loop_diverging).map((s) => s.slide),
+    sign_inverted_detected: ev.filter((e) => e.kind === 'sign_inverted_detected').reduce((a, e) => a + e.n, 0),
+    slides: slides.filter((s) => s.wrong_way_moves > 0 || s.loop_diverging),
+    sign_learning: (store.evidenceKeys?.(scanner) ?? []).map((k) => learner.state(k)),
+  };
 }
 
 /** Builds the report of [fromMs, toMs) from the tile history. Pure apart from the store query. */
-export function buildDriftReport(ctx: Context, store: Pick<Store, 'driftStats'>, fromMs: number, toMs: number): DriftReport {
+export function buildDriftReport(ctx: Context, store: ReportStore, fromMs: number, toMs: number): DriftReport {
   const { config } = ctx;
   const all = store.driftStats(fromMs, toMs);
   const slides = all.filter((s) => s.scanner === config.scanner.id);
@@ -77,6 +112,7 @@ export function buildDriftReport(ctx: Context, store: Pick<Store, 'driftStats'>,
     alerts,
     slides,
     other_scanners: [...others.values()],
+    loop: loopSection(ctx, store, fromMs, toMs),
   };
 }
 
@@ -139,6 +175,20 @@ export function renderDriftMarkdown(r: DriftReport): string {
           ...r.other_scanners.map((o) => `| ${mdText(o.scanner)} | ${o.slides} | ${o.tiles} | ${o.with_tissue} | ${o.out_of_focus} |`),
         ]
       : ['None: every tile in the period came from this scanner.']),
+    '',
+    '## Feedback loop',
+    '',
+    `- wrong-way moves: ${r.loop.wrong_way_moves}; slides where the stop-loss fired: ${r.loop.diverging_slides.length ? r.loop.diverging_slides.join(', ') : 'none'}; sign_inverted_detected: ${r.loop.sign_inverted_detected}`,
+    ...r.loop.slides.map((s) => `- **${s.slide}**: ${s.wrong_way_moves} wrong-way moves${s.loop_diverging ? ', loop_diverging (z_offsets frozen, signs probed)' : ''}`),
+    '',
+    "Learned sign of the model (1 = as reported, −1 = reversed, 0 = not known yet, probing):",
+    '',
+    '| objective | model | calibration | direction | right / wrong per sign-confidence and \\|defocus\\| bin with evidence (P right) |',
+    '|---|---|---|---:|---|',
+    ...r.loop.sign_learning.map(
+      (l) =>
+        `| ${l.objective} | ${l.model_sha256.slice(0, 12)} | ${l.calibration_sign}${l.calibrated ? ' (fitted)' : ''} | ${l.direction} | ${l.bins.filter((b) => b.right + b.wrong > 0).map((b) => `${b.lo}–${b.hi} at ${b.abs_lo_um}–${b.abs_hi_um ?? '∞'} µm: ${b.right}/${b.wrong} (${b.p_right.toFixed(2)})`).join('; ')} |`,
+    ),
     '',
   ];
   return lines.join('\n');

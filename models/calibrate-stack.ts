@@ -161,7 +161,7 @@ export async function calibrate(o: CalibrateOptions): Promise<Record<string, unk
     focus[p] = { z_focus_um: chosen.z_um, z_focus_std_um: byStd.z_um, z_focus_nvl_um: byNvl.z_um, slices: sl.length };
   }
   const fitRange = o.fitRangeUm ?? manifest.range_um[1];
-  const all: CalibrationSample[] = rows.map((r) => ({ z_rel_um: r.img.z_um - focus[r.img.position]!.z_focus_um, abs_um: r.abs_um, sign_logit: r.sign_logit }));
+  const all: CalibrationSample[] = rows.map((r) => ({ z_rel_um: r.img.z_um - focus[r.img.position]!.z_focus_um, abs_um: r.abs_um, sign_logit: r.sign_logit, position: r.img.position }));
   const inRange = all.filter((s) => Math.abs(s.z_rel_um) <= fitRange);
   const source = `focus stack ${basename(o.stackDir)} (${rows.length} images, ${positions.length} positions, in-focus by ${o.measure}, |z| <= ${fitRange} µm)`;
   const fit = fitCalibration(manifest, inRange, { robust: o.robust, minAbsZ: o.minAbsZUm, source });
@@ -177,6 +177,8 @@ export async function calibrate(o: CalibrateOptions): Promise<Record<string, unk
     fit_range_um: fitRange,
     fit_samples: inRange.length,
     calibration: fit.calibration,
+    // the magnitude fit and whether it helped on positions/slices it was not fitted to (applied only then)
+    magnitude: fit.magnitude,
     fit: fit.fit,
     sign: fit.sign,
     spearman_abs_in_range: { before: fit.spearman_abs_before, after: fit.spearman_abs_after },

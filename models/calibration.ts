@@ -235,10 +235,42 @@ export interface CalibrationSample {
   z_rel_um: number;
   abs_um: number;
   sign_logit: number;
+  /** lateral position of the stack the slice belongs to (held-out validation leaves one position out). */
+  position?: string;
 }
+
+/** Where the calibrated in/out decision falls on data the fit did not see (true |z| at which |prediction| = tolerance). */
+export interface BoundaryCheck {
+  /** true z at which the prediction crosses +tolerance / −tolerance (null when a side has too few held-out slices). */
+  positive_um: number | null;
+  negative_um: number | null;
+  /** largest distance of the two crossings from ±tolerance. */
+  error_um: number | null;
+}
+
+/** Does the magnitude fit help on stack positions / slices it was not fitted to? */
+export interface MagnitudeValidation {
+  method: 'leave-one-position-out' | 'z-parity' | 'none';
+  folds: number;
+  /** held-out MAE (µm) and in/out boundary with the sign decision alone (identity magnitude) and with the fit. */
+  heldout: {
+    mae_um: { identity: number | null; fit: number | null };
+    boundary: { identity: BoundaryCheck; fit: BoundaryCheck };
+    samples: number;
+  };
+  applied: boolean;
+  reason: string;
+  /** the fit on all samples, whether applied or not. */
+  fitted: { slope: number; intercept: number };
+}
+
+/** Largest shift of the in/out boundary a calibration may make on held-out data (µm). */
+export const MAX_BOUNDARY_SHIFT_UM = 0.1;
 
 export interface CalibrationFit {
   calibration: ModelManifest['calibration'];
+  /** held-out check of the magnitude fit; calibration has identity magnitude when it was not applied. */
+  magnitude: MagnitudeValidation;
   sign: SignTest;
   fit: LinearFit;
   spearman_abs_before: number;
@@ -264,6 +296,119 @@ function evalWith(m: ModelManifest, cal: ModelManifest['calibration'], s: Calibr
   };
 }
 
+/** The line's x for a sample: the network's signed output (sign flipped if inverted), or |output| when unrecoverable. */
+function xOf(s: CalibrationSample, decision: SignTest['decision']): number {
+  if (decision === 'unrecoverable') return Math.abs(s.abs_um);
+  return (decision === 'inverted' ? -1 : 1) * (s.sign_logit >= 0 ? 1 : -1) * Math.max(0, s.abs_um);
+}
+
+function yOf(s: CalibrationSample, decision: SignTest['decision']): number {
+  return decision === 'unrecoverable' ? Math.abs(s.z_rel_um) : s.z_rel_um;
+}
+
+/**
+ * True z where held-out predictions cross ±tolerance: a line through (z, prediction) of the slices on each side
+ * within 2·tolerance + 1 µm of focus, solved for the tolerance. Unrecoverable sign: magnitudes, one side.
+ */
+export function boundaryOf(z: number[], pred: number[], tol: number, unsigned: boolean): BoundaryCheck {
+  const side = (sgn: 1 | -1): number | null => {
+    const idx = z.map((_, i) => i).filter((i) => (unsigned ? true : Math.sign(z[i]!) === sgn) && Math.abs(z[i]!) <= 2 * tol + 1 && z[i] !== 0);
+    const zs = idx.map((i) => (unsigned ? Math.abs(z[i]!) : z[i]!));
+    const ps = idx.map((i) => (unsigned ? Math.abs(pred[i]!) : pred[i]!));
+    if (new Set(zs).size < 2) return null;
+    const { slope, intercept } = ols(zs, ps);
+    if (!(slope > 0)) return null;
+    return (sgn * tol - intercept) / slope;
+  };
+  const positive = side(1);
+  const negative = unsigned ? null : side(-1);
+  const errs = [positive === null ? null : Math.abs(positive - tol), negative === null ? null : Math.abs(negative + tol)].filter((v): v is number => v !== null);
+  return { positive_um: positive, negative_um: negative, error_um: errs.length ? Math.max(...errs) : null };
+}
+
+/**
+ * The magnitude fit is applied only when it improves the error on data it was not fitted to: leave one stack
+ * position out (several positions), or fit on the even-numbered slices and test on the odd ones and back (one
+ * position). It must lower the held-out MAE and must not move the held-out in/out boundary more than
+ * MAX_BOUNDARY_SHIFT_UM beyond where the sign decision alone puts it; otherwise identity, with the reason.
+ */
+export function validateMagnitude(
+  manifest: ModelManifest,
+  samples: CalibrationSample[],
+  decision: SignTest['decision'],
+  all: LinearFit,
+  opts: { robust?: boolean; toleranceUm: number },
+): MagnitudeValidation {
+  const positions = [...new Set(samples.map((s) => s.position ?? ''))];
+  const folds: { train: CalibrationSample[]; test: CalibrationSample[] }[] = [];
+  let method: MagnitudeValidation['method'];
+  if (positions.length >= 2) {
+    method = 'leave-one-position-out';
+    for (const p of positions) folds.push({ train: samples.filter((s) => (s.position ?? '') !== p), test: samples.filter((s) => (s.position ?? '') === p) });
+  } else {
+    method = 'z-parity';
+    const byZ = [...samples].sort((a, b) => a.z_rel_um - b.z_rel_um);
+    const even = byZ.filter((_, i) => i % 2 === 0);
+    const odd = byZ.filter((_, i) => i % 2 === 1);
+    folds.push({ train: even, test: odd }, { train: odd, test: even });
+  }
+  const fitted = { slope: all.slope, intercept: all.intercept };
+  const identityCal = { slope: 1, intercept: 0, sign: decision, source: 'identity' };
+  const none = (reason: string): MagnitudeValidation => ({
+    method,
+    folds: folds.length,
+    heldout: { mae_um: { identity: null, fit: null }, boundary: { identity: boundaryOf([], [], 1, false), fit: boundaryOf([], [], 1, false) }, samples: 0 },
+    applied: false,
+    reason,
+    fitted,
+  });
+  const MIN_TRAIN = 5;
+  const MIN_TEST = 3;
+  const small = folds.find((f) => f.train.length < MIN_TRAIN || f.test.length < MIN_TEST);
+  if (small) {
+    return none(
+      `too few slices to check the fit on data it did not see (${method}: a fold fits ${small.train.length} and tests ${small.test.length} slices; ` +
+        `needs ≥ ${MIN_TRAIN} and ≥ ${MIN_TEST}): more slices or more stack positions`,
+    );
+  }
+  const z: number[] = [];
+  const pId: number[] = [];
+  const pFit: number[] = [];
+  for (const f of folds) {
+    const x = f.train.map((s) => xOf(s, decision));
+    const y = f.train.map((s) => yOf(s, decision));
+    if (new Set(x).size < 2) return none(`a fold's training slices have no spread in the model's output (${method})`);
+    const lf = fitLinear(x, y, { robust: opts.robust });
+    const cal = { ...identityCal, slope: lf.slope, intercept: lf.intercept };
+    for (const s of f.test) {
+      z.push(s.z_rel_um);
+      pId.push(toPrediction({ ...manifest, calibration: identityCal }, s.abs_um, s.sign_logit).defocus_um);
+      pFit.push(lf.slope > 0 ? toPrediction({ ...manifest, calibration: cal }, s.abs_um, s.sign_logit).defocus_um : NaN);
+    }
+  }
+  const unsigned = decision === 'unrecoverable';
+  const err = (p: number[]) => p.reduce((a, v, i) => a + Math.abs((unsigned ? Math.abs(v) - Math.abs(z[i]!) : v - z[i]!)), 0) / p.length;
+  const maeId = err(pId);
+  const maeFit = pFit.some((v) => !Number.isFinite(v)) ? Infinity : err(pFit);
+  const bId = boundaryOf(z, pId, opts.toleranceUm, unsigned);
+  const bFit = pFit.some((v) => !Number.isFinite(v)) ? boundaryOf([], [], 1, false) : boundaryOf(z, pFit, opts.toleranceUm, unsigned);
+  const r3 = (v: number) => Math.round(v * 1000) / 1000;
+  const heldout = { mae_um: { identity: r3(maeId), fit: Number.isFinite(maeFit) ? r3(maeFit) : null }, boundary: { identity: bId, fit: bFit }, samples: z.length };
+  let applied = false;
+  let reason: string;
+  if (!(all.slope > 0)) reason = `the fit's slope ${r3(all.slope)} is not positive`;
+  else if (!(maeFit < maeId)) reason = `on held-out slices (${method}) the fit's MAE ${Number.isFinite(maeFit) ? r3(maeFit) : '∞'} µm is not below identity's ${r3(maeId)} µm`;
+  else if (bFit.error_um === null) reason = `the held-out slices (${method}) do not bracket the in/out boundary ±${opts.toleranceUm} µm, so its shift cannot be checked`;
+  else if (bFit.error_um > Math.max(MAX_BOUNDARY_SHIFT_UM, bId.error_um ?? 0)) {
+    // the fit may move the boundary only towards the truth, or stay within MAX_BOUNDARY_SHIFT_UM of it
+    reason = `on held-out slices (${method}) the fit puts the in/out boundary ${r3(bFit.error_um)} µm from ±${opts.toleranceUm} µm (identity: ${bId.error_um === null ? '–' : r3(bId.error_um)} µm; allowed: ${MAX_BOUNDARY_SHIFT_UM} µm, or closer than identity)`;
+  } else {
+    applied = true;
+    reason = `on held-out slices (${method}, ${folds.length} folds, ${z.length} slices) MAE ${r3(maeId)} → ${r3(maeFit)} µm, boundary ${bId.error_um === null ? '–' : r3(bId.error_um)} → ${r3(bFit.error_um)} µm from ±${opts.toleranceUm} µm`;
+  }
+  return { method, folds: folds.length, heldout, applied, reason, fitted };
+}
+
 /**
  * Fits model output → µm on one instrument. First the sign test decides sign handling; then a line maps the
  * network's signed output (sign · abs_um, sign flipped if inverted) to z - z_focus, or |output| to |z - z_focus|
@@ -272,22 +417,22 @@ function evalWith(m: ModelManifest, cal: ModelManifest['calibration'], s: Calibr
 export function fitCalibration(
   manifest: ModelManifest,
   samples: CalibrationSample[],
-  opts: { robust?: boolean; minAbsZ?: number; alpha?: number; source?: string; now?: Date } = {},
+  opts: { robust?: boolean; minAbsZ?: number; alpha?: number; source?: string; now?: Date; toleranceUm?: number } = {},
 ): CalibrationFit {
   if (samples.length < 3) throw new Error(`fitCalibration: need at least 3 samples, got ${samples.length}`);
   const sign = signTest(samples.map((s) => s.z_rel_um), samples.map((s) => s.sign_logit), opts);
-  const dir = sign.decision === 'inverted' ? -1 : 1;
-  const x = samples.map((s) => (sign.decision === 'unrecoverable' ? Math.abs(s.abs_um) : dir * (s.sign_logit >= 0 ? 1 : -1) * Math.max(0, s.abs_um)));
-  const y = samples.map((s) => (sign.decision === 'unrecoverable' ? Math.abs(s.z_rel_um) : s.z_rel_um));
+  const x = samples.map((s) => xOf(s, sign.decision));
+  const y = samples.map((s) => yOf(s, sign.decision));
   const fit = fitLinear(x, y, { robust: opts.robust });
   if (!(fit.slope > 0)) {
     throw new Error(`fitCalibration: fitted slope ${fit.slope.toFixed(4)} is not positive: the model's output does not grow with defocus on this stack`);
   }
+  const magnitude = validateMagnitude(manifest, samples, sign.decision, fit, { robust: opts.robust, toleranceUm: opts.toleranceUm ?? 1 });
   const calibration: ModelManifest['calibration'] = {
-    slope: fit.slope,
-    intercept: fit.intercept,
+    slope: magnitude.applied ? fit.slope : 1,
+    intercept: magnitude.applied ? fit.intercept : 0,
     sign: sign.decision,
-    source: opts.source ?? 'focus stack',
+    source: `${opts.source ?? 'focus stack'}; magnitude ${magnitude.applied ? 'fit applied' : 'identity'}: ${magnitude.reason}`,
     fitted_at: (opts.now ?? new Date()).toISOString(),
   };
   const identity: ModelManifest['calibration'] = { slope: 1, intercept: 0, sign: 'model', source: 'identity' };
@@ -295,6 +440,7 @@ export function fitCalibration(
   const after = evalWith(manifest, calibration, samples);
   return {
     calibration,
+    magnitude,
     sign,
     fit,
     spearman_abs_before: before.spearman,

@@ -68,6 +68,8 @@ export class CnnScorer implements Scorer {
       sha256: m.sha256,
       engine: engine.info.engine,
       pixel_size_um: m.input.pixel_size_um,
+      // the controller's prior for the sign on a new instrument (outcome learning, docs/controller.md)
+      calibration: { sign: m.calibration.sign, fitted: typeof m.calibration.fitted_at === 'string' },
     };
     this.ctx.logger.info(`scorer: cnn ${m.name} ${m.version} (${m.architecture}) on ${engine.info.engine}`, { sha256: this._info.sha256 });
   }

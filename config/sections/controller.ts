@@ -73,6 +73,33 @@ export const controller = {
         default: 30,
       },
     },
+    learning: {
+      trust: {
+        doc: "Outcome learning (docs/controller.md): the model's sign (times the learned direction) is trusted only when the posterior probability that it is right, in the tile's sign-confidence bin, is at least this; otherwise the sign is found by a probe.",
+        format: 'unit-interval',
+        default: 0.8,
+      },
+      priorCalibrated: {
+        doc: "Pseudo-count of right signs a bundle calibrated on a focus stack (manifest calibration.sign model or inverted, with fitted_at) starts with; an uncalibrated bundle starts at none (uniform prior: probe until the instrument's outcomes say which way the sign points).",
+        format: Number,
+        default: 4,
+      },
+      settleTiles: {
+        doc: 'After a z_offset, this many first acquisitions are assumed still in flight (taken at the old z) and are not used to judge it.',
+        format: 'nat',
+        default: 2,
+      },
+      evalTiles: {
+        doc: 'A z_offset is judged on the median |defocus| of this many tissue tiles after the settling ones, against the run that triggered it.',
+        format: 'positive-int',
+        default: 3,
+      },
+      maxWrongWay: {
+        doc: 'Stop-loss: after this many wrong-way moves on a slide (a commanded move that left the tile further from focus), z_offsets are frozen on that slide and every sign is probed.',
+        format: 'positive-int',
+        default: 2,
+      },
+    },
     surface: {
       minPointsPlane: {
         doc: 'Tiles with a known best-focus z needed before the focus surface (plane) is fitted.',

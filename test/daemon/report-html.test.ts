@@ -85,7 +85,7 @@ describe('HTML drift report in headless Chromium', () => {
       [...document.querySelectorAll('[data-key]')].map((e) => ({ key: e.dataset.key, text: e.textContent, digits: e.dataset.digits ?? null, scale: e.dataset.scale ?? null, isNull: 'null' in e.dataset }))`);
     expect(shown.length).toBeGreaterThan(250);
     const keys = new Set(shown.map((s) => s.key.split('.')[0]));
-    expect([...keys].sort()).toEqual(['details', 'loop', 'slides', 'totals', 'trend']);
+    expect([...keys].sort()).toEqual(['actions', 'details', 'loop', 'slides', 'totals', 'trend']);
     for (const s of shown) {
       const v = at(report, s.key);
       if (s.isNull) {

@@ -61,7 +61,7 @@ describe('nightly report job (real Mosquitto, real SQLite)', () => {
     const r = JSON.parse(readFileSync(files!.json, 'utf8'));
     expect(m.json.files).toEqual(files);
     expect(m.json.period).toEqual({ from: '2026-11-29T02:00:00.000Z', to: '2026-11-30T02:00:00.000Z' });
-    expect(m.json.headline).toMatchObject({ slides: 2, tiles: r.totals.tiles, out_of_focus_rate: r.totals.out_of_focus_rate, z_offsets: r.totals.z_offsets, reacquisitions: r.loop.reacquisitions });
+    expect(m.json.headline).toMatchObject({ slides: 2, tiles: r.totals.tiles, out_of_focus_rate: r.totals.out_of_focus_rate, z_offsets: r.totals.z_offsets, reacquisitions: r.actions.reacquisitions });
     const alerts = m.json.alerts as { kind: string; message: string }[];
     expect(alerts.length).toBe(r.alerts.length + r.trend.alerts.length);
     expect(alerts.filter((a) => a.kind === 'change').map((a) => a.message)).toEqual(r.trend.alerts.map((a: { message: string }) => a.message));

@@ -48,6 +48,30 @@ describe('nightly drift report', () => {
     expect(md).toMatch(/\| slide-ok \| 80 \| 40 \| 0 \|/);
   });
 
+  it('reports the feedback loop: wrong-way moves, slides under the stop-loss and the learned sign with its evidence', async () => {
+    const dir = tempDir('focusd-report-');
+    const now = Date.parse('2026-11-25T02:00:00Z');
+    const { ctx, store } = await nightOfHistory(dir, now);
+    const key = { scanner: 'scanner-a', objective: '20x', model_sha256: 'f00dfeed0123456789', calibration_sign: 'model' as const, calibrated: false };
+    for (let i = 0; i < 7; i++) store.addEvidence(key, 2, 0, 1, now - HOUR);
+    store.addEvidence(key, 2, 1, 0, now - HOUR);
+    store.recordLoopEvent({ at: now - 2 * HOUR, scanner: 'scanner-a', slide: 'slide-drift', kind: 'wrong_way', detail: 'tile 3' });
+    store.recordLoopEvent({ at: now - 2 * HOUR, scanner: 'scanner-a', slide: 'slide-drift', kind: 'wrong_way', detail: 'tile 9' });
+    store.recordLoopEvent({ at: now - 2 * HOUR, scanner: 'scanner-a', slide: 'slide-drift', kind: 'loop_diverging', detail: '2 wrong-way moves' });
+    store.recordLoopEvent({ at: now - 30 * HOUR, scanner: 'scanner-a', slide: 'slide-old', kind: 'wrong_way', detail: 'outside the window' });
+    const files = await new DriftReporter(ctx, store).runOnce(now);
+    await store.stop();
+    const r = JSON.parse(readFileSync(files!.json, 'utf8'));
+    expect(r.loop).toMatchObject({ wrong_way_moves: 2, diverging_slides: ['slide-drift'], sign_inverted_detected: 0 });
+    expect(r.loop.slides).toEqual([{ slide: 'slide-drift', wrong_way_moves: 2, loop_diverging: true }]);
+    expect(r.loop.sign_learning).toHaveLength(1);
+    expect(r.loop.sign_learning[0]).toMatchObject({ objective: '20x', direction: -1, experiments: 8 });
+    expect(r.loop.sign_learning[0].bins[2]).toMatchObject({ right: 1, wrong: 7, p_right: 0.2, direction: -1 });
+    const md = readFileSync(files!.markdown, 'utf8');
+    expect(md).toMatch(/wrong-way moves: 2; slides where the stop-loss fired: slide-drift/);
+    expect(md).toMatch(/\| 20x \| f00dfeed0123 \| model \| -1 \| .*0\.95–1 at 0–2\.5 µm: 1\/7 \(0\.20\)/);
+  });
+
   it('a report that cannot be written is an error in the log, not a silent success', async () => {
     const dir = tempDir('focusd-report-');
     const now = Date.now();

@@ -34,6 +34,8 @@ export interface TileSpec {
   /** signed defocus the scorer reports; null = no tissue. */
   d: number | null;
   conf?: number | null;
+  /** the bundle's calibration as the scorer reports it; default: fitted on a focus stack, sign as the model says. */
+  calibration?: { sign: 'model' | 'inverted' | 'unrecoverable'; fitted: boolean };
   tol?: number;
   verdict?: Verdict;
 }
@@ -66,7 +68,8 @@ export function outcome(t: TileSpec): TileOutcome {
       tissue_fraction: t.d === null ? 0.01 : 0.6,
       patches: t.d === null ? 0 : 8,
       focus_map: t.d === null ? null : { rows: 2, cols: 2, defocus_um: [t.d, t.d, null, t.d] },
-      model: { name: 'test-model', version: '1.0.0', sha256: 'abc', engine: 'classical', pixel_size_um: 0.22 },
+      // a bundle calibrated on this instrument's focus stack: its confident signs are trusted from the start
+      model: { name: 'test-model', version: '1.0.0', sha256: 'abc', engine: 'classical', pixel_size_um: 0.22, calibration: t.calibration ?? { sign: 'model', fitted: true } },
     },
     latency_ms: 12.5,
   };

@@ -1,0 +1,201 @@
+// Outcome learning and stop-loss of the controller (FocusController + SignLearner) on scripted scanners that obey
+// every action: the model's reported sign is a function of the true defocus (matching, mirrored, random), the truth
+// decides whether a move helped. Plus the evidence's persistence in a real SQLite store across a restart.
+import { describe, expect, it } from 'vitest';
+import { Store } from '../../adapters/store.js';
+import { Controller, FocusController, type RuntimeView } from '../../daemon/controller.js';
+import { binOf, SignLearner } from '../../daemon/sign-learner.js';
+import type { Action, LoopAlert } from '../../core/types.js';
+import { makeCtx, outcome, tempDir } from '../helpers/mqtt-side.js';
+
+const base = makeCtx().config.controller;
+type Settings = typeof base;
+const settings = (learning: Partial<Settings['learning']> = {}): Settings => ({ ...structuredClone(base), learning: { ...base.learning, ...learning } });
+const live: RuntimeView = { toleranceUm: 1, dryRun: false };
+const UNCALIBRATED = { sign: 'model' as const, fitted: false };
+
+/** Deterministic pseudo-random numbers (mulberry32). */
+function rng(seed: number) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface SlideRun {
+  actions: Action[];
+  alerts: LoopAlert[];
+  /** truth: |defocus| of each tile's first and final acquisition. */
+  first: number[];
+  final: number[];
+  /** commanded (non-probe) re-acquisitions whose tile ended further from focus than before the move. */
+  wrongWay: number;
+  acquisitions: number;
+}
+
+/**
+ * One slide of `n` tiles: true defocus focal(i) + the z_offsets the scanner applied (from the next tile on);
+ * every reacquire is executed at once at its target z. The model reports |d| exactly, its sign through `sign`.
+ */
+function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: number) => number, sign: (trueD: number, i: number, attempt: number) => 1 | -1, calibration = UNCALIBRATED, conf = 0.99, obeyReacquire = true): SlideRun {
+  const run: SlideRun = { actions: [], alerts: [], first: [], final: [], wrongWay: 0, acquisitions: 0 };
+  let offset = 0;
+  let seq = 0;
+  const feed = (i: number, attempt: number, z: number, trueD: number): void => {
+    run.acquisitions++;
+    if (attempt === 0) run.first[i] = Math.abs(trueD);
+    run.final[i] = Math.abs(trueD);
+    const reported = sign(trueD, i, attempt) * Math.abs(trueD);
+    const d = ctl.onTile(outcome({ slide, seq: seq++, index: i, attempt, z, d: reported, conf, calibration }), 1_000_000 + seq * 1000, live);
+    run.alerts.push(...d.alerts);
+    for (const a of d.actions) {
+      run.actions.push(a);
+      if (a.type === 'z_offset') offset += a.z_offset_um;
+      else if (obeyReacquire) {
+        const target = a.target_z_um as number;
+        const nextD = trueD + (target - z);
+        if (!a.probe && Math.abs(nextD) > Math.abs(trueD) + 0.05) run.wrongWay++;
+        feed(i, attempt + 1, target, nextD);
+      }
+    }
+  };
+  for (let i = 0; i < n; i++) feed(i, 0, 100 + offset, focal(i) + offset);
+  return run;
+}
+
+const yieldOf = (r: SlideRun) => r.final.filter((v) => v <= 1).length / r.final.length;
+const noFeedbackYield = (r: SlideRun) => r.first.filter((v) => v <= 1).length / r.first.length;
+
+// isolated blurs of ±2.5 µm and a drift of +2.5 µm from tile 30 on
+const focal = (i: number) => (i % 9 === 4 ? (i % 2 ? 2.5 : -2.5) : 0) + (i >= 30 ? 2.5 : 0) + 0.2 * Math.sin(i);
+
+describe('outcome learning on scripted instruments', () => {
+  it('mirrored instrument, uncalibrated bundle: probes until the outcomes say the sign is reversed, then trusts it reversed; next slide 0 wrong-way moves', () => {
+    const ctl = new FocusController(settings());
+    const mirrored = (t: number) => (t >= 0 ? -1 : 1) as 1 | -1;
+    const s1 = scanSlide(ctl, 'S-1', 60, focal, mirrored);
+    expect(s1.wrongWay).toBeLessThanOrEqual(3);
+    expect(yieldOf(s1)).toBeGreaterThanOrEqual(noFeedbackYield(s1));
+    const inv = s1.alerts.filter((a) => a.reason === 'sign_inverted_detected');
+    expect(inv).toHaveLength(1);
+    expect(inv[0]!.learning!.direction).toBe(-1);
+    expect(inv[0]!.detail).toMatch(/wrong in 3 of 3 experiments/);
+    // after learning, the reversed sign is used: the drift gets its z_offset in the right direction
+    const z1 = s1.actions.filter((a) => a.type === 'z_offset');
+    expect(z1.length).toBeGreaterThan(0);
+    expect(z1.every((a) => a.z_offset_um < 0)).toBe(true);
+    const s2 = scanSlide(ctl, 'S-2', 60, focal, mirrored);
+    expect(s2.wrongWay).toBe(0);
+    expect(s2.actions.filter((a) => a.probe)).toHaveLength(0);
+    expect(yieldOf(s2)).toBe(1);
+    expect(s2.acquisitions / 60).toBeLessThanOrEqual(1.25);
+    expect(s2.alerts).toHaveLength(0);
+    expect(ctl.learner.snapshot()[0]).toMatchObject({ direction: -1, calibration_sign: 'model', calibrated: false, inverted_detected: true });
+  });
+
+  it('matching instrument, uncalibrated bundle: a few probes confirm the sign, then it is trusted', () => {
+    const ctl = new FocusController(settings());
+    const s1 = scanSlide(ctl, 'S-1', 60, focal, (t) => (t >= 0 ? 1 : -1));
+    expect(s1.wrongWay).toBe(0);
+    expect(s1.actions.filter((a) => a.probe).length).toBeLessThanOrEqual(3);
+    expect(yieldOf(s1)).toBe(1);
+    expect(s1.alerts).toHaveLength(0);
+    expect(ctl.learner.snapshot()[0]!.direction).toBe(1);
+  });
+
+  it('a calibrated bundle is trusted at once; evidence against it raises sign_inverted_detected', () => {
+    const ctl = new FocusController(settings({ priorCalibrated: 4 }));
+    const cal = { sign: 'model' as const, fitted: true };
+    const s1 = scanSlide(ctl, 'S-1', 12, focal, (t) => (t >= 0 ? 1 : -1), cal);
+    expect(s1.actions.filter((a) => a.probe)).toHaveLength(0);
+    const l = new SignLearner({ trust: 0.8, priorCalibrated: 4, signConfidence: 0.8 });
+    const key = { scanner: 's', objective: '20x', model_sha256: 'abc', calibration_sign: 'model' as const, calibrated: true };
+    expect(l.judge(key, 0.99).direction).toBe(1);
+    // one wrong outcome: no longer trusted (probe), enough of them: reversed, and the contradiction is reported once
+    expect(l.record(key, 0.99, false, 1).invertedDetected).toBe(false);
+    expect(l.judge(key, 0.99).direction).toBe(0);
+    const flips = Array.from({ length: 30 }, (_, k) => l.record(key, 0.99, false, 2 + k).invertedDetected).filter(Boolean);
+    expect(flips).toHaveLength(1);
+    expect(l.judge(key, 0.99).direction).toBe(-1);
+    // a low-confidence sign is never trusted, whatever the evidence; an unrecoverable bundle never either
+    expect(l.judge(key, 0.6).direction).toBe(0);
+    expect(l.judge({ ...key, calibration_sign: 'unrecoverable' }, 0.99).direction).toBe(0);
+    expect([binOf(0.5), binOf(0.85), binOf(0.97), binOf(1)]).toEqual([0, 1, 2, 2]);
+  });
+});
+
+describe('stop-loss', () => {
+  it('a confidently calibrated model whose sign is noise: two wrong-way moves freeze the slide, then it probes and never ends worse than no feedback', () => {
+    // the bundle claims a calibration strong enough to be trusted through the first wrong outcomes
+    const ctl = new FocusController(settings({ priorCalibrated: 20 }));
+    const coin = rng(7);
+    const signs = new Map<string, 1 | -1>();
+    // the sign is noise: random per tile and acquisition, independent of the true defocus
+    const random = (_t: number, i: number, attempt: number) => {
+      const k = `${i}/${attempt}`;
+      if (!signs.has(k)) signs.set(k, coin() < 0.5 ? 1 : -1);
+      return signs.get(k)!;
+    };
+    const s1 = scanSlide(ctl, 'S-1', 80, focal, random, { sign: 'model', fitted: true });
+    const div = s1.alerts.filter((a) => a.reason === 'loop_diverging');
+    expect(div).toHaveLength(1);
+    expect(div[0]!.detail).toMatch(/z_offsets frozen/);
+    expect(ctl.diverging()).toEqual([expect.objectContaining({ slide: 'S-1' })]);
+    // after the stop-loss, no z_offset but the taking back of a bad one, and every re-acquisition starts with a probe
+    const at = s1.actions.findIndex((a) => a.reason.includes('wrong') && a.why && (a.why as { rule: string }).rule === 'wrong_way');
+    expect(at).toBeGreaterThanOrEqual(0);
+    const after = s1.actions.slice(s1.actions.findIndex((a) => a.created_at >= div[0]!.diverging!.since));
+    expect(after.filter((a) => a.type === 'z_offset' && (a.why as { rule: string }).rule !== 'revert')).toHaveLength(0);
+    // no tile ends further from focus than its first acquisition, and the slide is no worse than without feedback
+    for (let i = 0; i < s1.final.length; i++) expect(s1.final[i]!, `tile ${i}`).toBeLessThanOrEqual(s1.first[i]! + 1e-9);
+    expect(yieldOf(s1)).toBeGreaterThanOrEqual(noFeedbackYield(s1));
+  });
+
+  it('a z_offset after which the next tiles got worse is taken back and the slide freezes', () => {
+    // a calibrated model that reads a drift backwards, on a scanner that applies z_offsets but does not retake
+    // tiles (so no per-tile move catches the wrong sign first)
+    const ctl = new FocusController(settings({ priorCalibrated: 20 }));
+    const backwards = (t: number) => (t >= 0 ? -1 : 1) as 1 | -1;
+    const s = scanSlide(ctl, 'S-9', 40, (i) => (i >= 5 ? 2 : 0), backwards, { sign: 'model', fitted: true }, 0.99, false);
+    const z = s.actions.filter((a) => a.type === 'z_offset');
+    expect(z[0]!.z_offset_um).toBeGreaterThan(0); // the wrong way
+    const revert = z.find((a) => (a.why as { rule: string }).rule === 'revert');
+    expect(revert).toBeDefined();
+    expect(revert!.z_offset_um).toBeCloseTo(-z[0]!.z_offset_um, 6);
+    expect(s.alerts.some((a) => a.reason === 'loop_diverging' && /made the next tiles worse/.test(a.detail))).toBe(true);
+    expect(ctl.cumulative('scanner-a', 'S-9')).toBeCloseTo(0, 6);
+    expect(z.filter((a) => (a.why as { rule: string }).rule !== 'revert')).toHaveLength(1);
+  });
+});
+
+describe('learned direction across a restart (SQLite store)', () => {
+  it('the evidence is written per experiment and a new controller on the same file starts with it', async () => {
+    const overrides = { 'store.dir': tempDir() };
+    const mirrored = (t: number) => (t >= 0 ? -1 : 1) as 1 | -1;
+    const ctx = makeCtx(overrides);
+    const store = new Store(ctx);
+    await store.start(new AbortController().signal);
+    const ctl = new FocusController(settings(), undefined, store);
+    scanSlide(ctl, 'S-1', 40, focal, mirrored);
+    expect(ctl.learner.snapshot()[0]!.direction).toBe(-1);
+    // no stop(): the process "dies" here; the evidence is already committed
+    const ctx2 = makeCtx(overrides);
+    const store2 = new Store(ctx2);
+    await store2.start(new AbortController().signal);
+    const c = new Controller(ctx2, { store: store2 });
+    await c.start(new AbortController().signal);
+    expect(ctx2.metrics.loop.sign_learning).toEqual([expect.objectContaining({ scanner: 'scanner-a', objective: '20x', model_sha256: 'abc', direction: -1 })]);
+    const got: Action[] = [];
+    ctx2.events.on('action', (a) => got.push(a));
+    // a confident +3 µm reading on the mirrored instrument: re-acquired straight at +3 (reversed), no probe
+    ctx2.events.emit('tile:scored', outcome({ slide: 'S-2', seq: 0, index: 0, d: 3, conf: 0.99, calibration: UNCALIBRATED }));
+    expect(got).toEqual([expect.objectContaining({ type: 'reacquire', probe: false, z_offset_um: 3 })]);
+    await c.stop();
+    await store2.stop();
+    await store.stop();
+  });
+});
