@@ -40,7 +40,7 @@ export async function produceReport(ctx: Context, store: ReportStore, fromMs: nu
 
 /** The `<base>/report` message: period, headline figures, alerts, file paths. */
 export function reportMessage(r: DriftReport | DetailedReport, files: ReportFiles): Record<string, unknown> {
-  const d = 'loop' in r ? (r as DetailedReport) : null;
+  const d = 'actions' in r ? (r as DetailedReport) : null;
   return {
     schema: REPORT_SCHEMA_ID,
     scanner: r.scanner,
