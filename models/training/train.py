@@ -69,6 +69,17 @@ class BatchStream:
         else:
             self.it = _batches(0, *self.args)
 
+    def try_next(self):
+        """A batch if one is ready (worker processes), else None."""
+        import queue
+        if not self.procs:
+            return next(self)
+        try:
+            x8, z = self.q.get_nowait()
+            return x8.float(), z
+        except queue.Empty:
+            return None
+
     def __next__(self):
         if self.procs:
             x8, z = self.q.get(timeout=600)
@@ -119,7 +130,7 @@ def frozen_modules(model, freeze: int) -> list:
 
 def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=None, fixed_batch=False,
           log_every=50, amp=False, oversample=3, log=print, var=None, on_checkpoint=None, checkpoint_every_s=60.0,
-          sparse_frac=0.0, warmup=200, ranges=None, stream=None, freeze=0):
+          sparse_frac=0.0, warmup=200, ranges=None, stream=None, freeze=0, max_echo=0):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
@@ -135,6 +146,7 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
     last_ck = t0
     step = 0
     seen = 0
+    last, echoes, n_echo = None, 0, 0
     while step < steps:
         elapsed = time.time() - t0
         prog = step / steps
@@ -145,11 +157,26 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
         cur_lr = lr * (min(1.0, (step + 1) / warmup) if not fixed_batch else 1.0) * (0.5 * (1 + math.cos(math.pi * prog)) if not fixed_batch else 1.0)
         for g in opt.param_groups:
             g["lr"] = cur_lr
+        fresh = True
         if fixed is not None:
             x, z = fixed
         elif stream is not None:
-            x8, z = next(stream)
+            # data echoing: while the workers have no new batch ready, train on the last one again (random rot90/flip
+            # of the whole batch), at most max_echo times; the training process would otherwise sit idle
+            got = stream.try_next() if (max_echo and last is not None and echoes < max_echo) else next(stream)
+            if got is None:
+                x8 = torch.rot90(last[0], int(torch.randint(0, 4, (1,), generator=gen)), dims=(-2, -1))
+                if int(torch.randint(0, 2, (1,), generator=gen)):
+                    x8 = torch.flip(x8, dims=(-1,))
+                z = last[1]
+                fresh = False
+                echoes += 1
+                n_echo += 1
+            else:
+                x8, z = got
+                last, echoes = got, 0
             x, z = S.normalise(x8.to(device), S.NORMALISATION), z.to(device)
+            fresh = got is not None
         else:
             x, z = make_batch(sources, batch, gen, device, z_max, ranges=ranges, var=var, oversample=oversample, sparse_frac=sparse_frac)
         if amp and str(device).startswith("cuda"):
@@ -163,17 +190,17 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        seen += x.shape[0]
+        seen += x.shape[0] if fresh else 0  # generated patches (echoed batches are not counted again)
         hist.append({"step": step, "loss": loss.item(), **parts})
         if log_every and step % log_every == 0:
             log(f"step {step} loss {float(loss):.4f} abs {parts['abs']:.3f} sign {parts['sign']:.3f} lr {cur_lr:.2e} "
-                f"{seen / max(1e-9, time.time() - t0):.0f} patches/s")
+                f"{seen / max(1e-9, time.time() - t0):.1f} patches/s ({n_echo} echoed batches)")
         step += 1
         # periodic checkpoints: a run cut off by a wall-clock limit (a lent GPU) still leaves a usable model
         if on_checkpoint and time.time() - last_ck >= checkpoint_every_s:
             on_checkpoint(step, seen)
             last_ck = time.time()
-    return {"steps": step, "seconds": time.time() - t0, "patches": seen, "patches_per_s": seen / max(1e-9, time.time() - t0),
+    return {"steps": step, "seconds": time.time() - t0, "patches": seen, "echoed_batches": n_echo, "patches_per_s": seen / max(1e-9, time.time() - t0),
             "history": hist}
 
 
@@ -202,6 +229,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=0, help="generate batches in N worker processes (CPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of the training process (0 = torch default)")
     ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--max-echo", type=int, default=0, help="reuse a batch up to N times while workers have none ready")
     ap.add_argument("--freeze", type=int, default=0, help="keep the stem and the first N body blocks fixed (focusnet)")
     ap.add_argument("--train-px", type=int, default=S.PATCH, help="training patch size with --psf-bank (network pools globally)")
     ap.add_argument("--out", required=True)
@@ -249,7 +277,7 @@ def main(argv=None):
     try:
         res = train(model, sources, steps=a.steps, batch=a.batch, lr=a.lr, device=a.device, seed=a.seed, z_max=a.z_max,
                     minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True), var=var, sparse_frac=a.sparse_frac,
-                    warmup=a.warmup, ranges=ranges, stream=stream, log_every=a.log_every, freeze=a.freeze,
+                    warmup=a.warmup, ranges=ranges, stream=stream, log_every=a.log_every, freeze=a.freeze, max_echo=a.max_echo,
                     on_checkpoint=lambda st, seen: save(st, seen, time.time() - t0))
     finally:
         if stream is not None:
