@@ -3,7 +3,8 @@ table sRGB encode), measured alternately in one process so both see the same mac
 
   OMP_NUM_THREADS=1 nice -n 15 /usr/bin/python3 models/training/bench_generator.py --rounds 3 --batch 16
 
-Generation only (no training step), one thread; the new path's bank build time is included (bank of --bank instruments
+Generation only (no training step), one thread; wall-clock patches/s and patches per CPU-second of this process
+(the latter does not depend on what else the machine runs); the new path's bank build time is included (bank of --bank instruments
 built up front, one instrument replaced every --refresh batches as in training)."""
 from __future__ import annotations
 
@@ -41,21 +42,23 @@ def main(argv=None):
     while len(bank.draws) < a.bank:
         bank.draws.append(bank._draw())
     build = time.time() - t
-    t_old = t_new = 0.0
+    t_old = t_new = c_old = c_new = 0.0
     n_old = n_new = 0
     for _ in range(a.rounds):
-        t = time.time()
+        t, c = time.time(), time.process_time()
         for _ in range(a.batches):
             T.make_batch(src, a.batch, g_old, "cpu", 8.0, ranges=O.INSTRUMENT_RANGES, var=S.INSTRUMENT_VARIATION)
         t_old += time.time() - t
+        c_old += time.process_time() - c
         n_old += a.batch * a.batches
-        t = time.time()
-        b0 = bank.seconds_building
+        t, c = time.time(), time.process_time()
         for _ in range(a.batches):
             PB.bank_batch(bank, src_od, a.batch, g_new, 8.0, S.INSTRUMENT_VARIATION, patch_px=a.patch_px)
         t_new += time.time() - t
+        c_new += time.process_time() - c
         n_new += a.batch * a.batches
     res = {"old_patches_per_s": n_old / t_old, "new_patches_per_s": n_new / t_new, "speedup": (n_new / t_new) / (n_old / t_old),
+           "old_patches_per_cpu_s": n_old / c_old, "new_patches_per_cpu_s": n_new / c_new,
            "new_patch_px": a.patch_px, "bank_initial_build_s": build, "bank_instruments": a.bank, "refresh_every": a.refresh,
            "patches_each": n_old, "threads": torch.get_num_threads(), "loadavg_end": os.getloadavg()}
     print(json.dumps(res))

@@ -275,7 +275,8 @@ def evaluate_grid(model, held, variants, per_z=2, z_step=0.5, stack_step=1.0, st
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--merge", nargs="+", help="merge the variants of these grid JSONs (runs split by --variants) into --out")
     ap.add_argument("--out", required=True)
     ap.add_argument("--md", help="also write the before/after tables as markdown here")
     ap.add_argument("--per-z", type=int, default=3)
@@ -286,6 +287,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-root", default=None)
     a = ap.parse_args(argv)
+    if a.merge:
+        parts = [json.loads(Path(p).read_text()) for p in a.merge]
+        res = {**parts[0], "variants": {k: v for p in parts for k, v in p["variants"].items()},
+               "seconds": sum(p["seconds"] for p in parts), "merged_from": a.merge}
+        res["variants"] = {k: res["variants"][k] for k in I.VARIANTS if k in res["variants"]}
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        md = f"before calibration\n\n{table_markdown(res, 'before')}\n\nafter calibration\n\n{table_markdown(res, 'after')}\n"
+        if a.md:
+            Path(a.md).write_text(md)
+        print(md)
+        return
+    if not a.checkpoint:
+        ap.error("--checkpoint or --merge")
     torch.set_num_threads(a.threads)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from evaluate import load_checkpoint
