@@ -159,18 +159,25 @@ def nvl(gray: np.ndarray) -> float:
 def table_markdown(res: dict, when: str) -> str:
     """One markdown table (rows = variants) of the grid's metrics, `when` = before | after."""
     head = ("| variant | MAE signed µm | R² | slope / intercept | within ±1 µm | sign \\|z\\|≥1 | ECE | conf≥0.8: share / right "
-            "| \\|d\\| MAE µm |" + (" calibrate: sign (5 stacks) |" if when == "after" else ""))
+            "| \\|d\\| MAE µm |" + (" calibrate: sign (5 stacks) |" if when.startswith("after") else ""))
     lines = [head, "|" + "---|" * (head.replace("\\|", "").count("|") - 1)]
     for name, v in res["variants"].items():
         m = v[when]
         c80 = f"{100 * m['conf80_share']:.0f} % / " + ("—" if m["conf80_acc"] is None else f"{100 * m['conf80_acc']:.1f} %")
         row = (f"| {name} | {m['mae_signed']:.2f} | {m['r2']:.3f} | {m['slope']:.2f} / {m['intercept']:+.2f} | "
                f"{100 * m['within_1um']:.1f} % | {100 * m['sign_acc']:.1f} % | {m['ece']:.3f} | {c80} | {m['abs_mae']:.2f} |")
-        if when == "after":
-            ds = [c["sign"] for c in v["calibrations"]]
+        if when.startswith("after"):
+            ds = [c["sign"] for c in v["calibrations_true_focus" if when == "after_true_focus" else "calibrations"]]
             row += " " + ", ".join(f"{k} {ds.count(k)}" for k in ("model", "inverted", "unrecoverable") if ds.count(k)) + " |"
         lines.append(row)
     return "\n".join(lines)
+
+
+def markdown(res: dict) -> str:
+    out = f"before calibration\n\n{table_markdown(res, 'before')}\n\nafter calibration (in-focus slice by nvl, as focusd calibrate)\n\n{table_markdown(res, 'after')}\n"
+    if all("after_true_focus" in v for v in res["variants"].values()):
+        out += f"\nafter calibration with the stacks' true in-focus slice (sign test + line only)\n\n{table_markdown(res, 'after_true_focus')}\n"
+    return out
 
 
 # ---------------------------------------------------------------- rendering + inference
@@ -248,24 +255,31 @@ def evaluate_grid(model, held, variants, per_z=2, z_step=0.5, stack_step=1.0, st
         ev, stacks = run_variant(model, held, optics, zs, per_z, stack_zs, stack_patches, seed)
         p = 1 / (1 + np.exp(-ev["logit"]))
         before = grid_metrics(ev["z"], np.where(ev["logit"] >= 0, 1.0, -1.0) * ev["abs"], ev["abs"], p)
-        cals = []
-        for j, st in enumerate(stacks):
-            zr = np.array([x["z"] for x in st["slices"]]) - st["z_focus"]
-            m = np.abs(zr) <= 8.0
-            cal = fit_calibration(zr[m], np.array([x["abs"] for x in st["slices"]])[m], np.array([x["logit"] for x in st["slices"]])[m])
-            cal["z_focus"] = st["z_focus"]
-            cals.append(cal)
-        sp, pp = np.zeros_like(ev["abs"]), np.zeros_like(p)
-        for i in range(n):
-            sel = ev["img"] == i
-            sp[sel], pp[sel] = apply_calibration(cals[(i + 2) % n], ev["abs"][sel], ev["logit"][sel])
-        after = grid_metrics(ev["z"], sp, np.abs(sp), pp)
+        def calibrate(true_focus: bool):
+            cals = []
+            for j, st in enumerate(stacks):
+                zf = 0.0 if true_focus else st["z_focus"]
+                zr = np.array([x["z"] for x in st["slices"]]) - zf
+                m = np.abs(zr) <= 8.0
+                cal = fit_calibration(zr[m], np.array([x["abs"] for x in st["slices"]])[m], np.array([x["logit"] for x in st["slices"]])[m])
+                cal["z_focus"] = zf
+                cals.append(cal)
+            sp, pp = np.zeros_like(ev["abs"]), np.zeros_like(p)
+            for i in range(n):
+                sel = ev["img"] == i
+                sp[sel], pp[sel] = apply_calibration(cals[(i + 2) % n], ev["abs"][sel], ev["logit"][sel])
+            return grid_metrics(ev["z"], sp, np.abs(sp), pp), cals
+
+        after, cals = calibrate(False)  # in-focus slice by nvl, as focusd calibrate
+        after_tf, cals_tf = calibrate(True)  # in-focus slice known (z = 0): the sign/line fit alone
         per_image = {held[i].path: grid_metrics(ev["z"][ev["img"] == i], (np.where(ev["logit"] >= 0, 1.0, -1.0) * ev["abs"])[ev["img"] == i],
                                                 ev["abs"][ev["img"] == i], p[ev["img"] == i]) for i in range(n)}
         for v in per_image.values():
             v.pop("reliability")
-        out["variants"][name] = {"optics": optics.to_dict(), "before": before, "after": after,
+        out["variants"][name] = {"optics": optics.to_dict(), "before": before, "after": after, "after_true_focus": after_tf,
                                  "calibrations": [{"stack_image": held[j].path, **c} for j, c in enumerate(cals)],
+                                 "calibrations_true_focus": [{"stack_image": held[j].path, **c} for j, c in enumerate(cals_tf)],
+                                 "stacks": stacks,
                                  "per_image_before": per_image, "seconds": time.time() - t}
         log(f"{name}: before MAE {before['mae_signed']:.2f} sign {before['sign_acc']:.3f} ECE {before['ece']:.3f} |d| {before['abs_mae']:.2f}"
             f" | after MAE {after['mae_signed']:.2f} sign {after['sign_acc']:.3f} ECE {after['ece']:.3f}"
@@ -293,7 +307,7 @@ def main(argv=None):
                "seconds": sum(p["seconds"] for p in parts), "merged_from": a.merge}
         res["variants"] = {k: res["variants"][k] for k in I.VARIANTS if k in res["variants"]}
         Path(a.out).write_text(json.dumps(res, indent=1))
-        md = f"before calibration\n\n{table_markdown(res, 'before')}\n\nafter calibration\n\n{table_markdown(res, 'after')}\n"
+        md = markdown(res)
         if a.md:
             Path(a.md).write_text(md)
         print(md)
@@ -313,7 +327,7 @@ def main(argv=None):
     res["seconds"] = time.time() - t
     res["machine"] = f"CPU, {a.threads} torch thread(s), nice 15, shared 2-core dev box; load avg at end {os.getloadavg()}"
     Path(a.out).write_text(json.dumps(res, indent=1))
-    md = f"before calibration\n\n{table_markdown(res, 'before')}\n\nafter calibration\n\n{table_markdown(res, 'after')}\n"
+    md = markdown(res)
     if a.md:
         Path(a.md).write_text(md)
     print(md, flush=True)
