@@ -34,7 +34,9 @@ for line in "${items[@]}"; do
   names+=("$name")
   mkdir -p "$OUT/$name"
   # shellcheck disable=SC2086  # args is a word list on purpose
-  $PY $T/train.py --arch focusnet $args --lr 2e-3 --minutes "$MINUTES" --seed 1 --out "$OUT/$name" > "$OUT/$name/train.out" 2>&1 &
+  # defaults first, the variant's own args last: argparse keeps the last value, so a variant's --lr wins (before
+  # 2026-12 the default came last and silently overrode it: 0.2.0's continued step ran at 2e-3, not its 5e-4)
+  $PY $T/train.py --arch focusnet --lr 2e-3 --seed 1 $args --minutes "$MINUTES" --out "$OUT/$name" > "$OUT/$name/train.out" 2>&1 &
   pids+=($!)
 done
 if [ "$INCEPTION" = 1 ]; then

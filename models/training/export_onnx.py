@@ -116,9 +116,13 @@ def main(argv=None):
         model = nets.build(ck["arch"], **ck["kw"])
         model.load_state_dict(ck["state_dict"])
         arch, kw, z_max = ck["arch"], ck["kw"], ck.get("z_max", 8.0)
-        prov = {"training": "physically defocused patches generated on the fly (models/training/synth.py)",
+        ck_path = Path(a.checkpoint).resolve()
+        repo = Path(__file__).resolve().parents[2]
+        prov = {"checkpoint": str(ck_path.relative_to(repo)) if repo in ck_path.parents else ck_path.name,
+                "training": "physically defocused patches generated on the fly (models/training/synth.py)",
                 "in_focus_sources": ck.get("train_sources"), "data_root": "/work/shared/data/infocus (see models/README.md)",
                 "optics_ranges": ck.get("optics_ranges"), "default_optics": O.Optics().to_dict(),
+                "generator": ck.get("generator"),
                 "variation": ck.get("variation"), "steps": ck.get("steps"), "patches": ck.get("patches"),
                 "trained_on": ck.get("device_name"), "seed": ck.get("args", {}).get("seed"),
                 "train_args": ck.get("args"), "continued_from": ck.get("lineage", []),

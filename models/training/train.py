@@ -49,19 +49,104 @@ def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample
     return S.normalise(x8, S.NORMALISATION), z.to(device)
 
 
+class BatchStream:
+    """Training batches (uint8-valued float x8 [B,3,PATCH,PATCH], z [B]) on the CPU: exact per-patch PSFs (psf_bank=0,
+    the 0.1/0.2 generator) or a PSF bank (psf_bank.py), in this process (workers=0) or in `workers` forked processes
+    (one torch thread each) feeding a queue, so generation and training overlap."""
+
+    def __init__(self, sources, batch, seed, z_max, ranges, var, sparse_frac=0.0, psf_bank=0, bank_refresh=2, workers=0,
+                 oversample=3, patch_px=S.PATCH):
+        self.args = (sources, batch, seed, z_max, ranges, var, sparse_frac, psf_bank, bank_refresh, oversample, patch_px)
+        self.procs = []
+        if workers > 0:
+            import multiprocessing as mp
+            ctx = mp.get_context("fork")
+            self.q = ctx.Queue(maxsize=3)
+            for w in range(workers):
+                p = ctx.Process(target=_worker, args=(self.q, w + 1) + self.args, daemon=True)
+                p.start()
+                self.procs.append(p)
+        else:
+            self.it = _batches(0, *self.args)
+
+    def try_next(self):
+        """A batch if one is ready (worker processes), else None."""
+        import queue
+        if not self.procs:
+            return next(self)
+        try:
+            x8, z = self.q.get_nowait()
+            return x8.float(), z
+        except queue.Empty:
+            return None
+
+    def __next__(self):
+        if self.procs:
+            x8, z = self.q.get(timeout=600)
+            return x8.float(), z
+        return next(self.it)
+
+    def close(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.join(5)
+
+
+def _batches(wid, sources, batch, seed, z_max, ranges, var, sparse_frac, psf_bank, bank_refresh, oversample, patch_px=S.PATCH):
+    import psf_bank as PB
+    gen = torch.Generator().manual_seed(seed + 7919 * wid)
+    if psf_bank > 0:
+        sources = S.with_od(sources)
+    bank = PB.PsfBank(ranges, psf_bank, gen, z_max, bank_refresh, oversample) if psf_bank > 0 else None
+    while True:
+        if bank is not None:
+            x8, z, _ = PB.bank_batch(bank, sources, batch, gen, z_max, var, sparse_frac, patch_px)
+        else:
+            z = S.sample_z(batch, gen, z_max)
+            ob = O.OpticsBatch.sample(ranges, batch, gen)
+            crops = S.random_crops(sources, batch, gen, var, "cpu")
+            if sparse_frac > 0:
+                pick = torch.nonzero(torch.rand(batch, generator=gen) < sparse_frac).flatten()
+                if len(pick):
+                    crops[pick] = S.on_glass(crops[pick], S.sparse_tissue_masks(len(pick), gen))
+            x8 = S.render(crops, z, ob, gen, var, psf_oversample=oversample)
+        yield x8, z
+
+
+def _worker(q, wid, *args):
+    torch.set_num_threads(1)
+    for x8, z in _batches(wid, *args):
+        q.put((x8.to(torch.uint8), z))
+
+
+def frozen_modules(model, freeze: int) -> list:
+    """--freeze N (focusnet): the stem and the first N body blocks (continued training on a CPU: with N = 4 every layer
+    at >= 1/8 resolution stays as trained, which halves the cost of a training step)."""
+    if freeze <= 0:
+        return []
+    return [model.stem] + [model.body[i] for i in range(freeze)]
+
+
 def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=None, fixed_batch=False,
           log_every=50, amp=False, oversample=3, log=print, var=None, on_checkpoint=None, checkpoint_every_s=60.0,
-          sparse_frac=0.0, warmup=200):
+          sparse_frac=0.0, warmup=200, ranges=None, stream=None, freeze=0, max_echo=0):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    frozen = frozen_modules(model, freeze)
+    for m in frozen:  # fixed weights and BN statistics: no backward through the high-resolution layers
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     t0 = time.time()
     hist = []
-    fixed = make_batch(sources, batch, gen, device, z_max, var=var, oversample=oversample, sparse_frac=sparse_frac) if fixed_batch else None
+    fixed = make_batch(sources, batch, gen, device, z_max, ranges=ranges, var=var, oversample=oversample, sparse_frac=sparse_frac) if fixed_batch else None
     last_ck = t0
     step = 0
     seen = 0
+    last, echoes, n_echo = None, 0, 0
     while step < steps:
         elapsed = time.time() - t0
         prog = step / steps
@@ -72,7 +157,28 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
         cur_lr = lr * (min(1.0, (step + 1) / warmup) if not fixed_batch else 1.0) * (0.5 * (1 + math.cos(math.pi * prog)) if not fixed_batch else 1.0)
         for g in opt.param_groups:
             g["lr"] = cur_lr
-        x, z = fixed if fixed is not None else make_batch(sources, batch, gen, device, z_max, var=var, oversample=oversample, sparse_frac=sparse_frac)
+        fresh = True
+        if fixed is not None:
+            x, z = fixed
+        elif stream is not None:
+            # data echoing: while the workers have no new batch ready, train on the last one again (random rot90/flip
+            # of the whole batch), at most max_echo times; the training process would otherwise sit idle
+            got = stream.try_next() if (max_echo and last is not None and echoes < max_echo) else next(stream)
+            if got is None:
+                x8 = torch.rot90(last[0], int(torch.randint(0, 4, (1,), generator=gen)), dims=(-2, -1))
+                if int(torch.randint(0, 2, (1,), generator=gen)):
+                    x8 = torch.flip(x8, dims=(-1,))
+                z = last[1]
+                fresh = False
+                echoes += 1
+                n_echo += 1
+            else:
+                x8, z = got
+                last, echoes = got, 0
+            x, z = S.normalise(x8.to(device), S.NORMALISATION), z.to(device)
+            fresh = got is not None
+        else:
+            x, z = make_batch(sources, batch, gen, device, z_max, ranges=ranges, var=var, oversample=oversample, sparse_frac=sparse_frac)
         if amp and str(device).startswith("cuda"):
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 out = model(x)
@@ -84,17 +190,17 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        seen += x.shape[0]
+        seen += x.shape[0] if fresh else 0  # generated patches (echoed batches are not counted again)
         hist.append({"step": step, "loss": loss.item(), **parts})
         if log_every and step % log_every == 0:
             log(f"step {step} loss {float(loss):.4f} abs {parts['abs']:.3f} sign {parts['sign']:.3f} lr {cur_lr:.2e} "
-                f"{seen / max(1e-9, time.time() - t0):.0f} patches/s")
+                f"{seen / max(1e-9, time.time() - t0):.1f} patches/s ({n_echo} echoed batches)")
         step += 1
         # periodic checkpoints: a run cut off by a wall-clock limit (a lent GPU) still leaves a usable model
         if on_checkpoint and time.time() - last_ck >= checkpoint_every_s:
             on_checkpoint(step, seen)
             last_ck = time.time()
-    return {"steps": step, "seconds": time.time() - t0, "patches": seen, "patches_per_s": seen / max(1e-9, time.time() - t0),
+    return {"steps": step, "seconds": time.time() - t0, "patches": seen, "echoed_batches": n_echo, "patches_per_s": seen / max(1e-9, time.time() - t0),
             "history": hist}
 
 
@@ -116,8 +222,20 @@ def main(argv=None):
     ap.add_argument("--init", default=None, help="start from this checkpoint's weights (same arch/width/depth)")
     ap.add_argument("--sparse-frac", type=float, default=0.0, help="share of tissue-rim patches (part bare glass)")
     ap.add_argument("--warmup", type=int, default=200, help="linear LR warm-up steps")
+    ap.add_argument("--instruments", action="store_true",
+                    help="model 0.3: train over instruments (optics.INSTRUMENT_RANGES, synth.INSTRUMENT_VARIATION)")
+    ap.add_argument("--psf-bank", type=int, default=0, help="PSF bank with this many instruments (psf_bank.py); 0 = exact PSF per patch")
+    ap.add_argument("--bank-refresh", type=int, default=2, help="replace one bank instrument every N batches")
+    ap.add_argument("--workers", type=int, default=0, help="generate batches in N worker processes (CPU)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of the training process (0 = torch default)")
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--max-echo", type=int, default=0, help="reuse a batch up to N times while workers have none ready")
+    ap.add_argument("--freeze", type=int, default=0, help="keep the stem and the first N body blocks fixed (focusnet)")
+    ap.add_argument("--train-px", type=int, default=S.PATCH, help="training patch size with --psf-bank (network pools globally)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.backends.cudnn.benchmark = True
     root = Path(a.data_root) if a.data_root else S.default_data_root()
     sources = S.load_sources(root, {"train"}, a.device)
@@ -129,7 +247,8 @@ def main(argv=None):
         model.load_state_dict(init["state_dict"])
         lineage = init.get("lineage", []) + [{k: init.get(k) for k in ("steps", "patches", "device_name", "variation")} |
                                              {"args": init.get("args")}]
-    var = S.STAIN_AUG_VARIATION if a.stain_aug else S.Variation()
+    var = S.STAIN_AUG_VARIATION if a.stain_aug else S.INSTRUMENT_VARIATION if a.instruments else S.Variation()
+    ranges = O.INSTRUMENT_RANGES if a.instruments else O.OpticsRanges()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{nets.describe(a.arch, **kw)}: {sum(p.numel() for p in model.parameters())} params, device {a.device}, "
@@ -138,7 +257,8 @@ def main(argv=None):
     def save(steps, patches, seconds):
         ck = {"arch": a.arch, "kw": kw, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
               "args": vars(a), "z_max": a.z_max, "train_sources": [s.path for s in sources],
-              "optics_ranges": O.OpticsRanges().__dict__, "variation": var.__dict__,
+              "optics_ranges": ranges.__dict__, "variation": var.__dict__,
+              "generator": {"psf_bank": a.psf_bank, "bank_refresh": a.bank_refresh, "workers": a.workers, "train_px": a.train_px},
               "steps": steps, "patches": patches, "patches_per_s": patches / max(1e-9, seconds),
               "device_name": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu",
               "lineage": lineage}
@@ -147,11 +267,21 @@ def main(argv=None):
         os.replace(tmp, out / "checkpoint.pt")  # atomic: a cut-off run never leaves half a checkpoint
         return ck
 
+    stream = None
+    if a.psf_bank or a.workers:
+        if str(a.device) != "cpu":
+            sources = [S.Source(s.path, s.source, s.stain, s.split, s.img.cpu()) for s in sources]
+        stream = BatchStream(sources, a.batch, a.seed, a.z_max, ranges, var, a.sparse_frac, a.psf_bank, a.bank_refresh, a.workers,
+                             patch_px=a.train_px)
     t0 = time.time()
-    res = train(model, sources, steps=a.steps, batch=a.batch, lr=a.lr, device=a.device, seed=a.seed, z_max=a.z_max,
-                minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True), var=var, sparse_frac=a.sparse_frac,
-                warmup=a.warmup,
-                on_checkpoint=lambda st, seen: save(st, seen, time.time() - t0))
+    try:
+        res = train(model, sources, steps=a.steps, batch=a.batch, lr=a.lr, device=a.device, seed=a.seed, z_max=a.z_max,
+                    minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True), var=var, sparse_frac=a.sparse_frac,
+                    warmup=a.warmup, ranges=ranges, stream=stream, log_every=a.log_every, freeze=a.freeze, max_echo=a.max_echo,
+                    on_checkpoint=lambda st, seen: save(st, seen, time.time() - t0))
+    finally:
+        if stream is not None:
+            stream.close()
     ck = save(res["steps"], res["patches"], res["seconds"])
     h = res.pop("history")
     res["loss_first100"] = sum(x["loss"] for x in h[:100]) / max(1, len(h[:100]))

@@ -1,0 +1,119 @@
+"""eval_grid.py: the metrics (ECE, sign accuracy at confidence >= 0.8, the calibrate emulation, the per-variant table)
+on small fixed inputs."""
+import os
+import sys
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import eval_grid as G  # noqa: E402
+
+
+class TestSignMetrics(unittest.TestCase):
+    def test_ece_of_a_calibrated_and_an_overconfident_predictor(self):
+        # 10 patches at confidence 0.9 of which 9 right: calibrated (ECE 0); at 0.99 with 9 right: ECE 0.09
+        z = np.array([2.0] * 10)
+        p = np.array([0.9] * 9 + [0.1])
+        e, rows = G.ece(p, z)
+        self.assertAlmostEqual(e, 0.0, places=9)
+        self.assertEqual(len(rows), 1)
+        self.assertEqual(rows[0]["n"], 10)
+        self.assertAlmostEqual(rows[0]["accuracy"], 0.9)
+        e2, _ = G.ece(np.array([0.99] * 9 + [0.01]), z)
+        self.assertAlmostEqual(e2, 0.09, places=9)
+        # confidence is max(p, 1-p): p = 0.2 at z < 0 is a right sign at confidence 0.8
+        e3, rows3 = G.ece(np.array([0.2, 0.2]), np.array([-1.0, -3.0]))
+        self.assertAlmostEqual(e3, 0.2, places=9)
+        self.assertAlmostEqual(rows3[0]["confidence"], 0.8)
+
+    def test_ece_ignores_the_focal_zone_and_weights_bins_by_count(self):
+        z = np.array([0.0, 0.25, 1.0, 1.0, 1.0, -2.0])
+        p = np.array([0.99, 0.99, 0.55, 0.55, 0.55, 0.05])  # the first two (|z| < 0.5) do not count
+        e, rows = G.ece(p, z)
+        # bin [0.5,0.55]: n 3, conf 0.55, acc 1 -> 0.45; bin [0.95,1]: n 1, conf 0.95, acc 1 -> 0.05
+        self.assertAlmostEqual(e, (3 * 0.45 + 1 * 0.05) / 4, places=9)
+        self.assertEqual([r["n"] for r in rows], [3, 1])
+
+    def test_sign_accuracy_at_confidence_0_8(self):
+        z = np.array([1.0, 2.0, -3.0, -4.0, 5.0, 0.5, 7.0])
+        p = np.array([0.9, 0.1, 0.05, 0.6, 0.85, 0.99, 0.99])  # 0.5 and 7.0 are outside 1 <= |z| <= 6
+        share, acc = G.sign_at_confidence(p, z)
+        self.assertAlmostEqual(share, 4 / 5)
+        self.assertAlmostEqual(acc, 3 / 4)
+        self.assertEqual(G.sign_at_confidence(np.full(3, 0.5), np.array([1.0, -2, 3])), (0.0, None))
+
+    def test_grid_metrics_of_a_perfect_and_an_inverted_predictor(self):
+        z = np.round(np.arange(-6, 6.01, 0.5), 3)
+        m = G.grid_metrics(z, z, np.abs(z), np.where(z > 0, 0.999, 0.001))
+        self.assertAlmostEqual(m["mae_signed"], 0.0)
+        self.assertAlmostEqual(m["r2"], 1.0)
+        self.assertAlmostEqual(m["slope"], 1.0)
+        self.assertAlmostEqual(m["sign_acc"], 1.0)
+        self.assertAlmostEqual(m["conf80_acc"], 1.0)
+        self.assertLess(m["ece"], 0.002)
+        inv = G.grid_metrics(z, -z, np.abs(z), np.where(z > 0, 0.001, 0.999))
+        self.assertAlmostEqual(inv["sign_acc"], 0.0)
+        self.assertAlmostEqual(inv["slope"], -1.0)
+        self.assertAlmostEqual(inv["abs_mae"], 0.0)  # the magnitude is still right
+        self.assertGreater(inv["ece"], 0.99)
+
+
+class TestCalibrateEmulation(unittest.TestCase):
+    def test_binomial_tail_matches_calibration_ts(self):
+        self.assertAlmostEqual(G.binomial_tail_half(11, 12), 13 / 4096)
+        self.assertEqual(G.binomial_tail_half(0, 5), 1.0)
+        self.assertEqual(G.binomial_tail_half(6, 5), 0.0)
+
+    def test_sign_decisions_and_fit(self):
+        zr = np.arange(-6.0, 6.01, 1.0)
+        absu = 0.8 * np.abs(zr)
+        # model right: 'model', slope 1/0.8
+        cal = G.fit_calibration(zr, absu, np.sign(zr) * 3)
+        self.assertEqual(cal["sign"], "model")
+        self.assertAlmostEqual(cal["slope"], 1.25)
+        self.assertAlmostEqual(cal["intercept"], 0.0, places=9)
+        # model always wrong: 'inverted', and applying it gives the right signed value and the flipped probability
+        cal = G.fit_calibration(zr, absu, -np.sign(zr) * 3)
+        self.assertEqual(cal["sign"], "inverted")
+        pred, p = G.apply_calibration(cal, absu, -np.sign(zr) * 3)
+        np.testing.assert_allclose(pred, zr, atol=1e-9)
+        self.assertTrue(((p > 0.5) == (zr > 0))[zr != 0].all())
+        # a coin: 'unrecoverable', magnitudes only, confidence 0.5
+        logit = np.array([1, -1] * 6 + [1.0])
+        cal = G.fit_calibration(zr, absu, logit)
+        self.assertEqual(cal["sign"], "unrecoverable")
+        pred, p = G.apply_calibration(cal, absu, logit)
+        np.testing.assert_allclose(pred, np.abs(zr), atol=1e-9)
+        self.assertTrue((p == 0.5).all())
+        # 11 of 12 agree: p = 13/4096 < 0.01 -> model; 10 of 12: p = 0.019 -> unrecoverable
+        lg = np.sign(zr) * 2
+        lg[0] = -lg[0]
+        self.assertEqual(G.sign_test(zr, lg)["decision"], "model")
+        lg[1] = -lg[1]
+        self.assertEqual(G.sign_test(zr, lg)["decision"], "unrecoverable")
+
+    def test_nvl_prefers_the_sharp_image(self):
+        g = np.random.default_rng(0).random((32, 32))
+        blur = (g[:-2, :-2] + g[1:-1, 1:-1] + g[2:, 2:]) / 3
+        self.assertGreater(G.nvl(g), G.nvl(blur))
+
+
+class TestTable(unittest.TestCase):
+    def test_one_row_per_variant_before_and_after(self):
+        m = {"mae_signed": 0.3, "r2": 0.95, "slope": 0.9, "intercept": -0.1, "within_1um": 0.97, "sign_acc": 0.96, "ece": 0.04,
+             "conf80_share": 0.9, "conf80_acc": 0.975, "abs_mae": 0.2}
+        res = {"variants": {"matching": {"before": m, "after": {**m, "conf80_share": 0.0, "conf80_acc": None},
+                                         "calibrations": [{"sign": "model"}] * 4 + [{"sign": "unrecoverable"}]},
+                            "mirrored": {"before": m, "after": m, "calibrations": [{"sign": "inverted"}] * 5}}}
+        before = G.table_markdown(res, "before").splitlines()
+        self.assertEqual(len(before), 4)
+        self.assertIn("| matching | 0.30 | 0.950 | 0.90 / -0.10 | 97.0 % | 96.0 % | 0.040 | 90 % / 97.5 % | 0.20 |", before[2])
+        after = G.table_markdown(res, "after").splitlines()
+        self.assertIn("0 % / — |", after[2])
+        self.assertTrue(after[2].endswith("model 4, unrecoverable 1 |"))
+        self.assertTrue(after[3].endswith("inverted 5 |"))
+
+
+if __name__ == "__main__":
+    unittest.main()
