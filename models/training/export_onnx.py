@@ -66,6 +66,13 @@ def _spread_untrained(model: torch.nn.Module, seed: int):
                 m.weight.mul_(10.0)
 
 
+def _portable(args):
+    """Training arguments without the training machine's directories (the bundle ships to other machines)."""
+    if not isinstance(args, dict):
+        return args
+    return {k: (Path(v).name if isinstance(v, str) and v.startswith("/") else v) for k, v in args.items()}
+
+
 def manifest(*, name, version, architecture, sha, z_max, provenance, metrics) -> dict:
     n = S.NORMALISATION
     return {
@@ -120,12 +127,12 @@ def main(argv=None):
         repo = Path(__file__).resolve().parents[2]
         prov = {"checkpoint": str(ck_path.relative_to(repo)) if repo in ck_path.parents else ck_path.name,
                 "training": "physically defocused patches generated on the fly (models/training/synth.py)",
-                "in_focus_sources": ck.get("train_sources"), "data_root": "/work/shared/data/infocus (see models/README.md)",
+                "in_focus_sources": ck.get("train_sources"), "data_root": "../shared/data/infocus beside the checkout, or FOCUSD_INFOCUS_DIR (see models/README.md)",
                 "optics_ranges": ck.get("optics_ranges"), "default_optics": O.Optics().to_dict(),
                 "generator": ck.get("generator"),
                 "variation": ck.get("variation"), "steps": ck.get("steps"), "patches": ck.get("patches"),
                 "trained_on": ck.get("device_name"), "seed": ck.get("args", {}).get("seed"),
-                "train_args": ck.get("args"), "continued_from": ck.get("lineage", []),
+                "train_args": _portable(ck.get("args")), "continued_from": ck.get("lineage", []),
                 "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     elif a.random_init:
         arch, kw, z_max = a.arch, {"width": a.width, "depth": a.depth}, 8.0

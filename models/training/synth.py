@@ -55,10 +55,10 @@ def default_data_root() -> Path:
     if env:
         return Path(env)
     here = Path(__file__).resolve().parents[2]  # repo root
-    for cand in (here / ".devdata" / "infocus", here.parent / "shared" / "data" / "infocus", Path("/work/shared/data/infocus")):
+    for cand in (here / ".devdata" / "infocus", here.parent / "shared" / "data" / "infocus"):
         if cand.is_dir():
             return cand
-    raise FileNotFoundError("in-focus sources not found: set FOCUSD_INFOCUS_DIR")
+    raise FileNotFoundError(f"in-focus sources not found in {here.parent / 'shared' / 'data' / 'infocus'}: set FOCUSD_INFOCUS_DIR")
 
 
 @dataclass

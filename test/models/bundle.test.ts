@@ -88,3 +88,15 @@ describe('model bundle loading', () => {
     await expect(loadBundle(dir)).rejects.toThrow(/not JSON/);
   });
 });
+
+describe('the model card and the shipped manifest stand alone on a user\'s machine', () => {
+  it('name the training images relative to the checkout (../shared/data), never a path of the machine they were made on', async () => {
+    const root = resolve(import.meta.dirname, '..', '..');
+    const card = await readFile(join(root, 'models', 'README.md'), 'utf8');
+    const manifest = await readFile(join(DEFAULT, 'manifest.json'), 'utf8');
+    for (const [name, text] of [['models/README.md', card], ['models/default/manifest.json', manifest]] as const) {
+      expect(text.match(/\/(work|home|root)\/[\w.-]+/g) ?? [], name).toEqual([]);
+    }
+    expect(card).toContain('../shared/data/infocus');
+  });
+});
