@@ -30,6 +30,8 @@ type IngestSocket = zmq.Pull | zmq.Router;
 
 /** ZAP (ZeroMQ RFC 27) domain of the ingest socket; the handler answers only for it. */
 const ZAP_DOMAIN = 'focusd-ingest';
+/** How long the ZAP handler outlives the ingest socket at stop (see stop()). */
+const ZAP_CLOSE_GRACE_MS = 200;
 
 const Z85 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#';
 
@@ -153,7 +155,12 @@ export class ZmqIngest implements Component {
     // close() makes the pending receive() reject, which ends the loop
     await this.loop;
     this.loop = null;
-    this.zap?.close();
+    if (this.zap) {
+      // close() of the ingest socket finishes in libzmq's I/O thread; its sessions may still be mid-handshake with the
+      // ZAP handler, and closing the handler under them can trip a libzmq assertion (pipe termination). Give them a moment.
+      await new Promise((r) => setTimeout(r, ZAP_CLOSE_GRACE_MS));
+      this.zap.close();
+    }
     await this.zapLoop;
     this.zap = null;
     this.zapLoop = null;
