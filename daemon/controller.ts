@@ -286,10 +286,9 @@ export class FocusController {
           return out;
         }
         if (absD < move.baseAbs - m && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.absD0);
-        // a sized move toward focus that did not go the wrong way measures the model's magnitude gain: the landing's
-        // signed reading when its sign is trusted, 0 when it is in focus with an unknown sign (near focus the sign
-        // is noise), nothing when it is still out of focus with an unknown sign
-        const d2 = signKnown ? d : !oof ? 0 : null;
+        // a sized move toward focus that did not go the wrong way measures the model's magnitude gain, when the
+        // landing's sign is trusted (an in-focus landing of unknown sign would only confirm the gain the move used)
+        const d2 = signKnown ? d : null;
         if (d2 !== null && this.learner.recordGain(move.key, move.sizedFrom.d, d2, z - move.sizedFrom.z, now) !== null) out.learned = true;
       }
       if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
