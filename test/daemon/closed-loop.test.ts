@@ -110,6 +110,10 @@ describe('closed loop: forked focusd run + virtual scanner + Mosquitto', () => {
       expect(learned!.experiments).toBeGreaterThanOrEqual(3);
       const metrics = await (await fetch(`http://127.0.0.1:${again.httpPort}/metrics`)).text();
       expect(metrics).toMatch(new RegExp(`focusd_sign_direction\\{scanner="${id}",[^}]*\\} ${before!.direction}`));
+      // the learned magnitude gain (docs/controller.md) survives too, and is exported
+      const mag = (l: unknown) => (l as { magnitude: { gain: number; experiments: number } }).magnitude;
+      expect(mag(learned)).toEqual(mag(before));
+      expect(metrics).toMatch(new RegExp(`focusd_magnitude_gain\\{scanner="${id}",[^}]*\\} ${mag(before).gain}`));
     } finally {
       await sub.close();
       again.proc.child.kill('SIGTERM');
