@@ -12,6 +12,7 @@ import type { Action, ActionRefusal, SignBinCounts as BinCounts, SignEvidenceKey
  *  - actions: every command the controller decided, with its delivery status,
  *  - outbox:  commands not yet acknowledged by the broker (daemon/outbox.ts); survives crashes.
  *  - sign_evidence: outcome learning of the model's sign per scanner/objective/model and confidence bin
+ *  - gain_evidence: observed magnitude gains of the model (µm read per µm moved) per scanner/objective/model
  *    (daemon/sign-learner.ts); never pruned, it is what the instrument taught the daemon.
  *  - loop_events: wrong-way moves, loop_diverging and sign_inverted_detected, for the nightly report.
  */
@@ -97,6 +98,12 @@ CREATE TABLE IF NOT EXISTS sign_evidence (
   right INTEGER NOT NULL DEFAULT 0, wrong INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL,
   PRIMARY KEY (scanner, objective, model_sha256, calibration_sign, bin)
 );
+CREATE TABLE IF NOT EXISTS gain_evidence (
+  id INTEGER PRIMARY KEY,
+  scanner TEXT NOT NULL, objective TEXT NOT NULL, model_sha256 TEXT NOT NULL, calibration_sign TEXT NOT NULL,
+  gain REAL NOT NULL, at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gain_evidence_key ON gain_evidence (scanner, objective, model_sha256, calibration_sign, id);
 CREATE TABLE IF NOT EXISTS loop_events (
   id INTEGER PRIMARY KEY,
   at INTEGER NOT NULL, scanner TEXT NOT NULL, slide TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
@@ -304,6 +311,31 @@ export class Store implements Component {
          DO UPDATE SET right = right + excluded.right, wrong = wrong + excluded.wrong, updated_at = excluded.updated_at, calibrated = excluded.calibrated`,
       )
       .run(k.scanner, k.objective, k.model_sha256, k.calibration_sign, k.calibrated ? 1 : 0, bin, right, wrong, at);
+  }
+
+  /** The most recent magnitude-gain observations of a key, oldest first. */
+  loadGain(k: LearnerKey, limit: number): { gain: number; at: number }[] {
+    const rows = this.conn
+      .prepare(
+        `SELECT gain, at FROM gain_evidence WHERE scanner = ? AND objective = ? AND model_sha256 = ? AND calibration_sign = ?
+         ORDER BY id DESC LIMIT ?`,
+      )
+      .all(k.scanner, k.objective, k.model_sha256, k.calibration_sign, limit) as { gain: number; at: number }[];
+    return rows.reverse();
+  }
+
+  /** One magnitude-gain observation, committed at once like the sign evidence. */
+  addGain(k: LearnerKey, gain: number, at: number): void {
+    this.conn
+      .prepare('INSERT INTO gain_evidence (scanner, objective, model_sha256, calibration_sign, gain, at) VALUES (?,?,?,?,?,?)')
+      .run(k.scanner, k.objective, k.model_sha256, k.calibration_sign, gain, at);
+    // the learner uses a rolling window; older observations are history nobody reads
+    this.conn
+      .prepare(
+        `DELETE FROM gain_evidence WHERE scanner = ? AND objective = ? AND model_sha256 = ? AND calibration_sign = ? AND id NOT IN
+         (SELECT id FROM gain_evidence WHERE scanner = ? AND objective = ? AND model_sha256 = ? AND calibration_sign = ? ORDER BY id DESC LIMIT 64)`,
+      )
+      .run(k.scanner, k.objective, k.model_sha256, k.calibration_sign, k.scanner, k.objective, k.model_sha256, k.calibration_sign);
   }
 
   /** Every scanner/objective/model with sign evidence (of one scanner when given). */

@@ -236,6 +236,11 @@ export interface SignLearningState {
   experiments: number;
   /** the evidence says the bundle's sign is reversed on this instrument although the bundle was calibrated, or (uncalibrated) reversed. */
   inverted_detected: boolean;
+  /**
+   * Magnitude learning (docs/controller.md): re-acquisitions and probes move by |d| / gain, z_offsets by
+   * |d| / z_offset_gain; learned: median of the observed gains (null before learning.gainMinExperiments).
+   */
+  magnitude: { gain: number; z_offset_gain: number; learned: number | null; experiments: number };
   updated_at: string | null;
 }
 

@@ -6,7 +6,7 @@ import { median } from '../core/stats.js';
 import type { Component } from '../core/lifecycle.js';
 import { LogThrottle } from '../core/log-throttle.js';
 import type { Action, ActionType, DivergingSlide, LoopAlert, SurfacePrediction, TileHeader, TileOutcome } from '../core/types.js';
-import { type EvidenceStore, type LearnerKey, learnerKey, SignLearner } from './sign-learner.js';
+import { type EvidenceStore, type GainJudgement, type LearnerKey, learnerKey, SignLearner } from './sign-learner.js';
 
 /**
  * Feedback controller (docs/controller.md). `FocusController` is the pure decision logic: scored tiles in,
@@ -85,6 +85,8 @@ interface Probe {
   modelSign: 1 | -1;
   conf: number | null;
   key: LearnerKey;
+  /** the probe's z step: |d0| / the learned magnitude gain. */
+  step: number;
 }
 
 /** A commanded re-acquisition waiting for its outcome (the stop-loss judges it). */
@@ -107,6 +109,8 @@ interface Move {
   evidenceIfWorse: boolean;
   /** stage z and |d| of the tile's best acquisition so far (restore target). */
   bestZ: number;
+  /** the stage z and signed reading the move's size was computed from (target = z − d / gain): a gain experiment. */
+  sizedFrom: { z: number; d: number };
 }
 
 /** A z_offset waiting for the tiles after it. */
@@ -166,7 +170,7 @@ export class FocusController {
   readonly learner: SignLearner;
 
   constructor(private readonly s: ControllerSettings, private readonly history?: SlideHistory, evidence?: EvidenceStore) {
-    this.learner = new SignLearner({ trust: s.learning.trust, priorCalibrated: s.learning.priorCalibrated, signConfidence: s.signConfidence }, evidence);
+    this.learner = new SignLearner({ trust: s.learning.trust, priorCalibrated: s.learning.priorCalibrated, signConfidence: s.signConfidence, gainMinExperiments: s.learning.gainMinExperiments, zOffsetPriorDamping: s.learning.zOffsetPriorDamping }, evidence);
   }
 
   /** Slides where the stop-loss fired (most recent last). */
@@ -217,7 +221,9 @@ export class FocusController {
     const absD = Math.abs(d);
     const unc = o.score.uncertainty_um ?? 0;
     const { x, y, z } = h.stage_um;
-    const ctx: DecideCtx = { o, st, now, rt, out, pred, d, lkey, modelSign };
+    // moves are sized by |d| / the model's learned magnitude gain on this instrument; the verdict is the model's
+    const gain = this.learner.gain(lkey);
+    const ctx: DecideCtx = { o, st, now, rt, out, pred, d, lkey, modelSign, gain };
     const prevBest = st.best.get(h.tile.index);
     if (prevBest === undefined || absD < prevBest.abs) st.best.set(h.tile.index, { abs: absD, z });
 
@@ -228,7 +234,7 @@ export class FocusController {
         // the probe went up by |d0|: if that made it better the stage was below focus (d0 < 0), else above
         const sign0: 1 | -1 = absD < probe.absD0 ? -1 : 1;
         const d0 = sign0 * probe.absD0;
-        const target = probe.z0 - d0;
+        const target = probe.z0 - sign0 * probe.step;
         // an experiment: a probe that came back sharper beyond the scores' uncertainty proves the stage was below
         // focus. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
         // too): the re-acquisition below (probe_result) settles it when it comes back sharper than the first
@@ -246,8 +252,8 @@ export class FocusController {
         // just proved to be off); above: re-acquire on the other side of z0
         if (oof && sign0 > 0) {
           this.reacquire(ctx, target, 'probe_result', false,
-            `probe at z ${r3(probe.z0)} + ${r3(probe.absD0)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
-            { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, evidenceIfWorse: false, conf: probe.conf, key: probe.key });
+            `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
+            { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 } });
         }
         this.checkDrift(ctx);
         return out;
@@ -268,10 +274,10 @@ export class FocusController {
           }
           if (!move.corrective) {
             // the first acquisition's |d| with the opposite sign: best focus is on the other side of z0
-            const target = move.z0 + move.effSign * move.absD0;
+            const target = move.sizedFrom.z + move.sizedFrom.d / gain.reacquire;
             this.reacquire(ctx, target, 'wrong_way', false,
               `moving ${move.effSign > 0 ? 'down' : 'up'} from z ${r3(move.z0)} made the tile worse (${r3(move.absD0)} → ${r3(absD)} µm): the sign was wrong, re-acquire at ${r3(target)} µm`,
-              { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, evidenceIfWorse: false });
+              { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, evidenceIfWorse: false, sizedFrom: { z: move.sizedFrom.z, d: -move.sizedFrom.d } });
           } else {
             // both ways tried and this one is worse: the scanner keeps the last image, so go back to the best z seen
             // (once per tile, beyond the per-tile limit: a limit must never leave a tile worse than it was)
@@ -280,8 +286,12 @@ export class FocusController {
           return out;
         }
         if (absD < move.baseAbs - m && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.absD0);
+        // a sized move toward focus that did not go the wrong way measures the model's magnitude gain, when the
+        // landing's sign is trusted (an in-focus landing of unknown sign would only confirm the gain the move used)
+        const d2 = signKnown ? d : null;
+        if (d2 !== null && this.learner.recordGain(move.key, move.sizedFrom.d, d2, z - move.sizedFrom.z, now) !== null) out.learned = true;
       }
-      if (signKnown || !oof) st.surface.add(x, y, z - d);
+      if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
       if (oof) this.reacquireOof(ctx, signKnown, 'retry');
       return out;
     }
@@ -289,7 +299,7 @@ export class FocusController {
     st.tilesSinceZ++;
     st.n++;
     this.evalZ(ctx, absD, unc);
-    if (signKnown || !oof) st.surface.add(x, y, z - d);
+    if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
     const sign: 1 | -1 | 0 = oof && signKnown ? (d > 0 ? 1 : -1) : 0;
     st.window.push({ seq: h.seq, index: h.tile.index, attempt: h.attempt, d: sign ? d : absD, sign, oof, conf, z, pred, n: st.n, src: sign ? 'model' : null, dir: dir === -1 ? -1 : 1 });
     while (st.window.length > Math.max(this.s.drift.window, this.s.drift.consecutive)) st.window.shift();
@@ -422,13 +432,14 @@ export class FocusController {
     const absD = Math.abs(d);
     if (signKnown) {
       const effSign: 1 | -1 = d >= 0 ? 1 : -1;
-      this.reacquire(c, h.stage_um.z - d, rule, false,
-        `defocus ${r3(d)} µm beyond ±${c.rt.toleranceUm} µm (sign confidence ${conf}${effSign !== c.modelSign ? ', sign reversed as learned on this instrument' : ''}); re-acquire at best focus`,
-        { effSign, modelSign: c.modelSign, corrective: false, baseAbs: c.st.best.get(h.tile.index)?.abs ?? absD, evidenceIfWorse: true });
+      this.reacquire(c, h.stage_um.z - d / c.gain.reacquire, rule, false,
+        `defocus ${r3(d)} µm beyond ±${c.rt.toleranceUm} µm (sign confidence ${conf}${effSign !== c.modelSign ? ', sign reversed as learned on this instrument' : ''}${sizedBy(c.gain.reacquire)}); re-acquire at best focus`,
+        { effSign, modelSign: c.modelSign, corrective: false, baseAbs: c.st.best.get(h.tile.index)?.abs ?? absD, evidenceIfWorse: true, sizedFrom: { z: h.stage_um.z, d } });
     } else {
-      const ok = this.reacquire(c, h.stage_um.z + absD, 'probe', true,
-        `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d| to learn the sign`);
-      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, modelSign: c.modelSign, conf, key: c.lkey });
+      const step = absD / c.gain.reacquire;
+      const ok = this.reacquire(c, h.stage_um.z + step, 'probe', true,
+        `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d|${sizedBy(c.gain.reacquire)} to learn the sign`);
+      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, modelSign: c.modelSign, conf, key: c.lkey, step });
     }
   }
 
@@ -438,7 +449,7 @@ export class FocusController {
     rule: Rule,
     probe: boolean,
     detail: string,
-    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'evidenceIfWorse'> & Partial<Pick<Move, 'conf' | 'key'>>,
+    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'evidenceIfWorse' | 'sizedFrom'> & Partial<Pick<Move, 'conf' | 'key'>>,
   ): boolean {
     const h = c.o.header;
     const dry = c.rt.dryRun;
@@ -509,9 +520,12 @@ export class FocusController {
     // plane did not move, the scanner just does not follow it. Later run tiles cannot judge this: the surface
     // already contains the run (and in a raster scan a new row looks like a tilt in y).
     const first = run[0]!;
-    const explained = first.pred !== null && Math.abs(first.d - first.pred.defocus_um) <= tol / 2;
+    // the surface holds corrected defocus (d / gain), so the run's first tile is compared in the same units
+    const explained = first.pred !== null && Math.abs(first.d / c.gain.reacquire - first.pred.defocus_um) <= tol / 2;
     const rule: Rule = explained ? 'tilt' : 'drift';
-    let correction = -sgn * mag;
+    // sized by the learned gain; before there is evidence, damped (an overestimated |d| would overshoot every
+    // tile still to come, and a slide's last tiles cannot judge a z_offset any more)
+    let correction = (-sgn * mag) / c.gain.zOffset;
     if (rule === 'tilt' && c.pred) correction = -c.pred.defocus_um;
     const needed = st.lastZSign !== 0 && Math.sign(correction) !== st.lastZSign ? tol + hysteresisUm : tol;
     const tiles = run.map((r) => ({ seq: r.seq, index: r.index, attempt: r.attempt, defocus_um: r3(r.d), sign_confidence: r.conf, stage_z_um: r.z }));
@@ -565,6 +579,7 @@ export class FocusController {
     const detail =
       `${how}, median |defocus| ${r3(mag)} µm > ±${tol} µm` +
       (rule === 'tilt' ? `; the focus surface (${c.pred?.model}) predicted it: slide tilt, correct to the surface` : '; the focus surface did not predict it: focus drift') +
+      (rule === 'drift' ? sizedBy(c.gain.zOffset, c.gain.learned === null) : '') +
       (clamped ? `; clamped to ${r3(correction)} µm by the limits` : '');
     c.out.actions.push(
       this.action(c, 'z_offset', r3(correction), rule, detail, tiles, { stage_um: { ...c.o.header.stage_um } }, {
@@ -671,6 +686,14 @@ interface DecideCtx {
   d: number;
   lkey: LearnerKey;
   modelSign: 1 | -1;
+  /** the magnitude gains that size this tile's moves. */
+  gain: GainJudgement;
+}
+
+/** Why a move is smaller (or larger) than the model's |d|, for `why.detail`. */
+function sizedBy(g: number, prior = false): string {
+  if (g === 1) return '';
+  return prior ? `; damped to ${r3(1 / g)}× until the model's magnitude is learned on this instrument` : `; sized by |d| / ${r3(g)} (magnitude gain learned on this instrument)`;
 }
 
 /**
@@ -803,7 +826,7 @@ export class Controller implements Component {
       const loop = this.ctx.metrics.loop;
       loop.wrong_way_moves += d.wrongWay;
       loop.z_offsets_reverted += d.reverted;
-      const dirs = (xs: typeof loop.sign_learning) => xs.map((x) => `${x.direction}/${x.bins.map((b) => b.direction).join(',')}`).join(';');
+      const dirs = (xs: typeof loop.sign_learning) => xs.map((x) => `${x.direction}/${x.bins.map((b) => b.direction).join(',')}/${x.magnitude.gain.toFixed(1)}`).join(';');
       const before = dirs(loop.sign_learning);
       this.refreshLoop();
       const h = o.header;

@@ -32,7 +32,7 @@ export interface DriftReport {
   };
 }
 
-type ReportStore = Pick<Store, 'driftStats'> & Partial<Pick<Store, 'loopEventCounts' | 'evidenceKeys' | 'loadEvidence'>>;
+type ReportStore = Pick<Store, 'driftStats'> & Partial<Pick<Store, 'loopEventCounts' | 'evidenceKeys' | 'loadEvidence' | 'loadGain'>>;
 
 function loopSection(ctx: Context, store: ReportStore, fromMs: number, toMs: number): DriftReport['loop'] {
   const scanner = ctx.config.scanner.id;
@@ -46,7 +46,7 @@ function loopSection(ctx: Context, store: ReportStore, fromMs: number, toMs: num
   }
   const c = ctx.config.controller;
   // the same posterior the controller uses, from the stored evidence
-  const learner = new SignLearner({ trust: c.learning.trust, priorCalibrated: c.learning.priorCalibrated, signConfidence: c.signConfidence }, store.loadEvidence ? { loadEvidence: (k) => store.loadEvidence!(k), addEvidence: () => undefined } : undefined);
+  const learner = new SignLearner({ trust: c.learning.trust, priorCalibrated: c.learning.priorCalibrated, signConfidence: c.signConfidence, gainMinExperiments: c.learning.gainMinExperiments, zOffsetPriorDamping: c.learning.zOffsetPriorDamping }, store.loadEvidence ? { loadEvidence: (k) => store.loadEvidence!(k), addEvidence: () => undefined, loadGain: store.loadGain ? (k, n) => store.loadGain!(k, n) : undefined } : undefined);
   const slides = [...per.values()];
   return {
     wrong_way_moves: slides.reduce((a, s) => a + s.wrong_way_moves, 0),

@@ -5,6 +5,7 @@
  * a calibrated copy of the same network reports the other sign) as Beta counts per sign-confidence bin, and
  * persisted by the store so it survives restarts. Pure logic: the store is injected.
  */
+import { median } from '../core/stats.js';
 import type { ModelInfo, SignBinCounts, SignBinState, SignEvidenceKey, SignLearningState } from '../core/types.js';
 
 /** Sign-confidence bin edges: [0.5, 0.8), [0.8, 0.95), [0.95, 1]. */
@@ -25,7 +26,21 @@ export type BinCounts = SignBinCounts;
 export interface EvidenceStore {
   loadEvidence(key: LearnerKey): BinCounts[];
   addEvidence(key: LearnerKey, bin: number, right: number, wrong: number, at: number): void;
+  /** the most recent magnitude-gain observations (oldest first); a store without them starts from the prior. */
+  loadGain?(key: LearnerKey, limit: number): { gain: number; at: number }[];
+  addGain?(key: LearnerKey, gain: number, at: number): void;
 }
+
+/**
+ * Magnitude gain: how many µm the model reads per µm of true defocus on this instrument (the virtual scanner's
+ * procedural tiles read about 2× near 1–3 µm). Learned from the moves the controller sizes; only the size of moves
+ * is divided by it, never the in/out verdict. Clamped to [GAIN_MIN, GAIN_MAX]: a gain below 1 enlarges moves, the
+ * one direction in which a bad estimate can overshoot focus, so it is not allowed to go far.
+ */
+export const GAIN_MIN = 0.7;
+export const GAIN_MAX = 3;
+/** Observations kept per key (a rolling median follows an instrument that changes). */
+export const GAIN_WINDOW = 32;
 
 export interface LearnerSettings {
   /** posterior P(sign right) (or P(wrong), for a reversed sign) needed to trust it. */
@@ -34,6 +49,19 @@ export interface LearnerSettings {
   priorCalibrated: number;
   /** model sign confidence needed at all (controller.signConfidence): bins below it are never trusted. */
   signConfidence: number;
+  /** magnitude-gain observations needed before the learned gain sizes moves (learning.gainMinExperiments). */
+  gainMinExperiments?: number;
+  /** until then, z_offsets are multiplied by this (learning.zOffsetPriorDamping). */
+  zOffsetPriorDamping?: number;
+}
+
+/** What sizes a move: the model's |d| divided by `reacquire` (re-acquisitions, probes) or `zOffset` (z_offsets). */
+export interface GainJudgement {
+  reacquire: number;
+  zOffset: number;
+  /** the learned median, null before gainMinExperiments observations. */
+  learned: number | null;
+  experiments: number;
 }
 
 export interface Judgement {
@@ -56,6 +84,10 @@ interface Entry {
   bins: { right: number; wrong: number }[];
   updatedAt: number | null;
   invertedDetected: boolean;
+  /** magnitude-gain observations, oldest first, at most GAIN_WINDOW. */
+  gains: number[];
+  /** observations ever recorded in this process plus those loaded. */
+  gainCount: number;
 }
 
 export function learnerKey(scanner: string, objective: string, model: ModelInfo): LearnerKey {
@@ -102,7 +134,12 @@ export class SignLearner {
     const k = [key.scanner, key.objective, key.model_sha256, key.calibration_sign].join('\u0000');
     let e = this.entries.get(k);
     if (!e) {
-      e = { key, bins: Array.from({ length: NCELLS }, () => ({ right: 0, wrong: 0 })), updatedAt: null, invertedDetected: false };
+      e = { key, bins: Array.from({ length: NCELLS }, () => ({ right: 0, wrong: 0 })), updatedAt: null, invertedDetected: false, gains: [], gainCount: 0 };
+      for (const g of this.store?.loadGain?.(key, GAIN_WINDOW) ?? []) {
+        e.gains.push(g.gain);
+        e.updatedAt = Math.max(e.updatedAt ?? 0, g.at);
+      }
+      e.gainCount = e.gains.length;
       for (const c of this.store?.loadEvidence(key) ?? []) {
         const b = e.bins[c.bin];
         if (!b) continue;
@@ -172,6 +209,33 @@ export class SignLearner {
     return { changed: before.some((d, i) => d !== after[i]), invertedDetected: inverted, state: this.stateOf(e) };
   }
 
+  /**
+   * One sized move toward focus: at stage z1 the tile read d1 (signed, with the sign the move assumed), the move
+   * changed z by dz, and the new acquisition reads d2 (signed; 0 for an in-focus landing whose sign is unknown).
+   * With d = g·t and t2 = t1 + dz, g = (d2 − d1) / dz. Observations outside (0, 10) are noise, not a gain.
+   */
+  recordGain(key: LearnerKey, d1: number, d2: number, dz: number, now: number): number | null {
+    if (Math.abs(dz) < 0.05) return null;
+    const g = (d2 - d1) / dz;
+    if (!(g > 0 && g < 10)) return null;
+    const e = this.entry(key);
+    e.gains.push(g);
+    while (e.gains.length > GAIN_WINDOW) e.gains.shift();
+    e.gainCount++;
+    e.updatedAt = now;
+    this.store?.addGain?.(key, g, now);
+    return g;
+  }
+
+  /** The gains that size moves: the learned median once there is enough evidence, else the conservative prior. */
+  gain(key: LearnerKey): GainJudgement {
+    const e = this.entry(key);
+    const min = this.s.gainMinExperiments ?? 3;
+    if (e.gains.length < min) return { reacquire: 1, zOffset: 1 / (this.s.zOffsetPriorDamping ?? 0.5), learned: null, experiments: e.gains.length };
+    const g = Math.min(GAIN_MAX, Math.max(GAIN_MIN, median(e.gains)));
+    return { reacquire: g, zOffset: g, learned: r3(median(e.gains)), experiments: e.gains.length };
+  }
+
   state(key: LearnerKey): SignLearningState {
     return this.stateOf(this.entry(key));
   }
@@ -194,6 +258,10 @@ export class SignLearner {
       direction: this.pooledDirection(e),
       experiments: e.bins.reduce((a, b) => a + b.right + b.wrong, 0),
       inverted_detected: e.invertedDetected,
+      magnitude: (() => {
+        const g = this.gain(e.key);
+        return { gain: r3(g.reacquire), z_offset_gain: r3(g.zOffset), learned: g.learned, experiments: g.experiments };
+      })(),
       updated_at: e.updatedAt === null ? null : new Date(e.updatedAt).toISOString(),
     };
   }

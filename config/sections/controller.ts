@@ -94,6 +94,16 @@ export const controller = {
         format: 'positive-int',
         default: 3,
       },
+      gainMinExperiments: {
+        doc: "Magnitude learning (docs/controller.md): sized moves toward focus observed before the learned gain (µm the model reads per µm of true defocus on this instrument) sizes re-acquisitions, probes and z_offsets.",
+        format: 'positive-int',
+        default: 3,
+      },
+      zOffsetPriorDamping: {
+        doc: 'Until the magnitude gain is learned, a z_offset moves only this fraction of the measured defocus: an overestimated |defocus| must not overshoot the tiles still to come.',
+        format: 'unit-interval',
+        default: 0.5,
+      },
       maxWrongWay: {
         doc: 'Stop-loss: after this many wrong-way moves on a slide (a commanded move that left the tile further from focus), z_offsets are frozen on that slide and every sign is probed.',
         format: 'positive-int',

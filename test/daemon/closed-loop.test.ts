@@ -110,6 +110,11 @@ describe('closed loop: forked focusd run + virtual scanner + Mosquitto', () => {
       expect(learned!.experiments).toBeGreaterThanOrEqual(3);
       const metrics = await (await fetch(`http://127.0.0.1:${again.httpPort}/metrics`)).text();
       expect(metrics).toMatch(new RegExp(`focusd_sign_direction\\{scanner="${id}",[^}]*\\} ${before!.direction}`));
+      // the learned magnitude gain (docs/controller.md) survives too (a retake landing in flight at the kill may
+      // still have added an observation), and is exported
+      const mag = (l: unknown) => (l as { magnitude: { gain: number; experiments: number } }).magnitude;
+      expect(mag(learned).experiments).toBeGreaterThanOrEqual(mag(before).experiments);
+      expect(metrics).toMatch(new RegExp(`focusd_magnitude_gain\\{scanner="${id}",[^}]*\\} ${mag(learned).gain}`));
     } finally {
       await sub.close();
       again.proc.child.kill('SIGTERM');

@@ -5,7 +5,10 @@ import { FocusSurface, evaluate } from '../../daemon/focus-surface.js';
 import type { Action, ActionRefusal } from '../../core/types.js';
 import { makeCtx, outcome, tempDir, type TileSpec } from '../helpers/mqtt-side.js';
 
-const base = makeCtx().config.controller;
+// these scripted models read |d| exactly: z_offsets are not damped while the magnitude gain is unknown (that prior
+// and the learned gain are tested in test/daemon/loop-learning.test.ts)
+const UNDAMPED = { 'controller.learning.zOffsetPriorDamping': 1 };
+const base = makeCtx(UNDAMPED).config.controller;
 type Settings = typeof base;
 const settings = (patch: Partial<{ [K in keyof Settings]: Partial<Settings[K]> | Settings[K] }> = {}): Settings => {
   const s = structuredClone(base) as Record<string, unknown>;
@@ -340,7 +343,7 @@ describe('Controller component', () => {
 
 describe('Controller across a restart', () => {
   it('a restarted daemon keeps the cumulative correction and per-tile re-acquisitions of a slide (from the store)', async () => {
-    const overrides = { 'store.dir': tempDir(), 'controller.limits.maxCumulativeUm': 3, 'controller.limits.maxStepUm': 3 };
+    const overrides = { ...UNDAMPED, 'store.dir': tempDir(), 'controller.limits.maxCumulativeUm': 3, 'controller.limits.maxStepUm': 3 };
     const drift = (ctx: ReturnType<typeof makeCtx>, slide: string, from: number) => {
       for (let i = 0; i < 4; i++) ctx.events.emit('tile:scored', outcome({ slide, seq: from + i, index: from + i, d: 3 }));
     };

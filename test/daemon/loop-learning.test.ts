@@ -34,22 +34,25 @@ interface SlideRun {
   final: number[];
   /** commanded (non-probe) re-acquisitions whose tile ended further from focus than before the move. */
   wrongWay: number;
+  /** commanded (non-probe) re-acquisitions that crossed focus and landed out of focus on the other side. */
+  overshoots: number;
   acquisitions: number;
 }
 
 /**
  * One slide of `n` tiles: true defocus focal(i) + the z_offsets the scanner applied (from the next tile on);
- * every reacquire is executed at once at its target z. The model reports |d| exactly, its sign through `sign`.
+ * every reacquire is executed at once at its target z. The model reports `gain` × |d| (exactly |d| by default),
+ * its sign through `sign`.
  */
-function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: number) => number, sign: (trueD: number, i: number, attempt: number) => 1 | -1, calibration = UNCALIBRATED, conf = 0.99, obeyReacquire = true): SlideRun {
-  const run: SlideRun = { actions: [], alerts: [], first: [], final: [], wrongWay: 0, acquisitions: 0 };
+function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: number) => number, sign: (trueD: number, i: number, attempt: number) => 1 | -1, calibration = UNCALIBRATED, conf = 0.99, obeyReacquire = true, gain = 1): SlideRun {
+  const run: SlideRun = { actions: [], alerts: [], first: [], final: [], wrongWay: 0, overshoots: 0, acquisitions: 0 };
   let offset = 0;
   let seq = 0;
   const feed = (i: number, attempt: number, z: number, trueD: number): void => {
     run.acquisitions++;
     if (attempt === 0) run.first[i] = Math.abs(trueD);
     run.final[i] = Math.abs(trueD);
-    const reported = sign(trueD, i, attempt) * Math.abs(trueD);
+    const reported = sign(trueD, i, attempt) * Math.abs(trueD) * gain;
     const d = ctl.onTile(outcome({ slide, seq: seq++, index: i, attempt, z, d: reported, conf, calibration }), 1_000_000 + seq * 1000, live);
     run.alerts.push(...d.alerts);
     for (const a of d.actions) {
@@ -59,6 +62,7 @@ function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: nu
         const target = a.target_z_um as number;
         const nextD = trueD + (target - z);
         if (!a.probe && Math.abs(nextD) > Math.abs(trueD) + 0.05) run.wrongWay++;
+        if (!a.probe && Math.sign(nextD) === -Math.sign(trueD) && Math.abs(nextD) > 1) run.overshoots++;
         feed(i, attempt + 1, target, nextD);
       }
     }
@@ -125,6 +129,67 @@ describe('outcome learning on scripted instruments', () => {
     expect(l.judge(key, 0.6).direction).toBe(0);
     expect(l.judge({ ...key, calibration_sign: 'unrecoverable' }, 0.99).direction).toBe(0);
     expect([binOf(0.5), binOf(0.85), binOf(0.97), binOf(1)]).toEqual([0, 1, 2, 2]);
+  });
+});
+
+describe('magnitude learning', () => {
+  // a model whose sign is right (calibrated on this instrument) but that reads twice the true |defocus|
+  const cal = { sign: 'model' as const, fitted: true };
+  const right = (t: number) => (t >= 0 ? 1 : -1) as 1 | -1;
+
+  it('a model that reads 2× the truth: the loop learns a gain of 2 from its own moves and stops overshooting', () => {
+    const ctl = new FocusController(settings());
+    const s1 = scanSlide(ctl, 'S-1', 60, focal, right, cal, 0.99, true, 2);
+    const m = ctl.learner.snapshot()[0]!.magnitude;
+    expect(m.experiments).toBeGreaterThanOrEqual(3);
+    expect(m.learned).toBeCloseTo(2, 1);
+    expect(m.gain).toBeCloseTo(2, 1);
+    // the first sized moves overshot (that is how the gain is measured): the retake and the retry of the first
+    // two blurred tiles, until learning.gainMinExperiments (3) observations; none after
+    expect(s1.overshoots).toBeGreaterThan(0);
+    expect(s1.overshoots).toBeLessThanOrEqual(4);
+    expect(yieldOf(s1)).toBeGreaterThanOrEqual(noFeedbackYield(s1));
+    const s2 = scanSlide(ctl, 'S-2', 60, focal, right, cal, 0.99, true, 2);
+    expect(s2.overshoots).toBe(0);
+    expect(s2.wrongWay).toBe(0);
+    expect(yieldOf(s2)).toBe(1);
+    // the drift of +2.5 µm (± the 0.2 µm ripple) read as +5 µm: one z_offset of about −2.5 µm, not −5
+    const z2 = s2.actions.filter((a) => a.type === 'z_offset');
+    expect(z2).toHaveLength(1);
+    expect(Math.abs(z2[0]!.z_offset_um + 2.5)).toBeLessThan(0.25);
+    expect(s2.acquisitions / 60).toBeLessThanOrEqual(1.25);
+  });
+
+  it('before there is evidence a z_offset is damped: the over-read drift cannot overshoot the tiles to come', () => {
+    const ctl = new FocusController(settings());
+    // no re-acquisitions obeyed: no move measures the gain, only the drift's z_offset is applied
+    const s = scanSlide(ctl, 'S-1', 40, (i) => (i >= 5 ? 1.5 : 0), right, cal, 0.99, false, 2);
+    const z = s.actions.filter((a) => a.type === 'z_offset');
+    expect(z[0]!.z_offset_um).toBeCloseTo(-1.5, 6); // read as 3 µm, damped by learning.zOffsetPriorDamping (0.5)
+    expect((z[0]!.why as { detail: string }).detail).toMatch(/damped/);
+    expect(ctl.learner.snapshot()[0]!.magnitude).toMatchObject({ learned: null, experiments: 0, gain: 1, z_offset_gain: 2 });
+    for (let i = 5; i < s.final.length; i++) expect(s.final[i]!, `tile ${i}`).toBeLessThanOrEqual(s.first[i]! + 1e-9);
+  });
+
+  it('the learned gain survives a restart (SQLite store) and a gain estimate is clamped', async () => {
+    const overrides = { 'store.dir': tempDir() };
+    const store = new Store(makeCtx(overrides));
+    await store.start(new AbortController().signal);
+    const ctl = new FocusController(settings(), undefined, store);
+    scanSlide(ctl, 'S-1', 40, focal, right, cal, 0.99, true, 2);
+    const learned = ctl.learner.snapshot()[0]!.magnitude;
+    expect(learned.learned).toBeCloseTo(2, 1);
+    const store2 = new Store(makeCtx(overrides));
+    await store2.start(new AbortController().signal);
+    const ctl2 = new FocusController(settings(), undefined, store2);
+    const key = { scanner: 'scanner-a', objective: '20x', model_sha256: 'abc', calibration_sign: 'model' as const, calibrated: true };
+    expect(ctl2.learner.state(key).magnitude).toEqual(learned);
+    // a model that reads 10× the truth still moves at least a third of its reading: clamped to GAIN_MAX
+    const l = new SignLearner({ trust: 0.8, priorCalibrated: 4, signConfidence: 0.8 });
+    for (let k = 0; k < 3; k++) l.recordGain(key, 9, -0.9, -1.8, k);
+    expect(l.gain(key)).toMatchObject({ reacquire: 3, zOffset: 3, learned: 5.5 });
+    await store2.stop();
+    await store.stop();
   });
 });
 
