@@ -25,28 +25,24 @@ apt_install() { # packages...; returns apt's status, its output in $state/apt.lo
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >>"$state/apt.log" 2>&1
 }
 
+# require_binary PACKAGE WHAT CHECK...: installs the Debian PACKAGE unless CHECK succeeds; fails naming the command
+require_binary() {
+  local pkg=$1 what=$2
+  shift 2
+  "$@" && return 0
+  echo "test-setup: installing $pkg (Debian package, $what)"
+  if ! apt_install "$pkg" || ! "$@"; then
+    echo "test-setup: $what needs $pkg and it could not be installed here:" >&2
+    tail -n 5 "$state/apt.log" >&2 2>/dev/null
+    echo "test-setup: run as root: apt-get update && apt-get install -y $pkg   (then npm test again)" >&2
+    exit 1
+  fi
+}
 have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
-if ! have_mosquitto; then
-  echo "test-setup: installing mosquitto (Debian package)"
-  if ! apt_install mosquitto || ! have_mosquitto; then
-    echo "test-setup: the tests need the Mosquitto broker binary and it could not be installed here:" >&2
-    tail -n 5 "$state/apt.log" >&2 2>/dev/null
-    echo "test-setup: run as root: apt-get update && apt-get install -y mosquitto   (then npm test again)" >&2
-    exit 1
-  fi
-fi
-
-# the HTML report tests open the page in headless Chromium (test/helpers/chromium.ts)
 have_chromium() { command -v chromium >/dev/null 2>&1; }
-if ! have_chromium; then
-  echo "test-setup: installing chromium (Debian package, for the HTML report tests)"
-  if ! apt_install chromium || ! have_chromium; then
-    echo "test-setup: the HTML report tests need Chromium and it could not be installed here:" >&2
-    tail -n 5 "$state/apt.log" >&2 2>/dev/null
-    echo "test-setup: run as root: apt-get update && apt-get install -y chromium   (then npm test again)" >&2
-    exit 1
-  fi
-fi
+require_binary mosquitto "the broker every test run starts" have_mosquitto
+# the HTML report tests open the page in headless Chromium (test/helpers/chromium.ts)
+require_binary chromium "the HTML report tests" have_chromium
 
 PY=/usr/bin/python3
 py_missing() {

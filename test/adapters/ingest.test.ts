@@ -1,11 +1,9 @@
 // The ingest edge end to end over real ZeroMQ sockets on loopback: sender (TileSender) → ZmqIngest → a sink that
 // really decodes (decodeTile) and answers with a digest of the decoded pixels, so a round trip proves they arrived intact.
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
-import { Ajv2020 } from 'ajv/dist/2020.js';
-import addFormats from 'ajv-formats';
 import sharp from 'sharp';
 import * as zmq from 'zeromq';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -16,17 +14,10 @@ import { DecodeError, decodeTile } from '../../imaging/decode.js';
 import { TileSender, type SenderPattern } from '../../sim/replay.js';
 import { freePort } from '../helpers/net.js';
 import { bombPng, expectedRgb, header, rawPayload, referenceRgb, sha256, testContext } from '../helpers/tiles.js';
+import { validateReply } from '../helpers/tile-reply-schema.js';
 
 const MAX_MESSAGE = 2 * 1024 * 1024;
 
-// every router reply must match the published reply schema (docs/schemas/tile-reply.schema.json)
-const validateReply = (() => {
-  const load = (f: string) => JSON.parse(readFileSync(new URL(`../../docs/schemas/${f}`, import.meta.url), 'utf8')) as object;
-  const ajv = new Ajv2020({ allErrors: true, strictRequired: false });
-  (addFormats as unknown as { default: (a: Ajv2020) => void }).default(ajv);
-  ajv.addSchema(load('tile-header.schema.json'));
-  return ajv.compile(load('tile-reply.schema.json'));
-})();
 const W = 41;
 const H = 29;
 const REF = referenceRgb(W, H);

@@ -7,6 +7,7 @@ import { Controller, FocusController, type RuntimeView } from '../../daemon/cont
 import { binOf, SignLearner } from '../../daemon/sign-learner.js';
 import type { Action, LoopAlert } from '../../core/types.js';
 import { makeCtx, outcome, tempDir } from '../helpers/mqtt-side.js';
+import { rng32 } from '../../sim/procedural.js';
 
 const base = makeCtx().config.controller;
 type Settings = typeof base;
@@ -14,17 +15,8 @@ const settings = (learning: Partial<Settings['learning']> = {}): Settings => ({ 
 const live: RuntimeView = { toleranceUm: 1, dryRun: false };
 const UNCALIBRATED = { sign: 'model' as const, fitted: false };
 
-/** Deterministic pseudo-random numbers (mulberry32). */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32, seeded (the procedural generator's). */
+const rng = rng32;
 
 interface SlideRun {
   actions: Action[];

@@ -8,6 +8,7 @@ import { TileSender } from '../../sim/replay.js';
 import { getJson, scanTiles, startDaemon, stopDaemon, tileHeader, type RunningDaemon } from '../helpers/daemon-run.js';
 import { assertSchema, Collector, sleep } from '../helpers/mqtt-side.js';
 import { MOSQUITTO_URL, uniqueId } from '../helpers/net.js';
+import { rng32 } from '../../sim/procedural.js';
 
 const N = 500;
 const SEED = Number(process.env.FOCUSD_FUZZ_SEED ?? 20261201);
@@ -15,17 +16,8 @@ const SEED = Number(process.env.FOCUSD_FUZZ_SEED ?? 20261201);
  * catches runaway growth (the 5 GB patch-grid class of bug), not a leak of a few kB per request. */
 const RSS_BOUND_MB = 150;
 
-/** mulberry32: small, seeded, good enough to pick cases. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32, seeded (the procedural generator's). */
+const rng = rng32;
 
 interface Case {
   payload: Buffer;

@@ -5,14 +5,13 @@
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Ajv2020 } from 'ajv/dist/2020.js';
-import addFormats from 'ajv-formats';
 import * as zmq from 'zeromq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseHeader, buildCase, type FuzzMessage, loadCorpus, makePayloads, mutants, type Payloads } from '../helpers/fuzz.js';
 import { Collector, until } from '../helpers/mqtt-side.js';
 import { freePort, MOSQUITTO_URL, uniqueId } from '../helpers/net.js';
 import { spawnFocusd, type FocusdProcess } from '../helpers/proc.js';
+import { validateReply } from '../helpers/tile-reply-schema.js';
 
 /** Mutants per pattern (with the corpus and the probes, ~1 000 messages per pattern, ~2 000 in all). */
 const MUTANTS = Number(process.env.FOCUSD_FUZZ_MUTANTS ?? 900);
@@ -23,13 +22,6 @@ const PROBE_EVERY = 100;
 const RSS_GROWTH_LIMIT_MB = 200;
 const RSS_LIMIT_MB = 1024;
 
-const validateReply = (() => {
-  const load = (f: string) => JSON.parse(readFileSync(new URL(`../../docs/schemas/${f}`, import.meta.url), 'utf8')) as object;
-  const ajv = new Ajv2020({ allErrors: true, strictRequired: false });
-  (addFormats as unknown as { default: (a: Ajv2020) => void }).default(ajv);
-  ajv.addSchema(load('tile-header.schema.json'));
-  return ajv.compile(load('tile-reply.schema.json'));
-})();
 
 const corpus = loadCorpus(new URL('./corpus/', import.meta.url));
 let payloads: Payloads;

@@ -20,20 +20,12 @@ import {
 import { type ModelManifest, toPrediction } from '../../models/manifest.js';
 import { calibrateMain } from '../../cli/calibrate.js';
 import { listStack } from '../../models/calibrate-stack.js';
+import { rng32 } from '../../sim/procedural.js';
 
 const DEFAULT = resolve(import.meta.dirname, '..', '..', 'models', 'default');
 
-/** Deterministic pseudo-random numbers (mulberry32). */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32, seeded (the procedural generator's). */
+const rng = rng32;
 
 /** Tissue-like RGB pattern: blobs (cells) on a pink background, plus fine grain. */
 function pattern(w: number, h: number, seed: number): Float32Array {
