@@ -2,27 +2,15 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { EmbeddedBroker } from '../../adapters/embedded-broker.js';
 import { createControlApi, MqttAdapter, redactConfig } from '../../adapters/mqtt.js';
-import type { Component } from '../../core/lifecycle.js';
 import { buildMqttSide } from '../../daemon/wiring.js';
 import { freePort, MOSQUITTO_URL, uniqueId } from '../helpers/net.js';
 import { assertSchema, Collector, makeCtx, outcome, PrivateMosquitto, sleep, tempDir, until } from '../helpers/mqtt-side.js';
+import { mqttTestScope } from '../helpers/mqtt-scope.js';
 
-const running: Component[] = [];
-const collectors: Collector[] = [];
-const bases: string[] = [];
-afterEach(async () => {
-  for (const c of collectors.splice(0)) await c.close();
-  while (running.length) await running.pop()!.stop().catch(() => undefined);
-  // leave no retained messages behind on the shared broker
-  if (bases.length) {
-    const c = await mqtt.connectAsync(MOSQUITTO_URL);
-    for (const b of bases.splice(0)) for (const t of ['status', 'stats']) await c.publishAsync(`${b}/${t}`, '', { retain: true, qos: 1 });
-    await c.endAsync();
-  }
-});
+const { running, collectors, bases } = mqttTestScope();
 
 const statusProvider = () => ({ engine: 'classical', model: { name: 'test-model', version: '1.0.0' }, version: '0.1.0', pattern: 'pull', endpoint: 'tcp://127.0.0.1:5555' });
 

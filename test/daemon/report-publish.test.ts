@@ -1,28 +1,15 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import mqtt from 'mqtt';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Component } from '../../core/lifecycle.js';
+import { describe, expect, it } from 'vitest';
 import { buildMqttSide } from '../../daemon/wiring.js';
 import { generateHistory } from '../../sim/history.js';
 import { assertSchema, Collector, makeCtx, tempDir } from '../helpers/mqtt-side.js';
+import { mqttTestScope } from '../helpers/mqtt-scope.js';
 import { MOSQUITTO_URL, uniqueId } from '../helpers/net.js';
 import { runFocusd } from '../helpers/proc.js';
 import { Store } from '../../adapters/store.js';
 
-const running: Component[] = [];
-const collectors: Collector[] = [];
-const bases: string[] = [];
-afterEach(async () => {
-  for (const c of collectors.splice(0)) await c.close();
-  while (running.length) await running.pop()!.stop().catch(() => undefined);
-  // leave no retained messages behind on the shared broker
-  if (bases.length) {
-    const c = await mqtt.connectAsync(MOSQUITTO_URL);
-    for (const b of bases.splice(0)) for (const t of ['status', 'stats', 'report']) await c.publishAsync(`${b}/${t}`, '', { retain: true, qos: 1 });
-    await c.endAsync();
-  }
-});
+const { running, collectors, bases } = mqttTestScope();
 
 const END = Date.parse('2026-11-30T02:00:00Z');
 
