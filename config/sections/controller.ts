@@ -68,9 +68,9 @@ export const controller = {
         default: 2,
       },
       maxActionsPerMinute: {
-        doc: 'Most actions per slide in any 60 s; further ones are refused and logged.',
+        doc: 'Most actions per slide in any 60 s; further ones are refused and logged. A flood guard against a runaway loop, not a budget: a 20x scanner takes several tiles a second and a busy slide needs a re-acquisition for a fifth of them, so a limit near that rate refuses the corrections that matter (maxReacquirePerTile bounds the extra acquisitions per tile).',
         format: 'positive-int',
-        default: 30,
+        default: 600,
       },
     },
     learning: {
