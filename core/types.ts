@@ -80,6 +80,12 @@ export interface ScoreResult {
   patches: number;
   focus_map: FocusMap | null;
   model: ModelInfo;
+  /**
+   * Relative sharpness of the scored tissue cells (Brenner gradient / mean², on the raw pixels): meaningful only
+   * between acquisitions of the same tile, where the sharper one is nearer focus whatever the instrument's
+   * aberrations. The controller judges its own moves with it (docs/controller.md). Absent when not computed.
+   */
+  sharpness?: number | null;
 }
 
 export type Verdict = 'in_focus' | 'out_of_focus' | 'no_tissue';

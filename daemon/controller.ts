@@ -81,6 +81,8 @@ interface Probe {
   z0: number;
   absD0: number;
   unc0: number;
+  /** sharpness of the probed acquisition (null: not measured). */
+  sharp0: number | null;
   /** the model's own sign of the probed tile (before any learned direction) and its confidence. */
   modelSign: 1 | -1;
   conf: number | null;
@@ -96,6 +98,8 @@ interface Move {
   absD0: number;
   /** |defocus| of the tile's best acquisition so far: the move must not end further from focus than this. */
   baseAbs: number;
+  /** sharpness of the tile's best acquisition so far (null: not measured). */
+  baseSharp: number | null;
   unc0: number;
   /** the sign the move assumed (model sign × learned direction, or a probe's). */
   effSign: 1 | -1;
@@ -143,16 +147,18 @@ interface SlideState {
   seen: Set<string>;
   predictions: Map<string, SurfacePrediction | null>;
   moves: Map<number, Move>;
-  /** lowest |defocus| seen per tile (any acquisition) and the stage z it was seen at. */
-  best: Map<number, { abs: number; z: number }>;
+  /** the acquisition of each tile nearest focus so far (sharpest; lowest |defocus| without sharpness) and its z. */
+  best: Map<number, Acq & { z: number }>;
   /** tiles already sent back to their best z. */
   restored: Set<number>;
   zEval: ZEval | null;
   wrongWay: number;
   /** first-acquisition tissue tiles so far. */
   n: number;
-  /** stop-loss fired: z_offsets frozen, every sign probed. */
+  /** stop-loss fired: every sign is probed, z_offsets only from probe-settled signs. */
   diverging: DivergingSlide | null;
+  /** a z_offset made under the stop-loss was judged worse too: no z_offset at all on this slide. */
+  zFrozen: boolean;
 }
 
 /** Slides remembered per controller; older ones are forgotten (a scanner works on one slide at a time). */
@@ -224,21 +230,27 @@ export class FocusController {
     // moves are sized by |d| / the model's learned magnitude gain on this instrument; the verdict is the model's
     const gain = this.learner.gain(lkey);
     const ctx: DecideCtx = { o, st, now, rt, out, pred, d, lkey, modelSign, gain };
+    const sharp = o.score.sharpness ?? null;
+    const here: Acq = { abs: absD, sharp };
     const prevBest = st.best.get(h.tile.index);
-    if (prevBest === undefined || absD < prevBest.abs) st.best.set(h.tile.index, { abs: absD, z });
+    if (prevBest === undefined || nearer(prevBest, here, 0, 1) < 0) st.best.set(h.tile.index, { ...here, z });
 
     if (h.attempt > 0) {
       const probe = st.probes.get(h.tile.index);
       if (probe && h.attempt > probe.attempt) {
         st.probes.delete(h.tile.index);
-        // the probe went up by |d0|: if that made it better the stage was below focus (d0 < 0), else above
-        const sign0: 1 | -1 = absD < probe.absD0 ? -1 : 1;
+        // the probe went up by |d0|: if that made it better the stage was below focus (d0 < 0), else above. Which
+        // of the two images is nearer focus the tile's own sharpness says on any instrument; the scores only
+        // when there is no sharpness
+        const pm = this.margin(rt, probe.unc0, unc);
+        const cmp = nearer({ abs: probe.absD0, sharp: probe.sharp0 }, here, pm);
+        const sign0: 1 | -1 = cmp < 0 ? -1 : cmp > 0 ? 1 : absD < probe.absD0 ? -1 : 1;
         const d0 = sign0 * probe.absD0;
         const target = probe.z0 - sign0 * probe.step;
         // an experiment: a probe that came back sharper beyond the scores' uncertainty proves the stage was below
         // focus. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
         // too): the re-acquisition below (probe_result) settles it when it comes back sharper than the first
-        if (probe.conf !== null && absD < probe.absD0 - this.margin(rt, probe.unc0, unc)) {
+        if (probe.conf !== null && cmp < 0) {
           this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1, probe.absD0);
         }
         st.surface.add(x, y, target);
@@ -249,11 +261,12 @@ export class FocusController {
           rec.src = 'probe';
         }
         // below focus: the probe already is the best estimate of focus (going on up would trust an |d| that
-        // just proved to be off); above: re-acquire on the other side of z0
+        // just proved to be off, and a probe that crossed focus also comes back sharper); above: re-acquire on
+        // the other side of z0
         if (oof && sign0 > 0) {
           this.reacquire(ctx, target, 'probe_result', false,
             `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
-            { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 } });
+            { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 } });
         }
         this.checkDrift(ctx);
         return out;
@@ -262,9 +275,10 @@ export class FocusController {
       if (move && h.attempt > move.attempt) {
         st.moves.delete(h.tile.index);
         const m = this.margin(rt, move.unc0, unc);
-        if (absD > move.baseAbs + m) {
+        const cmpMove = nearer({ abs: move.baseAbs, sharp: move.baseSharp }, here, m);
+        if (cmpMove > 0) {
           // wrong way: the tile is further from focus than before the move, so the sign the move assumed was wrong
-          this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} scored ${r3(absD)} µm, further from focus than ${r3(move.baseAbs)} µm before it`, move.evidenceIfWorse);
+          this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} is further from focus than its best acquisition (${sharpText(move.baseSharp, sharp)}scored ${r3(absD)} µm vs ${r3(move.baseAbs)} µm)`, move.evidenceIfWorse);
           if (move.modelSign !== 0 && move.conf !== null && move.evidenceIfWorse) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign, move.absD0);
           const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
           if (rec) {
@@ -277,7 +291,7 @@ export class FocusController {
             const target = move.sizedFrom.z + move.sizedFrom.d / gain.reacquire;
             this.reacquire(ctx, target, 'wrong_way', false,
               `moving ${move.effSign > 0 ? 'down' : 'up'} from z ${r3(move.z0)} made the tile worse (${r3(move.absD0)} → ${r3(absD)} µm): the sign was wrong, re-acquire at ${r3(target)} µm`,
-              { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, evidenceIfWorse: false, sizedFrom: { z: move.sizedFrom.z, d: -move.sizedFrom.d } });
+              { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, baseSharp: move.baseSharp, evidenceIfWorse: false, sizedFrom: { z: move.sizedFrom.z, d: -move.sizedFrom.d } });
           } else {
             // both ways tried and this one is worse: the scanner keeps the last image, so go back to the best z seen
             // (once per tile, beyond the per-tile limit: a limit must never leave a tile worse than it was)
@@ -285,7 +299,7 @@ export class FocusController {
           }
           return out;
         }
-        if (absD < move.baseAbs - m && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.absD0);
+        if (cmpMove < 0 && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.absD0);
         // a sized move toward focus that did not go the wrong way measures the model's magnitude gain, when the
         // landing's sign is trusted (an in-focus landing of unknown sign would only confirm the gain the move used)
         const d2 = signKnown ? d : null;
@@ -373,7 +387,7 @@ export class FocusController {
     st.window = [];
     c.out.alerts.push({
       reason: 'loop_diverging',
-      detail: `slide ${h.slide}: ${reason}; z_offsets frozen on this slide, every sign is probed`,
+      detail: `slide ${h.slide}: ${reason}; the model's sign is no longer used on this slide: every sign is probed, z_offsets only from probe-settled signs`,
       scanner: h.scanner,
       slide: h.slide,
       objective: h.objective,
@@ -407,6 +421,7 @@ export class FocusController {
       this.revert(c, ev, after);
       c.st.wrongWay++;
       c.out.wrongWay++;
+      if (c.st.diverging) c.st.zFrozen = true;
       this.diverge(c, `the z_offset of ${r3(ev.correction)} µm made the next tiles worse (median |defocus| ${r3(after)} µm, ${r3(excess)} µm more than without it)`);
     } else if (excess < -Math.max(m, half) && ev.modelSign !== 0 && ev.conf !== null) {
       this.learn(c, ev.key, ev.conf, ev.modelSign === ev.effSign, ev.beforeAbs);
@@ -434,12 +449,12 @@ export class FocusController {
       const effSign: 1 | -1 = d >= 0 ? 1 : -1;
       this.reacquire(c, h.stage_um.z - d / c.gain.reacquire, rule, false,
         `defocus ${r3(d)} µm beyond ±${c.rt.toleranceUm} µm (sign confidence ${conf}${effSign !== c.modelSign ? ', sign reversed as learned on this instrument' : ''}${sizedBy(c.gain.reacquire)}); re-acquire at best focus`,
-        { effSign, modelSign: c.modelSign, corrective: false, baseAbs: c.st.best.get(h.tile.index)?.abs ?? absD, evidenceIfWorse: true, sizedFrom: { z: h.stage_um.z, d } });
+        { effSign, modelSign: c.modelSign, corrective: false, baseAbs: c.st.best.get(h.tile.index)?.abs ?? absD, baseSharp: c.st.best.get(h.tile.index)?.sharp ?? c.o.score.sharpness ?? null, evidenceIfWorse: true, sizedFrom: { z: h.stage_um.z, d } });
     } else {
       const step = absD / c.gain.reacquire;
       const ok = this.reacquire(c, h.stage_um.z + step, 'probe', true,
         `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d|${sizedBy(c.gain.reacquire)} to learn the sign`);
-      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, modelSign: c.modelSign, conf, key: c.lkey, step });
+      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, sharp0: c.o.score.sharpness ?? null, modelSign: c.modelSign, conf, key: c.lkey, step });
     }
   }
 
@@ -449,7 +464,7 @@ export class FocusController {
     rule: Rule,
     probe: boolean,
     detail: string,
-    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'evidenceIfWorse' | 'sizedFrom'> & Partial<Pick<Move, 'conf' | 'key'>>,
+    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'baseSharp' | 'evidenceIfWorse' | 'sizedFrom'> & Partial<Pick<Move, 'conf' | 'key'>>,
   ): boolean {
     const h = c.o.header;
     const dry = c.rt.dryRun;
@@ -490,10 +505,11 @@ export class FocusController {
     const st = c.st;
     const tol = c.rt.toleranceUm;
     const { consecutive, window, share, cooldownTiles, hysteresisUm } = this.s.drift;
-    // stop-loss: no z_offset on a slide where the loop made things worse
-    if (st.diverging) return;
+    // stop-loss: on a slide where the loop made things worse, no z_offset rests on the model's sign any more; the
+    // focus is still followed where probes settled the sign (experiments, not trust), unless one of those failed too
+    if (st.diverging && st.zFrozen) return;
     if (st.lastZSign !== 0 && st.tilesSinceZ < cooldownTiles) return;
-    const known = st.window.filter((r) => r.oof && r.sign !== 0);
+    const known = st.window.filter((r) => r.oof && r.sign !== 0 && (!st.diverging || r.src === 'probe'));
     if (known.length === 0) return;
     let run: Rec[] | null = null;
     let how = '';
@@ -521,7 +537,8 @@ export class FocusController {
     // already contains the run (and in a raster scan a new row looks like a tilt in y).
     const first = run[0]!;
     // the surface holds corrected defocus (d / gain), so the run's first tile is compared in the same units
-    const explained = first.pred !== null && Math.abs(first.d / c.gain.reacquire - first.pred.defocus_um) <= tol / 2;
+    // (under the stop-loss the surface holds points the model's sign placed: only the probes' drift rule applies)
+    const explained = !st.diverging && first.pred !== null && Math.abs(first.d / c.gain.reacquire - first.pred.defocus_um) <= tol / 2;
     const rule: Rule = explained ? 'tilt' : 'drift';
     // sized by the learned gain; before there is evidence, damped (an overestimated |d| would overshoot every
     // tile still to come, and a slide's last tiles cannot judge a z_offset any more)
@@ -585,6 +602,7 @@ export class FocusController {
       this.action(c, 'z_offset', r3(correction), rule, detail, tiles, { stage_um: { ...c.o.header.stage_um } }, {
         cumulative_um: st.cumulativeUm,
         clamped,
+        sign_from: run.every((r) => r.src === 'probe') ? 'probes' : run.every((r) => r.src === 'model') ? 'model' : 'mixed',
       }),
     );
   }
@@ -663,6 +681,7 @@ export class FocusController {
         wrongWay: 0,
         n: 0,
         diverging: null,
+        zFrozen: false,
       };
       this.slides.set(k, st);
       if (this.slides.size > MAX_SLIDES) this.slides.delete(this.slides.keys().next().value!);
@@ -717,6 +736,39 @@ function trend(pts: [number, number][]): (n: number) => number {
   }
   const b = Math.max(0, sxy / sxx);
   return (n) => my + b * (n - mx);
+}
+
+/** One acquisition of a tile as the loop compares them: its score's |defocus| and its sharpness. */
+interface Acq {
+  abs: number;
+  sharp: number | null;
+}
+
+/**
+ * Two acquisitions of one tile are told apart by this sharpness ratio: measured through the optics model on held-out
+ * real tissue and on procedural tiles, 0.5 µm of defocus from focus lowers the Brenner sharpness by 20-40 %, each
+ * further µm by more than half of what is left (scripts/loop-read-curve.ts); the same tile at the same z differs by
+ * its sensor noise, a few %.
+ */
+export const SHARPNESS_RATIO = 1.15;
+
+/**
+ * Is acquisition b of a tile nearer focus than a (−1), further (1), or can that not be told (0)? The tile's own
+ * sharpness decides when both have it: a classical focus measure compared between two images of the same field is
+ * right on any instrument, where the network's |defocus| can be fooled by aberrations it was not trained on (an
+ * image 9 µm out read as in focus). Without sharpness, the scores' |defocus| beyond the margin.
+ */
+export function nearer(a: Acq, b: Acq, margin: number, ratio = SHARPNESS_RATIO): -1 | 0 | 1 {
+  if (a.sharp !== null && b.sharp !== null && a.sharp > 0 && b.sharp > 0) {
+    const r = b.sharp / a.sharp;
+    if (ratio <= 1) return r > 1 ? -1 : r < 1 ? 1 : 0;
+    return r >= ratio ? -1 : r <= 1 / ratio ? 1 : 0;
+  }
+  return b.abs < a.abs - margin ? -1 : b.abs > a.abs + margin ? 1 : 0;
+}
+
+function sharpText(base: number | null, now: number | null): string {
+  return base !== null && now !== null && base > 0 ? `sharpness ${r3(now / base)}× its best, ` : '';
 }
 
 function slideKey(h: { scanner: string; slide: string }): string {

@@ -179,7 +179,7 @@ export function renderDriftMarkdown(r: DriftReport): string {
     '## Feedback loop',
     '',
     `- wrong-way moves: ${r.loop.wrong_way_moves}; slides where the stop-loss fired: ${r.loop.diverging_slides.length ? r.loop.diverging_slides.join(', ') : 'none'}; sign_inverted_detected: ${r.loop.sign_inverted_detected}`,
-    ...r.loop.slides.map((s) => `- **${s.slide}**: ${s.wrong_way_moves} wrong-way moves${s.loop_diverging ? ', loop_diverging (z_offsets frozen, signs probed)' : ''}`),
+    ...r.loop.slides.map((s) => `- **${s.slide}**: ${s.wrong_way_moves} wrong-way moves${s.loop_diverging ? ', loop_diverging (signs probed, z_offsets only from probes)' : ''}`),
     '',
     "Learned sign of the model (1 = as reported, −1 = reversed, 0 = not known yet, probing):",
     '',

@@ -111,7 +111,9 @@ export class CnnScorer implements Scorer {
         est.push({ row: c.row, col: c.col, defocus_um: p.defocus_um, sign_confidence: p.sign_confidence, sigma_um: p.sigma_um });
       });
     }
-    return aggregate(this.info, tissue.fraction, plan, est);
+    return { ...aggregate(this.info, tissue.fraction, plan, est), // over the whole tile, not the selected cells: which cells are selected changes with the blur, and two
+    // acquisitions must be compared on the same field
+    sharpness: cellSharpness(tile.rgb, tile.width, tile.height, [{ x: 0, y: 0, w: tile.width, h: tile.height }]) };
   }
 
   async stop(): Promise<void> {
@@ -120,4 +122,42 @@ export class CnnScorer implements Scorer {
     this.engine = null;
     if (e) await e.stop();
   }
+}
+
+/**
+ * Brenner gradient (squared difference two pixels apart, both axes) over the cells' raw pixels, on luma, divided
+ * by the squared mean luma: a classical focus measure. The network reads defocus from one image and can be fooled
+ * by an instrument's aberrations; two acquisitions of the same field compared by this measure say which one is
+ * nearer focus on any instrument (docs/controller.md: how the loop judges its moves).
+ */
+export function cellSharpness(rgb: Uint8Array, width: number, height: number, cells: ReadonlyArray<{ x: number; y: number; w: number; h: number }>): number | null {
+  let s = 0;
+  let sum = 0;
+  let n = 0;
+  let m = 0;
+  const luma = (i: number) => 0.299 * rgb[i]! + 0.587 * rgb[i + 1]! + 0.114 * rgb[i + 2]!;
+  for (const c of cells) {
+    const x0 = Math.max(0, Math.round(c.x));
+    const y0 = Math.max(0, Math.round(c.y));
+    const x1 = Math.min(width, Math.round(c.x + c.w));
+    const y1 = Math.min(height, Math.round(c.y + c.h));
+    for (let y = y0; y < y1; y++) {
+      for (let x = x0; x < x1; x++) {
+        const v = luma((y * width + x) * 3);
+        sum += v;
+        m++;
+        if (x + 2 < x1) {
+          s += (luma((y * width + x + 2) * 3) - v) ** 2;
+          n++;
+        }
+        if (y + 2 < y1) {
+          s += (luma(((y + 2) * width + x) * 3) - v) ** 2;
+          n++;
+        }
+      }
+    }
+  }
+  if (n === 0 || m === 0) return null;
+  const mean = sum / m;
+  return Math.round((s / n / Math.max(1e-6, mean * mean)) * 1e7) / 1e7;
 }

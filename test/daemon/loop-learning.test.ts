@@ -3,7 +3,7 @@
 // decides whether a move helped. Plus the evidence's persistence in a real SQLite store across a restart.
 import { describe, expect, it } from 'vitest';
 import { Store } from '../../adapters/store.js';
-import { Controller, FocusController, type RuntimeView } from '../../daemon/controller.js';
+import { Controller, FocusController, nearer, SHARPNESS_RATIO, type RuntimeView } from '../../daemon/controller.js';
 import { binOf, SignLearner } from '../../daemon/sign-learner.js';
 import type { Action, LoopAlert } from '../../core/types.js';
 import { makeCtx, outcome, tempDir } from '../helpers/mqtt-side.js';
@@ -36,7 +36,7 @@ interface SlideRun {
  * every reacquire is executed at once at its target z. The model reports `gain` × |d| (exactly |d| by default),
  * its sign through `sign`.
  */
-function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: number) => number, sign: (trueD: number, i: number, attempt: number) => 1 | -1, calibration = UNCALIBRATED, conf = 0.99, obeyReacquire = true, gain = 1): SlideRun {
+function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: number) => number, sign: (trueD: number, i: number, attempt: number) => 1 | -1, calibration = UNCALIBRATED, conf = 0.99, obeyReacquire = true, gain = 1, opts: ScanOpts = {}): SlideRun {
   const run: SlideRun = { actions: [], alerts: [], first: [], final: [], wrongWay: 0, overshoots: 0, acquisitions: 0 };
   let offset = 0;
   let seq = 0;
@@ -44,8 +44,9 @@ function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: nu
     run.acquisitions++;
     if (attempt === 0) run.first[i] = Math.abs(trueD);
     run.final[i] = Math.abs(trueD);
-    const reported = sign(trueD, i, attempt) * Math.abs(trueD) * gain;
-    const d = ctl.onTile(outcome({ slide, seq: seq++, index: i, attempt, z, d: reported, conf, calibration }), 1_000_000 + seq * 1000, live);
+    const reported = opts.reads ? opts.reads(trueD) : sign(trueD, i, attempt) * Math.abs(trueD) * gain;
+    const sharp = opts.sharpness ? { sharp: 1 / (1 + trueD * trueD) } : {};
+    const d = ctl.onTile(outcome({ slide, seq: seq++, index: i, attempt, z, d: reported, conf, calibration, ...sharp }), 1_000_000 + seq * 1000, live);
     run.alerts.push(...d.alerts);
     for (const a of d.actions) {
       run.actions.push(a);
@@ -59,8 +60,17 @@ function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: nu
       }
     }
   };
-  for (let i = 0; i < n; i++) feed(i, 0, 100 + offset, focal(i) + offset);
+  for (let i = 0; i < n; i++) feed(i, 0, 100 + offset, focal(i) + offset + (opts.driftPerAcquisition ?? 0) * run.acquisitions);
   return run;
+}
+
+interface ScanOpts {
+  /** the tile's sharpness is reported (a falling function of the true |defocus|, like a focus measure). */
+  sharpness?: boolean;
+  /** what the model reads at a true defocus (replaces sign × |d| × gain). */
+  reads?: (trueD: number) => number;
+  /** the focus drifts with every acquisition (retakes take time), µm. */
+  driftPerAcquisition?: number;
 }
 
 const yieldOf = (r: SlideRun) => r.final.filter((v) => v <= 1).length / r.final.length;
@@ -200,13 +210,15 @@ describe('stop-loss', () => {
     const s1 = scanSlide(ctl, 'S-1', 80, focal, random, { sign: 'model', fitted: true });
     const div = s1.alerts.filter((a) => a.reason === 'loop_diverging');
     expect(div).toHaveLength(1);
-    expect(div[0]!.detail).toMatch(/z_offsets frozen/);
+    expect(div[0]!.detail).toMatch(/every sign is probed, z_offsets only from probe-settled signs/);
     expect(ctl.diverging()).toEqual([expect.objectContaining({ slide: 'S-1' })]);
-    // after the stop-loss, no z_offset but the taking back of a bad one, and every re-acquisition starts with a probe
+    // after the stop-loss, no z_offset rests on the model's sign: only the taking back of a bad one, or one whose
+    // signs probes settled; every re-acquisition starts with a probe
     const at = s1.actions.findIndex((a) => a.reason.includes('wrong') && a.why && (a.why as { rule: string }).rule === 'wrong_way');
     expect(at).toBeGreaterThanOrEqual(0);
     const after = s1.actions.slice(s1.actions.findIndex((a) => a.created_at >= div[0]!.diverging!.since));
-    expect(after.filter((a) => a.type === 'z_offset' && (a.why as { rule: string }).rule !== 'revert')).toHaveLength(0);
+    const zAfter = after.filter((a) => a.type === 'z_offset' && (a.why as { rule: string }).rule !== 'revert');
+    for (const a of zAfter) expect((a.why as { sign_from: string }).sign_from, a.reason).toBe('probes');
     // no tile ends further from focus than its first acquisition, and the slide is no worse than without feedback
     for (let i = 0; i < s1.final.length; i++) expect(s1.final[i]!, `tile ${i}`).toBeLessThanOrEqual(s1.first[i]! + 1e-9);
     expect(yieldOf(s1)).toBeGreaterThanOrEqual(noFeedbackYield(s1));
@@ -226,6 +238,63 @@ describe('stop-loss', () => {
     expect(s.alerts.some((a) => a.reason === 'loop_diverging' && /made the next tiles worse/.test(a.detail))).toBe(true);
     expect(ctl.cumulative('scanner-a', 'S-9')).toBeCloseTo(0, 6);
     expect(z.filter((a) => (a.why as { rule: string }).rule !== 'revert')).toHaveLength(1);
+  });
+});
+
+describe('judging moves by the tile\'s own sharpness', () => {
+  it('nearer(): sharpness of the same tile decides over the scores; without it the scores beyond the margin', () => {
+    // the score says the second image is in focus, its sharpness says it is far blurrier: it is further
+    expect(nearer({ abs: 4.8, sharp: 0.1 }, { abs: 0.1, sharp: 0.02 }, 0.25)).toBe(1);
+    expect(nearer({ abs: 0.1, sharp: 0.02 }, { abs: 4.8, sharp: 0.1 }, 0.25)).toBe(-1);
+    // within the sharpness ratio: cannot tell, whatever the scores say
+    expect(nearer({ abs: 3, sharp: 0.1 }, { abs: 0.2, sharp: 0.105 }, 0.25)).toBe(0);
+    expect(SHARPNESS_RATIO).toBeGreaterThan(1);
+    // no sharpness: the scores
+    expect(nearer({ abs: 3, sharp: null }, { abs: 0.2, sharp: null }, 0.25)).toBe(-1);
+    expect(nearer({ abs: 0.2, sharp: null }, { abs: 0.3, sharp: null }, 0.25)).toBe(0);
+    expect(nearer({ abs: 0.2, sharp: 0.1 }, { abs: 0.9, sharp: null }, 0.25)).toBe(1);
+  });
+
+  // A model fooled by the instrument: it reads the sign backwards beyond 2 µm and reads anything beyond 6 µm as in
+  // focus (seen on the sa-reversed instrument: 9.7 µm out read as 0.08 µm). Its own score then calls a wrong-way
+  // move a success; the tile's sharpness does not.
+  const fooled = (t: number) => (Math.abs(t) > 6 ? 0.1 : Math.abs(t) > 2 ? -t : t);
+  const bumps = (i: number) => (i % 7 === 3 ? -4.5 : 0.2 * Math.sin(i));
+
+  it('without sharpness the fooled score hides wrong-way moves; with it every one is caught and undone', () => {
+    const blind = scanSlide(new FocusController(settings({ priorCalibrated: 20 })), 'S-b', 40, bumps, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { reads: fooled });
+    const seeing = scanSlide(new FocusController(settings({ priorCalibrated: 20 })), 'S-s', 40, bumps, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { reads: fooled, sharpness: true });
+    const far = (r: SlideRun) => r.final.filter((v) => v > 4.5 + 1e-9).length;
+    // the fooled score leaves bump tiles 9 µm out, "in focus"
+    expect(far(blind)).toBeGreaterThan(0);
+    expect(far(seeing)).toBe(0);
+    // with sharpness no tile ends further from focus than its first acquisition, and the slide is not worse
+    for (let i = 0; i < seeing.final.length; i++) expect(seeing.final[i]!, `tile ${i}`).toBeLessThanOrEqual(seeing.first[i]! + 1e-9);
+    expect(yieldOf(seeing)).toBeGreaterThanOrEqual(noFeedbackYield(seeing));
+  });
+
+  it('under the stop-loss the focus is still followed from probe-settled signs: a drift that grows with every acquisition does not run away', () => {
+    const coin = rng(11);
+    const signs = new Map<string, 1 | -1>();
+    const random = (_t: number, i: number, attempt: number) => {
+      const k = `${i}/${attempt}`;
+      if (!signs.has(k)) signs.set(k, coin() < 0.5 ? 1 : -1);
+      return signs.get(k)!;
+    };
+    const drift = 0.06;
+    const flat = (i: number) => 0.2 * Math.sin(i);
+    const ctl = new FocusController(settings({ priorCalibrated: 20 }));
+    const s = scanSlide(ctl, 'S-d', 80, flat, random, { sign: 'model', fitted: true }, 0.99, true, 1, { sharpness: true, driftPerAcquisition: drift });
+    expect(s.alerts.some((a) => a.reason === 'loop_diverging')).toBe(true);
+    const zs = s.actions.filter((a) => a.type === 'z_offset' && (a.why as { sign_from?: string }).sign_from === 'probes');
+    expect(zs.length).toBeGreaterThan(0);
+    // every probe-settled correction followed the drift (true defocus grows positive: the stage has to come down)
+    for (const a of zs) expect(a.z_offset_um, a.reason).toBeLessThan(0);
+    // the same scan without feedback, at its own (smaller) number of acquisitions
+    const without = Array.from({ length: 80 }, (_, i) => Math.abs(flat(i) + drift * i));
+    const share = (xs: number[]) => xs.filter((v) => v <= 1).length / xs.length;
+    expect(share(s.final)).toBeGreaterThanOrEqual(share(without));
+    for (let i = 0; i < s.final.length; i++) expect(s.final[i]!, `tile ${i}`).toBeLessThanOrEqual(s.first[i]! + 1e-9);
   });
 });
 

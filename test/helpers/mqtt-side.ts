@@ -38,6 +38,8 @@ export interface TileSpec {
   calibration?: { sign: 'model' | 'inverted' | 'unrecoverable'; fitted: boolean };
   tol?: number;
   verdict?: Verdict;
+  /** the tile's relative sharpness (ScoreResult.sharpness); absent: not measured. */
+  sharp?: number;
 }
 
 /** A scored tile as the pipeline emits it. */
@@ -70,6 +72,7 @@ export function outcome(t: TileSpec): TileOutcome {
       focus_map: t.d === null ? null : { rows: 2, cols: 2, defocus_um: [t.d, t.d, null, t.d] },
       // a bundle calibrated on this instrument's focus stack: its confident signs are trusted from the start
       model: { name: 'test-model', version: '1.0.0', sha256: 'abc', engine: 'classical', pixel_size_um: 0.22, calibration: t.calibration ?? { sign: 'model', fitted: true } },
+      ...(t.sharp === undefined ? {} : { sharpness: t.sharp }),
     },
     latency_ms: 12.5,
   };
