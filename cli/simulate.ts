@@ -8,6 +8,8 @@ import { freePort } from '../core/net.js';
 import { Daemon } from '../daemon/daemon.js';
 import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instruments.js';
 import { textTable, slideLine } from '../sim/report.js';
+import type { SceneSource } from '../sim/render.js';
+import { imageSceneSource, loadTissueImages, resolveTissueSpec } from '../sim/tissue-images.js';
 import { runSimulation, type DaemonFactory, type DaemonHandle, type SimulationReport } from '../sim/run.js';
 import type { ScanEvent } from '../sim/scanner.js';
 import { splitConfigArgs } from './args.js';
@@ -28,6 +30,9 @@ without feedback for comparison. By default a daemon is started in-process (embe
   --width N --height N  tile size in pixels (default 640 x 320, 0.22 µm/px)
   --restart-between-slides  stop the daemon after every slide and start a new one on the same state (in-process)
   --json FILE         write the full report (per slide, per tile, every move)
+  --tissue SPEC       tissue tiles cropped from real in-focus images instead of procedural ones: image files or
+                      folders, comma separated, or \`heldout\` (the training code's held-out images in the development
+                      data, ../shared/data/infocus); still blurred by the instrument's optics at the true defocus
   --endpoint URL      scan against a running daemon at this ZeroMQ endpoint instead (its MQTT url, base topic and
                       scanner id are read from --config / the environment / --mqtt-url, as the daemon reads them)
   --verbose           one line per acquisition and per command
@@ -159,6 +164,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
         width: { type: 'string', default: '640' },
         height: { type: 'string', default: '320' },
         json: { type: 'string' },
+        tissue: { type: 'string' },
         endpoint: { type: 'string' },
         verbose: { type: 'boolean', default: false },
         'restart-between-slides': { type: 'boolean', default: false },
@@ -208,6 +214,14 @@ export async function simulateMain(argv: string[]): Promise<number> {
   const daemon = values.endpoint
     ? externalDaemon(config, values.endpoint, pattern)
     : inProcessDaemons({ load, pattern, ...(quietDaemon ? { logLevel: 'warn' } : {}), ...(stateDir ? { stateDir } : {}) });
+  let scenes: SceneSource | undefined;
+  if (values.tissue) {
+    try {
+      scenes = imageSceneSource(await loadTissueImages(resolveTissueSpec(values.tissue)));
+    } catch (err) {
+      return bad((err as Error).message);
+    }
+  }
   const out = (s: string) => process.stdout.write(s + '\n');
   const reports: SimulationReport[] = [];
   for (const name of instruments) {
@@ -226,6 +240,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
           runs: values['no-feedback'] ? ['no_feedback'] : values['feedback-only'] ? ['feedback'] : ['no_feedback', 'feedback'],
           daemon,
           restartBetweenSlides: restart,
+          ...(scenes ? { scenes, tissue: values.tissue } : {}),
           onSlide: (run, s) => out(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
           onEvent: values.verbose ? (run, e) => out(eventLine(run, e)) : undefined,
         }),

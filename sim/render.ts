@@ -33,6 +33,9 @@ class Lru<V> {
   }
 }
 
+/** Where a tile's scene comes from when not procedural (sim/tissue-images.ts); null: procedural. */
+export type SceneSource = (slide: VirtualSlide, tile: SimTile) => SynthScene | null;
+
 export class TileRenderer {
   private readonly scenes: Lru<SynthScene>;
   private readonly images: Lru<SynthTile>;
@@ -44,6 +47,7 @@ export class TileRenderer {
   constructor(
     private readonly optics: DefocusOptics,
     tilesPerSlide = 48,
+    private readonly sceneSource?: SceneSource,
   ) {
     this.scenes = new Lru(tilesPerSlide + 8);
     this.images = new Lru(2 * tilesPerSlide + 8);
@@ -61,7 +65,7 @@ export class TileRenderer {
     const t0 = performance.now();
     let scene = this.scenes.get(sceneKey);
     if (!scene) {
-      scene = synthScene({ width: slide.width, height: slide.height, seed: tile.seed, kind: tile.kind, pixelSizeUm: slide.pixelSizeUm });
+      scene = this.sceneSource?.(slide, tile) ?? synthScene({ width: slide.width, height: slide.height, seed: tile.seed, kind: tile.kind, pixelSizeUm: slide.pixelSizeUm });
       this.scenes.set(sceneKey, scene);
     }
     const img = imageScene(scene, { defocusUm: q }, this.optics);

@@ -7,7 +7,7 @@
  */
 import { DEFAULT_FEED_TIMINGS, MqttFeed, type FeedTimings } from './feed.js';
 import { instrument, instrumentOptics, type InstrumentName } from './instruments.js';
-import { TileRenderer } from './render.js';
+import { TileRenderer, type SceneSource } from './render.js';
 import { totalOf, VirtualScanner, type ScanCounts, type ScanEvent, type SlideResult } from './scanner.js';
 import { VirtualSlide } from './slide.js';
 
@@ -53,6 +53,9 @@ export interface SimulationOptions {
   restartBetweenSlides?: boolean;
   /** shared between runs so the scan without feedback and the first pass with it render each image once. */
   renderer?: TileRenderer;
+  /** tissue scenes from real images (sim/tissue-images.ts) instead of procedural ones; `tissue` names them in the report. */
+  scenes?: SceneSource;
+  tissue?: string;
 }
 
 export interface RunReport {
@@ -71,6 +74,8 @@ export interface SimulationReport {
   pattern: 'router' | 'pull';
   seed: number;
   grid: { cols: number; rows: number };
+  /** where tissue tiles come from: procedural, or the real images named. */
+  tissue: string;
   tile: { width: number; height: number; pixel_size_um: number };
   tolerance_um: number;
   started_at: string;
@@ -111,7 +116,7 @@ export async function runSimulation(o: SimulationOptions): Promise<SimulationRep
   const tol = o.toleranceUm ?? 1;
   const runs = o.runs ?? ['no_feedback', 'feedback'];
   const tag = o.tag ?? Date.now().toString(36);
-  const renderer = o.renderer ?? new TileRenderer(instrumentOptics(o.instrument), cols * rows);
+  const renderer = o.renderer ?? new TileRenderer(instrumentOptics(o.instrument), cols * rows, o.scenes);
   const timings: FeedTimings = { ...DEFAULT_FEED_TIMINGS, ...o.timings };
   const slides = Array.from({ length: o.slides }, (_, i) => new VirtualSlide({ seed: slideSeed(o.seed, i), cols, rows, width, height }));
   const report: SimulationReport = {
@@ -121,6 +126,7 @@ export async function runSimulation(o: SimulationOptions): Promise<SimulationRep
     pattern: 'router',
     seed: o.seed,
     grid: { cols, rows },
+    tissue: o.tissue ?? 'procedural',
     tile: { width, height, pixel_size_um: slides[0]?.pixelSizeUm ?? 0.22 },
     tolerance_um: tol,
     started_at: started.toISOString(),
