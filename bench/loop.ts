@@ -6,6 +6,8 @@
  *   npm run bench -- --loop                               # 5 instruments x 3 slides of 8x6 tiles
  *   npm run bench -- --loop --loop-instruments matching,mirrored --loop-slides 2
  *   npm run bench -- --loop --loop-merge a.json,b.json      # one table from runs made one instrument at a time
+ *   npm run bench -- --loop --loop-tissue heldout          # tissue from the development data's held-out images
+ *                                                          # (sim/tissue-images.ts): writes loop-heldout-latest.md
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -15,6 +17,7 @@ import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instrumen
 import { markdownTable, slideLine } from '../sim/report.js';
 import { runSimulation, type SimulationReport } from '../sim/run.js';
 import type { ScanCounts } from '../sim/scanner.js';
+import { imageSceneSource, loadTissueImages, resolveTissueSpec } from '../sim/tissue-images.js';
 
 export interface LoopBenchOptions {
   instruments: string;
@@ -25,6 +28,8 @@ export interface LoopBenchOptions {
   width: number;
   height: number;
   scorer: string;
+  /** procedural (default), or a `focusd simulate --tissue` spec: real images for the tissue tiles. */
+  tissue?: string;
   out: string;
 }
 
@@ -56,6 +61,8 @@ export async function loopBench(o: LoopBenchOptions): Promise<void> {
   if (bad.length) throw new Error(`--loop-instruments: ${bad.join(', ')} not among ${INSTRUMENTS.join(', ')}`);
   for (const k of ['slides', 'cols', 'rows', 'width', 'height'] as const)
     if (!Number.isInteger(o[k]) || o[k] < 1) throw new Error(`loop bench: ${k} must be a positive integer, got ${o[k]} (--loop-slides N, --loop-grid COLSxROWS, --loop-tile WxH)`);
+  const tissue = o.tissue ?? 'procedural';
+  const scenes = tissue === 'procedural' ? undefined : imageSceneSource(await loadTissueImages(resolveTissueSpec(tissue)));
   const started = new Date();
   const reports: SimulationReport[] = [];
   for (const name of names as InstrumentName[]) {
@@ -72,6 +79,7 @@ export async function loopBench(o: LoopBenchOptions): Promise<void> {
         load: { file: null, args: [], env: {}, overrides: { 'scanner.id': `bench-${name}`, 'mqtt.url': 'embedded', 'scoring.scorer': o.scorer, 'log.level': 'error' } },
         pattern: 'router',
       }),
+      ...(scenes ? { scenes, tissue } : {}),
       onSlide: (run, s) => console.log(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
     });
     reports.push(r);
@@ -125,6 +133,7 @@ function writeLoopResults(reports: SimulationReport[], o: LoopBenchOptions, star
 Machine: ${result.machine.cpus} CPU (${result.machine.cpu_model}), Node ${result.machine.node}. Scorer ${String(d.scorer)} on ${String(d.engine)}, model ${JSON.stringify(d.model)}.
 Virtual scanner (sim/, \`focusd simulate\`): ${o.slides} slides in a row per instrument on one daemon (in-process, embedded broker, router),
 ${o.cols}x${o.rows} tiles of ${o.width}x${o.height} px (0.22 µm/px), seed ${o.seed}; the same slides without feedback (commands received and ignored).
+Tissue tiles: ${tissueOf(o) === 'procedural' ? 'procedural (sim/procedural.ts)' : `cropped from real in-focus images (\`--loop-tissue ${tissueOf(o)}\`${tissueOf(o) === 'heldout' ? ': the training code\'s held-out sources and stains, never seen by the model' : ''}), blurred by each instrument's optics`}.
 Yield: tissue tiles whose final acquisition is within ±1 µm of the true focus. Wrong-way: a re-acquisition (not a probe) or z_offset
 that left the tile further from focus than before. Total ${result.time_s} s${mergedFrom ? ` (${mergedFrom.length} invocations, merged)` : ''}.
 
@@ -135,8 +144,13 @@ ${markdownTable(reports)}
 ${reports.map((r) => `${r.instrument}:\n${targets(r).map((l) => `- ${l}`).join('\n')}`).join('\n\n')}
 `;
   mkdirSync(o.out, { recursive: true });
-  writeFileSync(join(o.out, `loop-${stamp}.json`), JSON.stringify(result, null, 2) + '\n');
-  writeFileSync(join(o.out, 'loop-latest.md'), md);
-  console.log(`[bench] wrote ${join(o.out, `loop-${stamp}.json`)} and loop-latest.md\n`);
+  const tag = tissueOf(o) === 'procedural' ? '' : tissueOf(o) === 'heldout' ? 'heldout-' : 'images-';
+  writeFileSync(join(o.out, `loop-${tag}${stamp}.json`), JSON.stringify(result, null, 2) + '\n');
+  writeFileSync(join(o.out, `loop-${tag}latest.md`), md);
+  console.log(`[bench] wrote ${join(o.out, `loop-${tag}${stamp}.json`)} and loop-${tag}latest.md\n`);
   console.log(md);
+}
+
+function tissueOf(o: LoopBenchOptions): string {
+  return o.tissue ?? 'procedural';
 }

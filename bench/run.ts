@@ -48,6 +48,7 @@ const { values: args } = parseArgs({
     'loop-grid': { type: 'string', default: '8x6' },
     'loop-tile': { type: 'string', default: '640x320' },
     'loop-merge': { type: 'string', default: '' },
+    'loop-tissue': { type: 'string', default: 'procedural' },
     scorer: { type: 'string', default: 'cnn' },
   },
 });
@@ -335,6 +336,7 @@ async function main(): Promise<void> {
       width: width!,
       height: height!,
       scorer: args.scorer!,
+      tissue: args['loop-tissue']!,
       out: args.out!,
     });
     return;

@@ -308,6 +308,7 @@ function rangeProblems(p: Props): string[] {
     out.push(`shutdown.drainTimeoutMs: ${p.shutdown.drainTimeoutMs} ms is not below TimeoutStopSec of systemd/focusd.service (${stopMs} ms): systemd would kill focusd mid-drain`);
   if (p.mqtt.keepaliveS > 65535) out.push(`mqtt.keepaliveS: ${p.mqtt.keepaliveS} is above the MQTT maximum of 65535 s`);
   if (!(p.controller.limits.deadBandUm >= 0)) out.push(`controller.limits.deadBandUm: must be >= 0, got ${p.controller.limits.deadBandUm}`);
+  if (!(p.controller.limits.maxTiltUmPerMm >= 0)) out.push(`controller.limits.maxTiltUmPerMm: must be >= 0, got ${p.controller.limits.maxTiltUmPerMm}`);
   if (!(p.controller.drift.hysteresisUm >= 0)) out.push(`controller.drift.hysteresisUm: must be >= 0, got ${p.controller.drift.hysteresisUm}`);
   return out;
 }

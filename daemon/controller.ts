@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { FocusdConfig } from '../config/load.js';
 import type { Context } from '../core/context.js';
-import { FocusSurface } from './focus-surface.js';
+import { evaluate, FocusSurface } from './focus-surface.js';
 import { median } from '../core/stats.js';
 import type { Component } from '../core/lifecycle.js';
 import { LogThrottle } from '../core/log-throttle.js';
@@ -120,6 +120,8 @@ interface Move {
 /** A z_offset waiting for the tiles after it. */
 interface ZEval {
   correction: number;
+  /** the tilt the z_offset carried (µm per µm of stage travel from origin), null: a flat offset. */
+  plane: Tilt | null;
   beforeAbs: number;
   unc: number;
   /** (n, |d|) of the run (taken at the old z for sure): its trend is what no correction would give. */
@@ -159,6 +161,38 @@ interface SlideState {
   diverging: DivergingSlide | null;
   /** a z_offset made under the stop-loss was judged worse too: no z_offset at all on this slide. */
   zFrozen: boolean;
+  /** the scanner's own focus plan: stage z of first acquisitions less the corrections sent before them (a plane). */
+  plan: FocusSurface;
+  /** the focus surface's points fitted as a plane (the tilt a z_offset carries). */
+  tiltSurface: FocusSurface;
+  /** extent of the first acquisitions in x and y (how long a row is). */
+  rowSpan: { x: number; y: number; x0: number; x1: number; y0: number; y1: number } | null;
+  /** stage position of the last first acquisition and the step that led to it (the scan's row direction). */
+  lastPos: { x: number; y: number } | null;
+  lastStep: { dx: number; dy: number } | null;
+  /** every z_offset sent on the slide, with the first-acquisition count it was decided at. */
+  corrections: Correction[];
+}
+
+/** A z_offset's tilt: the shift at (x, y) is z_offset_um + gx·(x − x0) + gy·(y − y0) (µm, stage µm). */
+interface Tilt {
+  x0: number;
+  y0: number;
+  gx: number;
+  gy: number;
+}
+
+interface Correction {
+  n: number;
+  c0: number;
+  tilt: Tilt | null;
+}
+
+/** The shift a set of corrections puts on a stage position (µm). */
+function shiftAt(cs: Correction[], x: number, y: number): number {
+  let s = 0;
+  for (const k of cs) s += k.c0 + (k.tilt ? k.tilt.gx * (x - k.tilt.x0) + k.tilt.gy * (y - k.tilt.y0) : 0);
+  return s;
 }
 
 /** Slides remembered per controller; older ones are forgotten (a scanner works on one slide at a time). */
@@ -254,6 +288,7 @@ export class FocusController {
           this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1, probe.absD0);
         }
         st.surface.add(x, y, target);
+        st.tiltSurface.add(x, y, target);
         const rec = st.window.find((r) => r.seq === probe.seq);
         if (rec) {
           rec.d = d0;
@@ -305,15 +340,35 @@ export class FocusController {
         const d2 = signKnown ? d : null;
         if (d2 !== null && this.learner.recordGain(move.key, move.sizedFrom.d, d2, z - move.sizedFrom.z, now) !== null) out.learned = true;
       }
-      if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
+      if (signKnown || !oof) {
+      st.surface.add(x, y, z - d / gain.reacquire);
+      st.tiltSurface.add(x, y, z - d / gain.reacquire);
+    }
       if (oof) this.reacquireOof(ctx, signKnown, 'retry');
       return out;
     }
 
     st.tilesSinceZ++;
     st.n++;
+    // the scanner's own plan at this tile: its stage z less the corrections surely applied to it (a tile taken
+    // while a correction may still have been on its way says nothing)
+    const settle = this.s.learning.settleTiles;
+    if (!st.corrections.some((k) => st.n > k.n && st.n - k.n <= settle)) st.plan.add(x, y, z - shiftAt(st.corrections, x, y));
+    if (st.lastPos) st.lastStep = { dx: x - st.lastPos.x, dy: y - st.lastPos.y };
+    const rs = st.rowSpan ?? { x: 0, y: 0, x0: x, x1: x, y0: y, y1: y };
+    rs.x0 = Math.min(rs.x0, x);
+    rs.x1 = Math.max(rs.x1, x);
+    rs.y0 = Math.min(rs.y0, y);
+    rs.y1 = Math.max(rs.y1, y);
+    rs.x = rs.x1 - rs.x0;
+    rs.y = rs.y1 - rs.y0;
+    st.rowSpan = rs;
+    st.lastPos = { x, y };
     this.evalZ(ctx, absD, unc);
-    if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
+    if (signKnown || !oof) {
+      st.surface.add(x, y, z - d / gain.reacquire);
+      st.tiltSurface.add(x, y, z - d / gain.reacquire);
+    }
     const sign: 1 | -1 | 0 = oof && signKnown ? (d > 0 ? 1 : -1) : 0;
     st.window.push({ seq: h.seq, index: h.tile.index, attempt: h.attempt, d: sign ? d : absD, sign, oof, conf, z, pred, n: st.n, src: sign ? 'model' : null, dir: dir === -1 ? -1 : 1 });
     while (st.window.length > Math.max(this.s.drift.window, this.s.drift.consecutive)) st.window.shift();
@@ -431,13 +486,17 @@ export class FocusController {
   private revert(c: DecideCtx, ev: ZEval, after: number): void {
     const st = c.st;
     const correction = r3(-ev.correction);
-    if (!c.rt.dryRun) st.cumulativeUm = r3(st.cumulativeUm + correction);
+    const tilt = ev.plane ? { ...ev.plane, gx: -ev.plane.gx, gy: -ev.plane.gy } : null;
+    if (!c.rt.dryRun) {
+      st.cumulativeUm = r3(st.cumulativeUm + correction);
+      st.corrections.push({ n: st.n, c0: correction, tilt });
+    }
     st.lastZSign = 0;
     st.tilesSinceZ = 0;
     st.window = [];
     c.out.reverted++;
     const detail = `the z_offset of ${r3(ev.correction)} µm (tile seq ${ev.seq}) made the next tiles worse (median |defocus| ${r3(ev.beforeAbs)} µm before, ${r3(after)} µm after): take it back`;
-    c.out.actions.push(this.action(c, 'z_offset', correction, 'revert', detail, [whyTile(c.o)], { stage_um: { ...c.o.header.stage_um } }, { cumulative_um: st.cumulativeUm, clamped: false }));
+    c.out.actions.push(this.action(c, 'z_offset', correction, 'revert', detail, [whyTile(c.o)], { stage_um: { ...c.o.header.stage_um }, ...planeOf(tilt) }, { cumulative_um: st.cumulativeUm, clamped: false }));
   }
 
   private reacquireOof(c: DecideCtx, signKnown: boolean, rule: 'isolated' | 'retry'): void {
@@ -529,7 +588,10 @@ export class FocusController {
         }
       }
     }
-    if (!run) return;
+    if (!run) {
+      this.checkTilt(c);
+      return;
+    }
     const sgn = run[0]!.sign as 1 | -1;
     const mag = median(run.map((r) => Math.abs(r.d)));
     // tilt: the surface fitted before the run began already predicted its first tile's defocus, so the focal
@@ -544,6 +606,7 @@ export class FocusController {
     // tile still to come, and a slide's last tiles cannot judge a z_offset any more)
     let correction = (-sgn * mag) / c.gain.zOffset;
     if (rule === 'tilt' && c.pred) correction = -c.pred.defocus_um;
+    const tilt = rule === 'tilt' ? this.tiltOf(c) : null;
     const needed = st.lastZSign !== 0 && Math.sign(correction) !== st.lastZSign ? tol + hysteresisUm : tol;
     const tiles = run.map((r) => ({ seq: r.seq, index: r.index, attempt: r.attempt, defocus_um: r3(r.d), sign_confidence: r.conf, stage_z_um: r.z }));
     if (mag <= needed) {
@@ -572,7 +635,10 @@ export class FocusController {
       return;
     }
     if (!c.rt.dryRun && !this.rateOk(c, 'z_offset')) return;
-    if (!c.rt.dryRun) st.cumulativeUm = r3(st.cumulativeUm + correction);
+    if (!c.rt.dryRun) {
+      st.cumulativeUm = r3(st.cumulativeUm + correction);
+      st.corrections.push({ n: st.n, c0: correction, tilt });
+    }
     st.lastZSign = correction > 0 ? 1 : -1;
     st.tilesSinceZ = 0;
     if (!c.rt.dryRun) {
@@ -580,6 +646,7 @@ export class FocusController {
       const confs = run.map((r) => r.conf).filter((v): v is number => v !== null);
       st.zEval = {
         correction,
+        plane: tilt,
         beforeAbs: mag,
         unc: c.o.score.uncertainty_um ?? 0,
         old: run.map((r) => [r.n, Math.abs(r.d)] as [number, number]),
@@ -595,16 +662,109 @@ export class FocusController {
     st.window = [];
     const detail =
       `${how}, median |defocus| ${r3(mag)} µm > ±${tol} µm` +
-      (rule === 'tilt' ? `; the focus surface (${c.pred?.model}) predicted it: slide tilt, correct to the surface` : '; the focus surface did not predict it: focus drift') +
+      (rule === 'tilt' ? `; the focus surface (${c.pred?.model}) predicted it: slide tilt, correct to the surface${tilt ? ` with a tilt of ${r3(tilt.gx * 1000)}, ${r3(tilt.gy * 1000)} µm/mm` : ''}` : '; the focus surface did not predict it: focus drift') +
       (rule === 'drift' ? sizedBy(c.gain.zOffset, c.gain.learned === null) : '') +
       (clamped ? `; clamped to ${r3(correction)} µm by the limits` : '');
     c.out.actions.push(
-      this.action(c, 'z_offset', r3(correction), rule, detail, tiles, { stage_um: { ...c.o.header.stage_um } }, {
+      this.action(c, 'z_offset', r3(correction), rule, detail, tiles, { stage_um: { ...c.o.header.stage_um }, ...planeOf(tilt) }, {
         cumulative_um: st.cumulativeUm,
         clamped,
         sign_from: run.every((r) => r.src === 'probe') ? 'probes' : run.every((r) => r.src === 'model') ? 'model' : 'mixed',
       }),
     );
+  }
+
+  /**
+   * A tilt alone: no run of blurry tiles in one direction (a slide tilted about the scanner's plan blurs both ends
+   * of every row, each the other way), but the fitted surface says the next row will leave the tolerance at its
+   * ends. Sends a tilted z_offset (rule 'tilt') that levels the row, judged like any other z_offset. Only on
+   * trusted signs (not under the stop-loss), with a surface that fits the tiles (rms ≤ half the tolerance).
+   */
+  private checkTilt(c: DecideCtx): void {
+    const st = c.st;
+    const tol = c.rt.toleranceUm;
+    if (st.diverging || c.rt.dryRun || !st.rowSpan) return;
+    const f = st.tiltSurface.fit();
+    if (!f || f.points < 12 || f.rms_um > tol / 2) return;
+    const tilt = this.tiltOf(c);
+    if (!tilt) return;
+    const span = Math.abs(tilt.gx) > 0 ? st.rowSpan.x : st.rowSpan.y;
+    const g = Math.abs(tilt.gx) > 0 ? tilt.gx : tilt.gy;
+    if (Math.abs(g) * span < tol) return;
+    const { x, y } = c.o.header.stage_um;
+    const q = st.plan.fit();
+    let c0 = q ? evaluate(f, x, y) - evaluate(q, x, y) - shiftAt(st.corrections, x, y) : 0;
+    let clamped = false;
+    if (Math.abs(c0) > this.s.limits.maxStepUm) {
+      c0 = Math.sign(c0) * this.s.limits.maxStepUm;
+      clamped = true;
+    }
+    if (Math.abs(st.cumulativeUm + c0) > this.s.limits.maxCumulativeUm) {
+      this.refuse(c, 'z_offset', 'max_cumulative', `slide already corrected by ${r3(st.cumulativeUm)} µm; limit ±${this.s.limits.maxCumulativeUm} µm`);
+      return;
+    }
+    if (!this.rateOk(c, 'z_offset')) return;
+    st.cumulativeUm = r3(st.cumulativeUm + c0);
+    st.corrections.push({ n: st.n, c0, tilt });
+    st.lastZSign = 0;
+    st.tilesSinceZ = 0;
+    const recent = st.window.filter((r) => r.sign !== 0);
+    const fromModel = recent.length > 0 && recent.every((r) => r.src === 'model');
+    const confs = recent.map((r) => r.conf).filter((v): v is number => v !== null);
+    st.zEval = {
+      correction: c0,
+      plane: tilt,
+      beforeAbs: median(st.window.map((r) => Math.abs(r.d))),
+      unc: c.o.score.uncertainty_um ?? 0,
+      old: st.window.map((r) => [r.n, Math.abs(r.d)] as [number, number]),
+      after: [],
+      effSign: c0 >= 0 ? -1 : 1,
+      // a tilt has no single sign to learn from
+      modelSign: 0,
+      conf: fromModel && confs.length ? median(confs) : null,
+      key: c.lkey,
+      seq: c.o.header.seq,
+    };
+    st.window = [];
+    const detail =
+      `the focus surface (plane of ${f.points} tiles, rms ${r3(f.rms_um)} µm) is tilted ${r3(g * 1000)} µm/mm against the scanner's plan along its rows: ` +
+      `${r3(Math.abs(g) * span)} µm over a row of ${r3(span / 1000)} mm, beyond ±${tol} µm; level the next rows` + (clamped ? `; clamped to ${r3(c0)} µm by the limits` : '');
+    c.out.actions.push(
+      this.action(c, 'z_offset', r3(c0), 'tilt', detail, [whyTile(c.o)], { stage_um: { ...c.o.header.stage_um }, ...planeOf(tilt) }, {
+        cumulative_um: st.cumulativeUm,
+        clamped,
+        sign_from: fromModel ? 'model' : 'mixed',
+      }),
+    );
+  }
+
+  /**
+   * The tilt a 'tilt' z_offset carries: the gradient, at this tile, of what separates the fitted focus surface from
+   * where the scanner will put the next tiles (its own plan, fitted as a plane to the first acquisitions, plus the
+   * corrections already sent). A flat offset right for this tile is wrong at the other end of the next row of a
+   * raster scan; a scanner that ignores `plane` still gets that flat offset. Clamped to limits.maxTiltUmPerMm per
+   * axis; null when the plan or the surface cannot be fitted or the tilt is negligible.
+   */
+  private tiltOf(c: DecideCtx): Tilt | null {
+    const max = this.s.limits.maxTiltUmPerMm;
+    if (!(max > 0)) return null;
+    const st = c.st;
+    // a plane, not the quadratic surface: the quadratic's local slope swings with every new row
+    const f = st.tiltSurface.fit();
+    const q = st.plan.fit();
+    if (!f || !q) return null;
+    const F = (x: number, y: number) => evaluate(f, x, y) - evaluate(q, x, y) - shiftAt(st.corrections, x, y);
+    const { x, y } = c.o.header.stage_um;
+    const h = 100;
+    const lim = max / 1000;
+    const clamp = (g: number) => Math.max(-lim, Math.min(lim, g));
+    // only along the scan's rows (the axis the last two first acquisitions moved along): across rows, focus change
+    // and drift are one thing in a raster scan (each row comes later), and the drift rule follows it
+    const along = st.lastStep && Math.abs(st.lastStep.dy) > Math.abs(st.lastStep.dx) ? 'y' : 'x';
+    const gx = along === 'x' ? clamp((F(x + h, y) - F(x - h, y)) / (2 * h)) : 0;
+    const gy = along === 'y' ? clamp((F(x, y + h) - F(x, y - h)) / (2 * h)) : 0;
+    if (Math.abs(gx) < 2e-4 && Math.abs(gy) < 2e-4) return null;
+    return { x0: x, y0: y, gx, gy };
   }
 
   private rateOk(c: DecideCtx, type: ActionType): boolean {
@@ -682,6 +842,12 @@ export class FocusController {
         n: 0,
         diverging: null,
         zFrozen: false,
+        plan: new FocusSurface({ minPointsPlane: 6, minPointsQuadratic: Number.MAX_SAFE_INTEGER, maxPoints: this.s.surface.maxPoints }),
+        lastPos: null,
+        rowSpan: null,
+        lastStep: null,
+        tiltSurface: new FocusSurface({ minPointsPlane: 6, minPointsQuadratic: Number.MAX_SAFE_INTEGER, maxPoints: this.s.surface.maxPoints }),
+        corrections: [],
       };
       this.slides.set(k, st);
       if (this.slides.size > MAX_SLIDES) this.slides.delete(this.slides.keys().next().value!);
@@ -765,6 +931,11 @@ export function nearer(a: Acq, b: Acq, margin: number, ratio = SHARPNESS_RATIO):
     return r >= ratio ? -1 : r <= 1 / ratio ? 1 : 0;
   }
   return b.abs < a.abs - margin ? -1 : b.abs > a.abs + margin ? 1 : 0;
+}
+
+/** The action's `plane` field (docs/mqtt.md): how the shift changes with stage position. */
+function planeOf(t: Tilt | null): { plane?: { origin_um: { x: number; y: number }; dz_dx_um_per_mm: number; dz_dy_um_per_mm: number } } {
+  return t ? { plane: { origin_um: { x: r3(t.x0), y: r3(t.y0) }, dz_dx_um_per_mm: r3(t.gx * 1000), dz_dy_um_per_mm: r3(t.gy * 1000) } } : {};
 }
 
 function sharpText(base: number | null, now: number | null): string {

@@ -21,7 +21,14 @@ export interface TileVerdict {
 }
 
 /** An action as received: the fields of docs/schemas/action.schema.json the scanner obeys. */
-export type ReceivedAction = Action & { target_z_um?: number; probe?: boolean };
+export type ReceivedAction = Action & { target_z_um?: number; probe?: boolean; plane?: ZPlane };
+
+/** A tilted z_offset (docs/mqtt.md): the shift at (x, y) is z_offset_um + (dz_dx·(x − x0) + dz_dy·(y − y0)) / 1000. */
+export interface ZPlane {
+  origin_um: { x: number; y: number };
+  dz_dx_um_per_mm: number;
+  dz_dy_um_per_mm: number;
+}
 
 export interface FeedTimings {
   /** longest wait for the verdict of one acquisition (ms). */

@@ -14,7 +14,7 @@
  * With `feedback: false` it receives the same commands and ignores them: the same scan without focusd.
  */
 import type { TileHeader } from '../core/types.js';
-import type { ReceivedAction, TileVerdict, AcquisitionKey } from './feed.js';
+import type { ReceivedAction, TileVerdict, AcquisitionKey, ZPlane } from './feed.js';
 import type { TileRenderer } from './render.js';
 import { TileSender } from './replay.js';
 import { isTissueKind, type SimTile, type SurfaceParams, type VirtualSlide } from './slide.js';
@@ -144,6 +144,12 @@ export interface SlideResult extends ScanCounts {
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
+/** The shift a z_offset puts on a tile's planned z: flat, or tilted about its origin (docs/mqtt.md). */
+function planeShift(offset: number, plane: ZPlane | null, t: Pick<SimTile, 'x' | 'y'>): number {
+  if (!plane) return offset;
+  return offset + (plane.dz_dx_um_per_mm * (t.x - plane.origin_um.x) + plane.dz_dy_um_per_mm * (t.y - plane.origin_um.y)) / 1000;
+}
+
 export class VirtualScanner {
   private sender: TileSender | null = null;
 
@@ -185,9 +191,11 @@ export class VirtualScanner {
       actions: 0, ignored: 0, late: 0, stale: 0, dry: 0, refused: 0, rejected: 0, lost: 0, reacquires: 0, probes: 0, zOffsets: 0, zSum: 0,
     };
     let seq = 0;
-    let zOffset = 0;
+    /** z_offsets obeyed so far: the shift of a tile's planned z is their sum at its position (a tilted one varies). */
+    const corrections: Array<{ offset: number; plane: ZPlane | null }> = [];
+    const shiftAt = (t: SimTile, cs = corrections) => cs.reduce((a, k) => a + planeShift(k.offset, k.plane, t), 0);
     /** z_offsets applied and not judged yet: the next first acquisition judges them. */
-    let pendingZ: Array<{ a: ReceivedAction; offset: number }> = [];
+    let pendingZ: Array<{ a: ReceivedAction; offset: number; plane: ZPlane | null }> = [];
 
     const acquire = async (tile: SimTile, zWanted: number, action: ReceivedAction | null): Promise<Acquisition> => {
       const z = round3(zWanted);
@@ -271,11 +279,13 @@ export class VirtualScanner {
       }
       const rule = String((a.why as { rule?: unknown } | undefined)?.rule ?? '');
       if (a.type === 'z_offset') {
-        zOffset += a.z_offset_um;
+        const plane = a.plane && [a.plane.origin_um?.x, a.plane.origin_um?.y, a.plane.dz_dx_um_per_mm, a.plane.dz_dy_um_per_mm].every(Number.isFinite) ? a.plane : null;
+        corrections.push({ offset: a.z_offset_um, plane });
         c.zOffsets++;
         c.zSum += a.z_offset_um;
-        pendingZ.push({ a, offset: a.z_offset_um });
-        note(a, true, `planned z of the next tiles ${zOffset >= 0 ? '+' : ''}${zOffset.toFixed(2)} µm`);
+        pendingZ.push({ a, offset: a.z_offset_um, plane });
+        const total = corrections.reduce((s, k) => s + k.offset, 0);
+        note(a, true, `planned z of the next tiles ${total >= 0 ? '+' : ''}${total.toFixed(2)} µm${plane ? ` at (${plane.origin_um.x.toFixed(0)}, ${plane.origin_um.y.toFixed(0)}), tilted ${plane.dz_dx_um_per_mm}, ${plane.dz_dy_um_per_mm} µm/mm` : ''}`);
         return;
       }
       const tile = slide.tiles[a.tile.index];
@@ -313,13 +323,13 @@ export class VirtualScanner {
     };
 
     for (const tile of slide.tiles) {
-      const planned = slide.plannedZ(tile) + zOffset;
+      const planned = slide.plannedZ(tile) + shiftAt(tile);
       if (pendingZ.length) {
         // judge each new z_offset on the first tile it moved: against the smooth surface (a bump is not its business)
         const focus = slide.smoothFocus(tile.x, tile.y, acqs.length);
         for (const p of pendingZ) {
           const withIt = Math.abs(round3(planned) - focus);
-          const without = Math.abs(round3(planned - p.offset) - focus);
+          const without = Math.abs(round3(planned - planeShift(p.offset, p.plane, tile)) - focus);
           const rule = String((p.a.why as { rule?: unknown } | undefined)?.rule ?? '');
           moves.push({ action_id: p.a.id, type: 'z_offset', rule, tile: tile.index, before_um: round3(without), after_um: round3(withIt), wrong_way: withIt > without + eps });
         }

@@ -57,6 +57,11 @@ export const controller = {
         format: 'positive-number',
         default: 3,
       },
+      maxTiltUmPerMm: {
+        doc: "Largest tilt a z_offset may carry (µm of z per mm of stage travel, per axis): a 'tilt' z_offset has a plane (docs/mqtt.md) so the correction follows the slide's tilt across the next row; 0 sends flat offsets only. Must be >= 0.",
+        format: Number,
+        default: 10,
+      },
       maxCumulativeUm: {
         doc: 'Largest total z_offset correction per slide (µm); beyond it the controller refuses and logs a warning.',
         format: 'positive-number',

@@ -298,6 +298,56 @@ describe('judging moves by the tile\'s own sharpness', () => {
   });
 });
 
+describe('tilted z_offsets', () => {
+  /** A raster slide (10 columns, 500 µm apart in x) whose best focus rises along x; the scanner plans flat. */
+  function rasterTilt(ctl: FocusController, slide: string, applyPlane: boolean, tiltUmPerMm: number) {
+    const shifts: Array<{ c0: number; plane?: { origin_um: { x: number; y: number }; dz_dx_um_per_mm: number; dz_dy_um_per_mm: number } }> = [];
+    const actions: Action[] = [];
+    const first: number[] = [];
+    let seq = 0;
+    for (let i = 0; i < 80; i++) {
+      const x = (i % 10) * 500;
+      const y = Math.floor(i / 10) * 500;
+      const shift = shifts.reduce((a, k) => a + k.c0 + (applyPlane && k.plane ? (k.plane.dz_dx_um_per_mm * (x - k.plane.origin_um.x) + k.plane.dz_dy_um_per_mm * (y - k.plane.origin_um.y)) / 1000 : 0), 0);
+      const z = 100 + shift;
+      const d = z - (100 + (tiltUmPerMm * (x - 2250)) / 1000);
+      first.push(Math.abs(d));
+      const out = ctl.onTile(outcome({ slide, seq: seq++, index: i, x, y, z, d, conf: 0.99, sharp: 1 / (1 + d * d) }), 1_000_000 + seq * 1000, live);
+      for (const a of out.actions) {
+        actions.push(a);
+        if (a.type === 'z_offset') shifts.push({ c0: a.z_offset_um, plane: a.plane as never });
+      }
+    }
+    return { actions, first };
+  }
+
+  it('a tilt z_offset carries the slide\'s tilt along the rows; a scanner that applies it takes sharper first acquisitions than one that applies the flat offset', () => {
+    const tilt = 0.8; // µm per mm: 3.6 µm from one end of a row to the other
+    const flat = rasterTilt(new FocusController(settings({ priorCalibrated: 20 })), 'T-flat', false, tilt);
+    const tilted = rasterTilt(new FocusController(settings({ priorCalibrated: 20 })), 'T-plane', true, tilt);
+    const planes = tilted.actions.filter((a) => a.type === 'z_offset' && a.plane).map((a) => a.plane as { dz_dx_um_per_mm: number; dz_dy_um_per_mm: number });
+    expect(planes.length).toBeGreaterThan(0);
+    // the first one carries the tilt along x (within 30 %), nothing across the rows
+    expect(planes[0]!.dz_dx_um_per_mm).toBeGreaterThan(tilt * 0.7);
+    expect(planes[0]!.dz_dx_um_per_mm).toBeLessThan(tilt * 1.3);
+    expect(planes[0]!.dz_dy_um_per_mm).toBe(0);
+    const inTol = (xs: number[]) => xs.slice(20).filter((v) => v <= 1).length;
+    expect(inTol(tilted.first)).toBeGreaterThan(inTol(flat.first));
+  });
+
+  it('limits.maxTiltUmPerMm clamps the tilt, 0 sends flat offsets', () => {
+    const clamped = new FocusController({ ...settings({ priorCalibrated: 20 }), limits: { ...base.limits, maxTiltUmPerMm: 0.3 } });
+    const p = rasterTilt(clamped, 'T-c', true, 0.8).actions.filter((a) => a.plane).map((a) => (a.plane as { dz_dx_um_per_mm: number }).dz_dx_um_per_mm);
+    expect(p.length).toBeGreaterThan(0);
+    for (const g of p) expect(Math.abs(g)).toBeLessThanOrEqual(0.3 + 1e-9);
+    const off = new FocusController({ ...settings({ priorCalibrated: 20 }), limits: { ...base.limits, maxTiltUmPerMm: 0 } });
+    const r = rasterTilt(off, 'T-0', true, 0.8);
+    // the tiles still get re-acquired, but no z_offset carries a plane
+    expect(r.actions.some((a) => a.type === 'reacquire')).toBe(true);
+    expect(r.actions.some((a) => a.plane)).toBe(false);
+  });
+});
+
 describe('learned direction across a restart (SQLite store)', () => {
   it('the evidence is written per experiment and a new controller on the same file starts with it', async () => {
     const overrides = { 'store.dir': tempDir() };

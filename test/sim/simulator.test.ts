@@ -117,7 +117,7 @@ describe('closed loop against the real daemon', () => {
     expect(on.yield).toBeGreaterThanOrEqual(off.yield);
   });
 
-  it('pull: counts a scripted wrong-way re-acquisition and z_offset as wrong-way, a right one and a probe not', async () => {
+  it('pull: counts a scripted wrong-way re-acquisition and (tilted) z_offset as wrong-way, a right one and a probe not', async () => {
     const seed = 5;
     // the daemon's own commands are shadow (dry run): the scanner must not execute them; a script commands instead
     const { factory, scanner } = daemons('pull', { 'controller.dryRun': true });
@@ -154,7 +154,8 @@ describe('closed loop against the real daemon', () => {
       else if (tileNow === probe) void publish(v, 'reacquire', away * 3, { target_z_um: z + away * 3, probe: true });
       else if (tileNow === zoff) {
         const e = z - slide.smoothFocus(tileNow.x, tileNow.y, t);
-        void publish(v, 'z_offset', (e >= 0 ? 1 : -1) * 2.5, {});
+        // tilted: 1.5 µm/mm along x about this tile (docs/mqtt.md `plane`)
+        void publish(v, 'z_offset', (e >= 0 ? 1 : -1) * 2.5, { plane: { origin_um: { x: tileNow.x, y: tileNow.y }, dz_dx_um_per_mm: 1.5, dz_dy_um_per_mm: 0 } });
       }
     });
     await script.subscribeAsync(`${base}/tile`, { qos: 0 });
@@ -179,9 +180,10 @@ describe('closed loop against the real daemon', () => {
       expect(s.moves.filter((m) => m.type === 'z_offset')).toEqual([expect.objectContaining({ tile: zoff!.index + 1, wrong_way: true })]);
       expect(s.wrong_way).toEqual({ reacquire: 2, z_offset: 1 });
       expect(s.wrong_way_moves).toBe(3);
-      // the z_offset moved the plan of every later tile
+      // the z_offset moved the plan of every later tile, tilted along x about the tile that triggered it
       const det = s.tiles_detail;
-      expect(det[zoff!.index + 1]!.planned_z_um - det[0]!.planned_z_um).toBeCloseTo(s.z_offset_sum_um, 6);
+      for (const t of slide.tiles.filter((t) => t.index > zoff!.index))
+        expect(det[t.index]!.planned_z_um - det[0]!.planned_z_um, `tile ${t.index}`).toBeCloseTo(s.z_offset_sum_um + (1.5 * (t.x - zoff!.x)) / 1000, 2);
       expect(Math.abs(s.z_offset_sum_um)).toBe(2.5);
       // the right move brought its tile within 0.2 µm of focus (the drift moves on by one acquisition)
       expect(Math.abs(det[right!.index]!.final_defocus_um)).toBeLessThan(0.2);
