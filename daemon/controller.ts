@@ -312,23 +312,30 @@ export class FocusController {
         const m = this.margin(rt, move.unc0, unc);
         const cmpMove = nearer({ abs: move.baseAbs, sharp: move.baseSharp }, here, m);
         if (cmpMove > 0) {
-          // wrong way: the tile is further from focus than before the move, so the sign the move assumed was wrong
-          this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} is further from focus than its best acquisition (${sharpText(move.baseSharp, sharp)}scored ${r3(absD)} µm vs ${r3(move.baseAbs)} µm)`, move.evidenceIfWorse);
-          if (move.modelSign !== 0 && move.conf !== null && move.evidenceIfWorse) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign, move.absD0);
+          // wrong way: the tile is further from focus than before the move. From a tile read within twice the
+          // tolerance that is no proof of a wrong sign: a move of an over-read |d| overshoots focus just as well
+          // (procedural tiles: 0.35 µm read as 1.3, moved 1.3, landed 0.95 beyond), and a retake on the other side
+          // would overshoot by twice the over-read. Such a tile goes back to its best z; it teaches the sign nothing
+          // and does not count for the stop-loss.
+          const ambiguous = move.absD0 <= 2 * rt.toleranceUm;
+          const evidence = move.evidenceIfWorse && !ambiguous;
+          this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} is further from focus than its best acquisition (${sharpText(move.baseSharp, sharp)}scored ${r3(absD)} µm vs ${r3(move.baseAbs)} µm)`, evidence);
+          if (move.modelSign !== 0 && move.conf !== null && evidence) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign, move.absD0);
           const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
           if (rec) {
             rec.d = -rec.d;
             rec.sign = rec.sign === 1 ? -1 : 1;
             rec.src = 'probe';
           }
-          if (!move.corrective) {
+          if (!move.corrective && !ambiguous) {
             // the first acquisition's |d| with the opposite sign: best focus is on the other side of z0
             const target = move.sizedFrom.z + move.sizedFrom.d / gain.reacquire;
             this.reacquire(ctx, target, 'wrong_way', false,
               `moving ${move.effSign > 0 ? 'down' : 'up'} from z ${r3(move.z0)} made the tile worse (${r3(move.absD0)} → ${r3(absD)} µm): the sign was wrong, re-acquire at ${r3(target)} µm`,
               { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, baseSharp: move.baseSharp, evidenceIfWorse: false, sizedFrom: { z: move.sizedFrom.z, d: -move.sizedFrom.d } });
           } else {
-            // both ways tried and this one is worse: the scanner keeps the last image, so go back to the best z seen
+            // both ways tried (or the first way was ambiguous) and this one is worse: the scanner keeps the last
+            // image, so go back to the best z seen
             // (once per tile, beyond the per-tile limit: a limit must never leave a tile worse than it was)
             this.restore(ctx, move);
           }
@@ -344,7 +351,8 @@ export class FocusController {
       st.surface.add(x, y, z - d / gain.reacquire);
       st.tiltSurface.add(x, y, z - d / gain.reacquire);
     }
-      if (oof) this.reacquireOof(ctx, signKnown, 'retry');
+      // a tile sent back to its best z stays there: the moves from it have failed already
+      if (oof && !st.restored.has(h.tile.index)) this.reacquireOof(ctx, signKnown, 'retry');
       return out;
     }
 
@@ -757,7 +765,8 @@ export class FocusController {
     const { x, y } = c.o.header.stage_um;
     const h = 100;
     const lim = max / 1000;
-    const clamp = (g: number) => Math.max(-lim, Math.min(lim, g));
+    const share = this.s.drift.tiltShare;
+    const clamp = (g: number) => Math.max(-lim, Math.min(lim, share * g));
     // only along the scan's rows (the axis the last two first acquisitions moved along): across rows, focus change
     // and drift are one thing in a raster scan (each row comes later), and the drift rule follows it
     const along = st.lastStep && Math.abs(st.lastStep.dy) > Math.abs(st.lastStep.dx) ? 'y' : 'x';

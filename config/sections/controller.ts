@@ -40,6 +40,11 @@ export const controller = {
         format: 'positive-int',
         default: 5,
       },
+      tiltShare: {
+        doc: "Share of the estimated tilt a 'tilt' z_offset's plane carries. Under 1 on purpose: a plane that is too steep makes the far end of the next row worse than a flat offset would, and in a raster scan a drift during each row adds to the tilt along it.",
+        format: 'unit-interval',
+        default: 0.7,
+      },
       hysteresisUm: {
         doc: 'A correction opposite in sign to the previous one of the slide needs the drift to exceed the tolerance by this many µm more (no chattering around the tolerance). Must be >= 0.',
         format: Number,

@@ -282,7 +282,9 @@ describe('judging moves by the tile\'s own sharpness', () => {
       return signs.get(k)!;
     };
     const drift = 0.06;
-    const flat = (i: number) => 0.2 * Math.sin(i);
+    // isolated blurs of 3 µm: moves from there that go the wrong way are proof of a wrong sign (from a tile read
+    // within twice the tolerance they are not: an over-read |d| overshoots as well)
+    const flat = (i: number) => (i % 6 === 2 ? 3 : 0.2 * Math.sin(i));
     const ctl = new FocusController(settings({ priorCalibrated: 20 }));
     const s = scanSlide(ctl, 'S-d', 80, flat, random, { sign: 'model', fitted: true }, 0.99, true, 1, { sharpness: true, driftPerAcquisition: drift });
     expect(s.alerts.some((a) => a.reason === 'loop_diverging')).toBe(true);
@@ -294,7 +296,7 @@ describe('judging moves by the tile\'s own sharpness', () => {
     const without = Array.from({ length: 80 }, (_, i) => Math.abs(flat(i) + drift * i));
     const share = (xs: number[]) => xs.filter((v) => v <= 1).length / xs.length;
     expect(share(s.final)).toBeGreaterThanOrEqual(share(without));
-    for (let i = 0; i < s.final.length; i++) expect(s.final[i]!, `tile ${i}`).toBeLessThanOrEqual(s.first[i]! + 1e-9);
+    for (let i = 0; i < s.final.length; i++) expect(s.final[i]!, `tile ${i}: ${s.actions.filter((a) => a.tile.index === i).map((a) => a.reason).join(' | ')}`).toBeLessThanOrEqual(s.first[i]! + 1e-9);
   });
 });
 
