@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_MODEL_DIR } from '../config/load.js';
 import type { FocusMeasure } from '../models/calibration.js';
-import { calibrate } from '../models/calibrate-stack.js';
+import { calibrate, magnitudeSummary } from '../models/calibrate-stack.js';
 
 const USAGE = `usage: focusd calibrate STACK_DIR --out DIR [options]
   --model DIR          bundle to calibrate (default: the shipped models/default)
@@ -71,6 +71,8 @@ export async function calibrateMain(argv: string[]): Promise<number> {
       robust: v.robust ?? false,
     });
     process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+    // both forms' held-out numbers for people (stdout stays one JSON document)
+    process.stderr.write(magnitudeSummary(report as unknown as Parameters<typeof magnitudeSummary>[0]) + '\n');
     return 0;
   } catch (err) {
     process.stderr.write(`focusd calibrate: ${(err as Error).message}\n`);

@@ -10,7 +10,7 @@ import { basename, extname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { loadBundle } from './bundle.js';
-import { type CalibrationSample, type FocusMeasure, findInFocus, fitCalibration, type GrayImage, spearman, toGray, writeCalibratedBundle } from './calibration.js';
+import { type CalibrationSample, type FocusMeasure, type MagnitudeValidation, findInFocus, fitCalibration, type GrayImage, spearman, toGray, writeCalibratedBundle } from './calibration.js';
 import type { ModelManifest } from './manifest.js';
 
 
@@ -113,6 +113,22 @@ export function extractPatches(rgb: Uint8Array, w: number, h: number, m: ModelMa
 }
 
 
+/** Both magnitude forms' held-out numbers, one line each, and which one was applied (for people; the JSON has it all). */
+export function magnitudeSummary(r: { magnitude_forms: { signed: MagnitudeValidation; abs: MagnitudeValidation | null }; magnitude_choice: string; calibration: ModelManifest['calibration'] }): string {
+  const n = (v: number | null | undefined) => (v === null || v === undefined ? '–' : v.toFixed(3));
+  const line = (v: MagnitudeValidation) =>
+    `  ${v.form.padEnd(6)} fitted slope ${n(v.fitted.slope)} intercept ${n(v.fitted.intercept)}; held-out (${v.method}, ${v.heldout.samples} slices): ` +
+    `MAE ${n(v.heldout.mae_um.identity)} → ${n(v.heldout.mae_um.fit)} µm, boundary error ${n(v.heldout.boundary.identity.error_um)} → ${n(v.heldout.boundary.fit.error_um)} µm; ` +
+    `${v.applied ? 'passes' : 'fails'}: ${v.reason}`;
+  const c = r.calibration;
+  return [
+    'magnitude forms (identity → fit):',
+    line(r.magnitude_forms.signed),
+    r.magnitude_forms.abs ? line(r.magnitude_forms.abs) : '  abs    – (sign unrecoverable: the signed form is a line in |d| already)',
+    `applied: sign ${c.sign}, magnitude ${c.magnitude ?? 'signed'}, slope ${n(c.slope)}, intercept ${n(c.intercept)} (${r.magnitude_choice})`,
+  ].join('\n');
+}
+
 export interface CalibrateOptions {
   stackDir: string;
   outDir: string;
@@ -179,7 +195,11 @@ export async function calibrate(o: CalibrateOptions): Promise<Record<string, unk
     calibration: fit.calibration,
     // the magnitude fit and whether it helped on positions/slices it was not fitted to (applied only then)
     magnitude: fit.magnitude,
+    // both forms (line through the signed output, line in |d|) with their held-out numbers, and which was applied
+    magnitude_forms: fit.magnitude_forms,
+    magnitude_choice: fit.magnitude_choice,
     fit: fit.fit,
+    fit_abs: fit.fit_abs,
     sign: fit.sign,
     spearman_abs_in_range: { before: fit.spearman_abs_before, after: fit.spearman_abs_after },
     spearman_abs_all: spearman(all.map((s) => s.abs_um), all.map((s) => Math.abs(s.z_rel_um))),
