@@ -13,7 +13,11 @@ const USAGE = `usage: focusd calibrate STACK_DIR --out DIR [options]
   --patches N          patches per image, central ones first (default 16)
   --fit-range UM       fit only slices with |z - z_focus| <= UM (default: the model's trained range)
   --min-abs-z UM       sign test uses slices with |z - z_focus| >= UM (default 1)
-  --robust             Huber fit instead of least squares`;
+  --robust             Huber fit instead of least squares
+
+Prints the report as JSON on stdout (both magnitude forms, a line through the signed output and a line in |d|,
+with their held-out numbers under magnitude_forms; the one applied under magnitude and calibration.magnitude) and
+the two forms in one line each on stderr; writes the calibrated bundle to --out.`;
 
 export async function calibrateMain(argv: string[]): Promise<number> {
   let args;

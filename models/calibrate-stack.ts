@@ -1,8 +1,9 @@
 // focusd calibrate STACK_DIR --out DIR [--model DIR]: fit the model to one instrument from a focus stack.
 // Reads images whose z is in the file name (..._z+006.515um.png) or in STACK_DIR/manifest.csv (file,z_um[,ix,iy]),
 // finds the in-focus slice of each lateral position (std as published, and normalised variance of Laplacian),
-// predicts with the bundle (onnxruntime-node, the default engine), fits output → µm, decides whether the sign is
-// recoverable, prints a JSON report and writes the calibrated bundle.
+// predicts with the bundle (onnxruntime-node, the default engine), decides whether the sign is
+// recoverable, fits output → µm in two forms (a line through the signed output, a line in |d|; models/calibration.ts
+// applies the better one on held-out data), prints a JSON report and writes the calibrated bundle.
 import { existsSync } from 'node:fs';
 import { median } from '../core/stats.js';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
