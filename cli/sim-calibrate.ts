@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { calibrate } from '../models/calibrate-stack.js';
 import type { MagnitudeValidation } from '../models/calibration.js';
 import type { ModelManifest } from '../models/manifest.js';
+import type { SynthScene } from '../sim/procedural.js';
 import type { InstrumentName } from '../sim/instruments.js';
 import { writeSimStack } from '../sim/stack.js';
 
@@ -23,12 +24,15 @@ export interface SimCalibrationOptions {
   /** `focusd calibrate --fit-range` (null: the model's trained range). */
   fitRangeUm?: number | null;
   robust?: boolean;
+  /** the positions' scenes from their seeds (default procedural tissue), and what they are. */
+  scene?: (seed: number, width: number, height: number, pixelSizeUm: number) => SynthScene;
+  tissue?: string;
 }
 
 /** What a simulation report says about the calibrated bundle it scanned with. */
 export interface SimCalibration {
   bundle: string;
-  stack: { dir: string; instrument: InstrumentName; seed: number; positions: number; z_um: [number, number]; step_um: number; images: number; size: { width: number; height: number } };
+  stack: { dir: string; instrument: InstrumentName; tissue: string; seed: number; positions: number; z_um: [number, number]; step_um: number; images: number; size: { width: number; height: number } };
   fit_range_um: number;
   robust: boolean;
   calibration: ModelManifest['calibration'];
@@ -70,6 +74,7 @@ export async function calibrateOnSimulatedStack(o: SimCalibrationOptions): Promi
     zFromUm: o.zFromUm ?? -6,
     zToUm: o.zToUm ?? 6,
     stepUm: step,
+    ...(o.scene ? { scene: o.scene, tissue: o.tissue ?? 'images' } : {}),
   });
   const bundle = join(o.dir, 'bundle');
   const report = (await calibrate({
@@ -95,6 +100,7 @@ export async function calibrateOnSimulatedStack(o: SimCalibrationOptions): Promi
     stack: {
       dir: stack.dir,
       instrument: stack.instrument,
+      tissue: stack.tissue,
       seed: stack.seed,
       positions: stack.positions.length,
       z_um: [stack.z_um[0]!, stack.z_um[stack.z_um.length - 1]!],
@@ -125,7 +131,7 @@ export function calibrationLines(c: SimCalibration): string[] {
   };
   const cal = c.calibration;
   return [
-    `  calibrated bundle (stack: ${c.stack.positions} positions, z ${c.stack.z_um[0]}..${c.stack.z_um[1]} µm in ${c.stack.step_um}, fit |z| <= ${c.fit_range_um} µm, ${c.time_s} s): ` +
+    `  calibrated bundle (stack: ${c.stack.positions} positions of ${c.stack.tissue} tissue, z ${c.stack.z_um[0]}..${c.stack.z_um[1]} µm in ${c.stack.step_um}, fit |z| <= ${c.fit_range_um} µm, ${c.time_s} s): ` +
       `sign ${cal.sign} (${c.sign.n} slices, ${(c.sign.agreement * 100).toFixed(0)} % agree), magnitude ${c.magnitude.applied ? c.magnitude.form : 'identity'}, slope ${n(cal.slope)}, intercept ${n(cal.intercept)}`,
     `    held-out (${c.magnitude.forms.signed?.method ?? '–'}): ${form('signed')}; ${form('abs')}; chosen: ${c.magnitude.choice}`,
   ];

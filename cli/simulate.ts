@@ -9,7 +9,7 @@ import { Daemon } from '../daemon/daemon.js';
 import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instruments.js';
 import { textTable, slideLine } from '../sim/report.js';
 import type { SceneSource } from '../sim/render.js';
-import { imageSceneSource, loadTissueImages, resolveTissueSpec } from '../sim/tissue-images.js';
+import { cropScene, imageSceneSource, loadTissueImages, resolveTissueSpec, type TissueImage } from '../sim/tissue-images.js';
 import { runSimulation, type DaemonFactory, type DaemonHandle, type SimulationReport } from '../sim/run.js';
 import type { ScanEvent } from '../sim/scanner.js';
 import { splitConfigArgs } from './args.js';
@@ -35,6 +35,8 @@ without feedback for comparison. By default a daemon is started in-process (embe
                       the calibrated bundle (scoring.model); the report says what the calibration decided
   --calibration-fit-range UM  \`focusd calibrate --fit-range\` for that stack (default 3: the in/out boundary's
                       range; beyond −3.5 µm the shipped model's sign flips on the matching optics)
+                      With --tissue the stack's positions are crops of those images (other offsets and
+                      orientations than the slides' tiles get, not other images).
   --calibration-dir DIR  keep each instrument's stack and calibrated bundle in DIR/<instrument> (default: a
                       temporary dir, removed at the end)
   --json FILE         write the full report (per slide, per tile, every move)
@@ -238,9 +240,11 @@ export async function simulateMain(argv: string[]): Promise<number> {
         });
   const calRoot = calibrateFirst ? (values['calibration-dir'] ?? mkdtempSync(join(tmpdir(), 'focusd-sim-cal-'))) : null;
   let scenes: SceneSource | undefined;
+  let tissueImages: TissueImage[] | undefined;
   if (values.tissue) {
     try {
-      scenes = imageSceneSource(await loadTissueImages(resolveTissueSpec(values.tissue)));
+      tissueImages = await loadTissueImages(resolveTissueSpec(values.tissue));
+      scenes = imageSceneSource(tissueImages);
     } catch (err) {
       return bad((err as Error).message);
     }
@@ -258,6 +262,8 @@ export async function simulateMain(argv: string[]): Promise<number> {
           modelDir: config.scoring.model ? config.scoring.model : DEFAULT_MODEL_DIR,
           seed: ints.seed!,
           fitRangeUm: fitRange,
+          // with --tissue the stack is crops of the same images at other offsets and orientations (other seeds)
+          ...(tissueImages ? { scene: (seed: number, w: number, h: number, px: number) => cropScene(tissueImages!, { seed, kind: 'tissue' }, w, h, px), tissue: values.tissue } : {}),
         });
         for (const l of calibrationLines(calibration)) out(l);
       }

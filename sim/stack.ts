@@ -8,7 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { DefocusOptics } from '../imaging/optics.js';
 import { instrumentOptics, type InstrumentName } from './instruments.js';
-import { encodePng, imageScene, rng32, synthScene } from './procedural.js';
+import { encodePng, imageScene, rng32, synthScene, type SynthScene } from './procedural.js';
 
 export interface SimStackOptions {
   instrument: InstrumentName;
@@ -27,6 +27,13 @@ export interface SimStackOptions {
   pixelSizeUm?: number;
   /** the instrument's optics (default instrumentOptics(instrument)); pass one to share its kernel cache. */
   optics?: DefocusOptics;
+  /**
+   * a position's in-focus scene from its seed (default: procedural tissue); e.g. crops of real images
+   * (sim/tissue-images.ts cropScene) when the slides are scanned with --tissue.
+   */
+  scene?: (seed: number, width: number, height: number, pixelSizeUm: number) => SynthScene;
+  /** what the scenes are, for stack.json (default procedural). */
+  tissue?: string;
 }
 
 export interface SimStack {
@@ -34,6 +41,7 @@ export interface SimStack {
   instrument: InstrumentName;
   seed: number;
   positions: Array<{ ix: number; iy: number; scene_seed: number }>;
+  tissue: string;
   z_um: number[];
   pixel_size_um: number;
   size: { width: number; height: number };
@@ -64,7 +72,7 @@ export async function writeSimStack(o: SimStackOptions): Promise<SimStack> {
   await mkdir(o.dir, { recursive: true });
   const rows = ['file,z_um,ix,iy'];
   for (const p of positions) {
-    const scene = synthScene({ width, height, seed: p.scene_seed, kind: 'tissue', pixelSizeUm: px });
+    const scene = o.scene ? o.scene(p.scene_seed, width, height, px) : synthScene({ width, height, seed: p.scene_seed, kind: 'tissue', pixelSizeUm: px });
     for (const z of zs) {
       const file = stackFileName(p.ix, z);
       await writeFile(join(o.dir, file), await encodePng(imageScene(scene, { defocusUm: z }, optics)));
@@ -72,7 +80,7 @@ export async function writeSimStack(o: SimStackOptions): Promise<SimStack> {
     }
   }
   await writeFile(join(o.dir, 'manifest.csv'), rows.join('\n') + '\n');
-  const stack: SimStack = { dir: o.dir, instrument: o.instrument, seed, positions, z_um: zs, pixel_size_um: px, size: { width, height }, images: rows.length - 1 };
+  const stack: SimStack = { dir: o.dir, instrument: o.instrument, seed, positions, tissue: o.tissue ?? 'procedural', z_um: zs, pixel_size_um: px, size: { width, height }, images: rows.length - 1 };
   await writeFile(join(o.dir, 'stack.json'), JSON.stringify(stack, null, 2) + '\n');
   return stack;
 }
