@@ -3,7 +3,7 @@
 // calibrated bundle the simulation's daemon then scans with (scoring.model).
 import { join } from 'node:path';
 import { calibrate } from '../models/calibrate-stack.js';
-import type { MagnitudeValidation } from '../models/calibration.js';
+import type { MagnitudeValidation, SignBand } from '../models/calibration.js';
 import type { ModelManifest } from '../models/manifest.js';
 import type { SynthScene } from '../sim/procedural.js';
 import type { InstrumentName } from '../sim/instruments.js';
@@ -37,6 +37,8 @@ export interface SimCalibration {
   robust: boolean;
   calibration: ModelManifest['calibration'];
   sign: { decision: string; n: number; agreement: number; p_model: number; p_inverted: number };
+  /** the model's sign agreement per 1 µm band of |z| over the whole stack (the decision uses the fit range). */
+  sign_by_abs_z: SignBand[];
   magnitude: {
     form: string;
     applied: boolean;
@@ -91,6 +93,7 @@ export async function calibrateOnSimulatedStack(o: SimCalibrationOptions): Promi
     fit_range_um: number;
     calibration: ModelManifest['calibration'];
     sign: { decision: string; n: number; agreement: number; p_model: number; p_inverted: number };
+    sign_by_abs_z: SignBand[];
     magnitude: MagnitudeValidation;
     magnitude_forms: { signed: MagnitudeValidation; abs: MagnitudeValidation | null };
     magnitude_choice: string;
@@ -112,6 +115,7 @@ export async function calibrateOnSimulatedStack(o: SimCalibrationOptions): Promi
     robust: o.robust ?? false,
     calibration: report.calibration,
     sign: { decision: report.sign.decision, n: report.sign.n, agreement: r3(report.sign.agreement)!, p_model: report.sign.p_model, p_inverted: report.sign.p_inverted },
+    sign_by_abs_z: report.sign_by_abs_z,
     magnitude: {
       form: report.calibration.magnitude ?? 'signed',
       applied: report.magnitude.applied,
@@ -122,7 +126,7 @@ export async function calibrateOnSimulatedStack(o: SimCalibrationOptions): Promi
   };
 }
 
-/** Two lines for the simulate printout. */
+/** Three lines for the simulate printout. */
 export function calibrationLines(c: SimCalibration): string[] {
   const n = (v: number | null | undefined) => (v === null || v === undefined ? '–' : v.toFixed(2));
   const form = (name: string) => {
@@ -133,6 +137,7 @@ export function calibrationLines(c: SimCalibration): string[] {
   return [
     `  calibrated bundle (stack: ${c.stack.positions} positions of ${c.stack.tissue} tissue, z ${c.stack.z_um[0]}..${c.stack.z_um[1]} µm in ${c.stack.step_um}, fit |z| <= ${c.fit_range_um} µm, ${c.time_s} s): ` +
       `sign ${cal.sign} (${c.sign.n} slices, ${(c.sign.agreement * 100).toFixed(0)} % agree), magnitude ${c.magnitude.applied ? c.magnitude.form : 'identity'}, slope ${n(cal.slope)}, intercept ${n(cal.intercept)}`,
+    `    model sign agrees with z by |z|: ${c.sign_by_abs_z.map((b) => `${b.from_um}–${b.to_um} µm ${b.agreement === null ? '–' : `${Math.round(b.agreement * 100)} %`}`).join(', ')}`,
     `    held-out (${c.magnitude.forms.signed?.method ?? '–'}): ${form('signed')}; ${form('abs')}; chosen: ${c.magnitude.choice}`,
   ];
 }

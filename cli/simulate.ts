@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError, DEFAULT_MODEL_DIR, loadConfig, type FocusdConfig } from '../config/load.js';
+import { ConfigError, loadConfig, type FocusdConfig } from '../config/load.js';
 import { createLogger } from '../core/logger.js';
 import { freePort } from '../core/net.js';
 import { Daemon } from '../daemon/daemon.js';
@@ -32,11 +32,11 @@ without feedback for comparison. By default a daemon is started in-process (embe
   --restart-between-slides  stop the daemon after every slide and start a new one on the same state (in-process)
   --calibrate         first take a focus stack on the instrument (other tissue than the slides, 8 positions,
                       z −6..+6 µm in 0.5 µm), calibrate the bundle on it as \`focusd calibrate\` does, and scan with
-                      the calibrated bundle (scoring.model); the report says what the calibration decided
+                      the calibrated bundle (scoring.model); the report says what the calibration decided.
+                      With --tissue the stack's positions are crops of those images (other offsets and
+                      orientations than the slides' tiles get, not other images)
   --calibration-fit-range UM  \`focusd calibrate --fit-range\` for that stack (default 3: the in/out boundary's
                       range; beyond −3.5 µm the shipped model's sign flips on the matching optics)
-                      With --tissue the stack's positions are crops of those images (other offsets and
-                      orientations than the slides' tiles get, not other images).
   --calibration-dir DIR  keep each instrument's stack and calibrated bundle in DIR/<instrument> (default: a
                       temporary dir, removed at the end)
   --json FILE         write the full report (per slide, per tile, every move)
@@ -259,7 +259,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
         calibration = await calibrateOnSimulatedStack({
           instrument: name,
           dir: join(calRoot, name),
-          modelDir: config.scoring.model ? config.scoring.model : DEFAULT_MODEL_DIR,
+          modelDir: config.resolved.modelDir,
           seed: ints.seed!,
           fitRangeUm: fitRange,
           // with --tissue the stack is crops of the same images at other offsets and orientations (other seeds)
@@ -288,6 +288,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
       );
     } catch (err) {
       process.stderr.write(`focusd simulate: instrument ${name}: ${(err as Error).stack ?? String(err)}\n`);
+      if (calRoot && !values['calibration-dir']) rmSync(calRoot, { recursive: true, force: true });
       return 1;
     } finally {
       // every instrument is a new instrument: nothing learned on one may carry to the next

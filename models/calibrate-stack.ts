@@ -11,7 +11,7 @@ import { basename, extname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { loadBundle } from './bundle.js';
-import { type CalibrationSample, type FocusMeasure, type MagnitudeValidation, findInFocus, fitCalibration, type GrayImage, spearman, toGray, writeCalibratedBundle } from './calibration.js';
+import { type CalibrationSample, type FocusMeasure, type MagnitudeValidation, signByAbsZ, findInFocus, fitCalibration, type GrayImage, spearman, toGray, writeCalibratedBundle } from './calibration.js';
 import type { ModelManifest } from './manifest.js';
 
 
@@ -202,6 +202,8 @@ export async function calibrate(o: CalibrateOptions): Promise<Record<string, unk
     fit: fit.fit,
     fit_abs: fit.fit_abs,
     sign: fit.sign,
+    // the model's sign agreement per 1 µm band of |z|, every slice (the decision above is one number for the fit range)
+    sign_by_abs_z: signByAbsZ(all),
     spearman_abs_in_range: { before: fit.spearman_abs_before, after: fit.spearman_abs_after },
     spearman_abs_all: spearman(all.map((s) => s.abs_um), all.map((s) => Math.abs(s.z_rel_um))),
     mae_um_in_range: { before: fit.mae_um_before, after: fit.mae_um_after },

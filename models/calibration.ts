@@ -230,6 +230,30 @@ export function signTest(zRel: number[], signLogit: number[], opts: { minAbsZ?: 
   return { n, agree, agreement: n ? agree / n : NaN, p_model: pModel, p_inverted: pInv, decision, min_abs_z_um: minAbsZ, alpha };
 }
 
+/** Share of slices whose model sign agrees with the sign of z − z_focus, per band of |z − z_focus| (z = 0 left out). */
+export interface SignBand {
+  from_um: number;
+  to_um: number;
+  n: number;
+  agreement: number | null;
+}
+
+/**
+ * Where on the stack the model's sign can be trusted: agreement per 1 µm band of |z| (by default), over every slice
+ * given (not only the fit range). The sign decision is one number for the whole stack; a model whose sign flips
+ * beyond some |z| shows it here.
+ */
+export function signByAbsZ(samples: Pick<CalibrationSample, 'z_rel_um' | 'sign_logit'>[], widthUm = 1): SignBand[] {
+  const signed = samples.filter((s) => s.z_rel_um !== 0);
+  const band = (s: { z_rel_um: number }) => Math.floor(Math.abs(s.z_rel_um) / widthUm + 1e-9);
+  const bands = signed.length ? Math.max(...signed.map(band)) + 1 : 0;
+  return Array.from({ length: bands }, (_, k) => {
+    const inBand = signed.filter((s) => band(s) === k);
+    const agree = inBand.filter((s) => s.sign_logit > 0 === s.z_rel_um > 0).length;
+    return { from_um: k * widthUm, to_um: (k + 1) * widthUm, n: inBand.length, agreement: inBand.length ? Math.round((agree / inBand.length) * 1000) / 1000 : null };
+  });
+}
+
 export interface CalibrationSample {
   /** true signed defocus z - z_focus, µm. */
   z_rel_um: number;

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadBundle, validateManifest } from '../../models/bundle.js';
-import { boundaryOf, type CalibrationSample, fitCalibration, MAX_BOUNDARY_SHIFT_UM, writeCalibratedBundle } from '../../models/calibration.js';
+import { boundaryOf, type CalibrationSample, fitCalibration, MAX_BOUNDARY_SHIFT_UM, signByAbsZ, writeCalibratedBundle } from '../../models/calibration.js';
 import { type ModelManifest, toPrediction } from '../../models/manifest.js';
 import { rng32 } from '../../sim/procedural.js';
 
@@ -139,5 +139,15 @@ describe('calibration.magnitude abs', () => {
     expect(few.calibration).toMatchObject({ slope: 1, intercept: 0, sign: 'model', magnitude: 'signed' });
     expect(few.magnitude_forms.abs!.applied).toBe(false);
     expect(few.magnitude_choice).toMatch(/neither/);
+  });
+
+  it('signByAbsZ: the sign agreement per band of |z| shows where the model sign flips', () => {
+    // right within 3 µm, wrong beyond (what the shipped model does below −3.5 µm on the matching optics)
+    const s = grid(-5, 5, 0.5).map((z) => ({ z_rel_um: z, sign_logit: (Math.abs(z) < 3 ? 1 : -1) * Math.sign(z) }));
+    const b = signByAbsZ(s);
+    expect(b.map((x) => [x.from_um, x.to_um])).toEqual([[0, 1], [1, 2], [2, 3], [3, 4], [4, 5], [5, 6]]);
+    expect(b.map((x) => x.agreement)).toEqual([1, 1, 1, 0, 0, 0]);
+    expect(b.map((x) => x.n)).toEqual([2, 4, 4, 4, 4, 2]); // z = 0 has no sign; [0, 1) holds ±0.5, [5, 6) ±5
+    expect(signByAbsZ([])).toEqual([]);
   });
 });

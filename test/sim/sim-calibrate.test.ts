@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { calibrateOnSimulatedStack } from '../../cli/sim-calibrate.js';
+import { simulateMain } from '../../cli/simulate.js';
 import { DEFAULT_MODEL_DIR } from '../../config/load.js';
 import type { TileHeader } from '../../core/types.js';
 import { decide } from '../../daemon/pipeline.js';
@@ -65,4 +66,20 @@ describe('simulated calibration stack', () => {
     expect(share(after)).toBeGreaterThanOrEqual(0.8);
     expect(share(after)).toBeGreaterThan(share(before));
   }, 60_000);
+
+  it('focusd simulate --calibrate: usage errors exit 64 (an external daemon, a bad fit range, the classical scorer)', async () => {
+    const errs: string[] = [];
+    const orig = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((s: string) => (errs.push(String(s)), true)) as typeof process.stderr.write;
+    try {
+      expect(await simulateMain(['--calibrate', '--endpoint', 'tcp://127.0.0.1:5555'])).toBe(64);
+      expect(await simulateMain(['--calibrate', '--calibration-fit-range', '0'])).toBe(64);
+      expect(await simulateMain(['--calibrate', '--scorer', 'classical'])).toBe(64);
+    } finally {
+      process.stderr.write = orig;
+    }
+    expect(errs.join('')).toMatch(/--calibrate needs the in-process daemon/);
+    expect(errs.join('')).toMatch(/--calibration-fit-range: "0"/);
+    expect(errs.join('')).toMatch(/--calibrate calibrates a model bundle; the scorer is classical/);
+  });
 });
