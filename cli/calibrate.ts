@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_MODEL_DIR } from '../config/load.js';
 import type { FocusMeasure } from '../models/calibration.js';
-import { calibrate } from '../models/calibrate-stack.js';
+import { calibrate, magnitudeSummary } from '../models/calibrate-stack.js';
 
 const USAGE = `usage: focusd calibrate STACK_DIR --out DIR [options]
   --model DIR          bundle to calibrate (default: the shipped models/default)
@@ -13,7 +13,11 @@ const USAGE = `usage: focusd calibrate STACK_DIR --out DIR [options]
   --patches N          patches per image, central ones first (default 16)
   --fit-range UM       fit only slices with |z - z_focus| <= UM (default: the model's trained range)
   --min-abs-z UM       sign test uses slices with |z - z_focus| >= UM (default 1)
-  --robust             Huber fit instead of least squares`;
+  --robust             Huber fit instead of least squares
+
+Prints the report as JSON on stdout (both magnitude forms, a line through the signed output and a line in |d|,
+with their held-out numbers under magnitude_forms; the one applied under magnitude and calibration.magnitude) and
+the two forms in one line each on stderr; writes the calibrated bundle to --out.`;
 
 export async function calibrateMain(argv: string[]): Promise<number> {
   let args;
@@ -71,6 +75,8 @@ export async function calibrateMain(argv: string[]): Promise<number> {
       robust: v.robust ?? false,
     });
     process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+    // both forms' held-out numbers for people (stdout stays one JSON document)
+    process.stderr.write(magnitudeSummary(report as unknown as Parameters<typeof magnitudeSummary>[0]) + '\n');
     return 0;
   } catch (err) {
     process.stderr.write(`focusd calibrate: ${(err as Error).message}\n`);

@@ -9,10 +9,11 @@ import { Daemon } from '../daemon/daemon.js';
 import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instruments.js';
 import { textTable, slideLine } from '../sim/report.js';
 import type { SceneSource } from '../sim/render.js';
-import { imageSceneSource, loadTissueImages, resolveTissueSpec } from '../sim/tissue-images.js';
+import { cropScene, imageSceneSource, loadTissueImages, resolveTissueSpec, type TissueImage } from '../sim/tissue-images.js';
 import { runSimulation, type DaemonFactory, type DaemonHandle, type SimulationReport } from '../sim/run.js';
 import type { ScanEvent } from '../sim/scanner.js';
 import { splitConfigArgs } from './args.js';
+import { calibrateOnSimulatedStack, calibrationLines, type SimCalibration } from './sim-calibrate.js';
 
 const USAGE = `usage: focusd simulate [options]
 
@@ -29,6 +30,15 @@ without feedback for comparison. By default a daemon is started in-process (embe
   --cols N --rows N   tiles per slide (default 8 x 6)
   --width N --height N  tile size in pixels (default 640 x 320, 0.22 µm/px)
   --restart-between-slides  stop the daemon after every slide and start a new one on the same state (in-process)
+  --calibrate         first take a focus stack on the instrument (other tissue than the slides, 8 positions,
+                      z −6..+6 µm in 0.5 µm), calibrate the bundle on it as \`focusd calibrate\` does, and scan with
+                      the calibrated bundle (scoring.model); the report says what the calibration decided.
+                      With --tissue the stack's positions are crops of those images (other offsets and
+                      orientations than the slides' tiles get, not other images)
+  --calibration-fit-range UM  \`focusd calibrate --fit-range\` for that stack (default 3: the in/out boundary's
+                      range; beyond −3.5 µm the shipped model's sign flips on the matching optics)
+  --calibration-dir DIR  keep each instrument's stack and calibrated bundle in DIR/<instrument> (default: a
+                      temporary dir, removed at the end)
   --json FILE         write the full report (per slide, per tile, every move)
   --tissue SPEC       tissue tiles cropped from real in-focus images instead of procedural ones: image files or
                       folders, comma separated, or \`heldout\` (the training code's held-out images in the development
@@ -168,6 +178,9 @@ export async function simulateMain(argv: string[]): Promise<number> {
         endpoint: { type: 'string' },
         verbose: { type: 'boolean', default: false },
         'restart-between-slides': { type: 'boolean', default: false },
+        calibrate: { type: 'boolean', default: false },
+        'calibration-fit-range': { type: 'string', default: '3' },
+        'calibration-dir': { type: 'string' },
         help: { type: 'boolean', default: false },
       },
     }));
@@ -193,6 +206,10 @@ export async function simulateMain(argv: string[]): Promise<number> {
     ints[k] = n;
   }
   if (values['no-feedback'] && values['feedback-only']) return bad('--no-feedback and --feedback-only exclude each other');
+  const calibrateFirst = values.calibrate!;
+  const fitRange = Number(values['calibration-fit-range']);
+  if (!(fitRange > 0)) return bad(`--calibration-fit-range: "${values['calibration-fit-range']}" is not a positive number`);
+  if (calibrateFirst && values.endpoint) return bad('--calibrate needs the in-process daemon (no --endpoint): it scans with the bundle it calibrated');
   let config: FocusdConfig;
   const load = { file: split.configFile, args: split.configArgs, env: process.env };
   try {
@@ -211,13 +228,23 @@ export async function simulateMain(argv: string[]): Promise<number> {
   if (restart && values.endpoint) return bad('--restart-between-slides needs the in-process daemon (no --endpoint)');
   // restarts keep the state (what the daemon learned) in one dir for the whole simulation
   const stateDir = restart ? mkdtempSync(join(tmpdir(), 'focusd-sim-state-')) : undefined;
-  const daemon = values.endpoint
-    ? externalDaemon(config, values.endpoint, pattern)
-    : inProcessDaemons({ load, pattern, ...(quietDaemon ? { logLevel: 'warn' } : {}), ...(stateDir ? { stateDir } : {}) });
+  if (calibrateFirst && config.scoring.scorer !== 'cnn') return bad(`--calibrate calibrates a model bundle; the scorer is ${config.scoring.scorer}`);
+  const daemonFor = (modelDir?: string): DaemonFactory =>
+    values.endpoint
+      ? externalDaemon(config, values.endpoint, pattern)
+      : inProcessDaemons({
+          load: modelDir ? { ...load, overrides: { 'scoring.model': modelDir } } : load,
+          pattern,
+          ...(quietDaemon ? { logLevel: 'warn' } : {}),
+          ...(stateDir ? { stateDir } : {}),
+        });
+  const calRoot = calibrateFirst ? (values['calibration-dir'] ?? mkdtempSync(join(tmpdir(), 'focusd-sim-cal-'))) : null;
   let scenes: SceneSource | undefined;
+  let tissueImages: TissueImage[] | undefined;
   if (values.tissue) {
     try {
-      scenes = imageSceneSource(await loadTissueImages(resolveTissueSpec(values.tissue)));
+      tissueImages = await loadTissueImages(resolveTissueSpec(values.tissue));
+      scenes = imageSceneSource(tissueImages);
     } catch (err) {
       return bad((err as Error).message);
     }
@@ -227,8 +254,22 @@ export async function simulateMain(argv: string[]): Promise<number> {
   for (const name of instruments) {
     out(`instrument ${name}: ${ints.slides} slides of ${ints.cols}x${ints.rows} tiles (${ints.width}x${ints.height} px), seed ${ints.seed}, ${pattern}`);
     try {
+      let calibration: SimCalibration | undefined;
+      if (calRoot) {
+        calibration = await calibrateOnSimulatedStack({
+          instrument: name,
+          dir: join(calRoot, name),
+          modelDir: config.resolved.modelDir,
+          seed: ints.seed!,
+          fitRangeUm: fitRange,
+          // with --tissue the stack is crops of the same images at other offsets and orientations (other seeds)
+          ...(tissueImages ? { scene: (seed: number, w: number, h: number, px: number) => cropScene(tissueImages!, { seed, kind: 'tissue' }, w, h, px), tissue: values.tissue } : {}),
+        });
+        for (const l of calibrationLines(calibration)) out(l);
+      }
       reports.push(
         await runSimulation({
+          ...(calibration ? { calibration: calibration as unknown as Record<string, unknown> } : {}),
           instrument: name,
           slides: ints.slides!,
           seed: ints.seed!,
@@ -238,7 +279,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
           height: ints.height,
           toleranceUm: config.decision.toleranceUm,
           runs: values['no-feedback'] ? ['no_feedback'] : values['feedback-only'] ? ['feedback'] : ['no_feedback', 'feedback'],
-          daemon,
+          daemon: daemonFor(calibration?.bundle),
           restartBetweenSlides: restart,
           ...(scenes ? { scenes, tissue: values.tissue } : {}),
           onSlide: (run, s) => out(slideLine(run === 'feedback' ? 'feedback' : 'no feedback', s)),
@@ -247,12 +288,14 @@ export async function simulateMain(argv: string[]): Promise<number> {
       );
     } catch (err) {
       process.stderr.write(`focusd simulate: instrument ${name}: ${(err as Error).stack ?? String(err)}\n`);
+      if (calRoot && !values['calibration-dir']) rmSync(calRoot, { recursive: true, force: true });
       return 1;
     } finally {
       // every instrument is a new instrument: nothing learned on one may carry to the next
       if (stateDir) rmSync(stateDir, { recursive: true, force: true });
     }
   }
+  if (calRoot && !values['calibration-dir']) rmSync(calRoot, { recursive: true, force: true });
   out('');
   out(textTable(reports));
   if (values.json) {

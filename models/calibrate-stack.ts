@@ -1,8 +1,9 @@
 // focusd calibrate STACK_DIR --out DIR [--model DIR]: fit the model to one instrument from a focus stack.
 // Reads images whose z is in the file name (..._z+006.515um.png) or in STACK_DIR/manifest.csv (file,z_um[,ix,iy]),
 // finds the in-focus slice of each lateral position (std as published, and normalised variance of Laplacian),
-// predicts with the bundle (onnxruntime-node, the default engine), fits output → µm, decides whether the sign is
-// recoverable, prints a JSON report and writes the calibrated bundle.
+// predicts with the bundle (onnxruntime-node, the default engine), decides whether the sign is
+// recoverable, fits output → µm in two forms (a line through the signed output, a line in |d|; models/calibration.ts
+// applies the better one on held-out data), prints a JSON report and writes the calibrated bundle.
 import { existsSync } from 'node:fs';
 import { median } from '../core/stats.js';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
@@ -10,7 +11,7 @@ import { basename, extname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { loadBundle } from './bundle.js';
-import { type CalibrationSample, type FocusMeasure, findInFocus, fitCalibration, type GrayImage, spearman, toGray, writeCalibratedBundle } from './calibration.js';
+import { type CalibrationSample, type FocusMeasure, type MagnitudeValidation, signByAbsZ, findInFocus, fitCalibration, type GrayImage, spearman, toGray, writeCalibratedBundle } from './calibration.js';
 import type { ModelManifest } from './manifest.js';
 
 
@@ -113,6 +114,22 @@ export function extractPatches(rgb: Uint8Array, w: number, h: number, m: ModelMa
 }
 
 
+/** Both magnitude forms' held-out numbers, one line each, and which one was applied (for people; the JSON has it all). */
+export function magnitudeSummary(r: { magnitude_forms: { signed: MagnitudeValidation; abs: MagnitudeValidation | null }; magnitude_choice: string; calibration: ModelManifest['calibration'] }): string {
+  const n = (v: number | null | undefined) => (v === null || v === undefined ? '–' : v.toFixed(3));
+  const line = (v: MagnitudeValidation) =>
+    `  ${v.form.padEnd(6)} fitted slope ${n(v.fitted.slope)} intercept ${n(v.fitted.intercept)}; held-out (${v.method}, ${v.heldout.samples} slices): ` +
+    `MAE ${n(v.heldout.mae_um.identity)} → ${n(v.heldout.mae_um.fit)} µm, boundary error ${n(v.heldout.boundary.identity.error_um)} → ${n(v.heldout.boundary.fit.error_um)} µm; ` +
+    `${v.applied ? 'passes' : 'fails'}: ${v.reason}`;
+  const c = r.calibration;
+  return [
+    'magnitude forms (identity → fit):',
+    line(r.magnitude_forms.signed),
+    r.magnitude_forms.abs ? line(r.magnitude_forms.abs) : '  abs    – (sign unrecoverable: the signed form is a line in |d| already)',
+    `applied: sign ${c.sign}, magnitude ${c.magnitude ?? 'signed'}, slope ${n(c.slope)}, intercept ${n(c.intercept)} (${r.magnitude_choice})`,
+  ].join('\n');
+}
+
 export interface CalibrateOptions {
   stackDir: string;
   outDir: string;
@@ -179,8 +196,14 @@ export async function calibrate(o: CalibrateOptions): Promise<Record<string, unk
     calibration: fit.calibration,
     // the magnitude fit and whether it helped on positions/slices it was not fitted to (applied only then)
     magnitude: fit.magnitude,
+    // both forms (line through the signed output, line in |d|) with their held-out numbers, and which was applied
+    magnitude_forms: fit.magnitude_forms,
+    magnitude_choice: fit.magnitude_choice,
     fit: fit.fit,
+    fit_abs: fit.fit_abs,
     sign: fit.sign,
+    // the model's sign agreement per 1 µm band of |z|, every slice (the decision above is one number for the fit range)
+    sign_by_abs_z: signByAbsZ(all),
     spearman_abs_in_range: { before: fit.spearman_abs_before, after: fit.spearman_abs_after },
     spearman_abs_all: spearman(all.map((s) => s.abs_um), all.map((s) => Math.abs(s.z_rel_um))),
     mae_um_in_range: { before: fit.mae_um_before, after: fit.mae_um_after },

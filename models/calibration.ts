@@ -4,7 +4,7 @@ import { copyFile, cp, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { median } from '../core/stats.js';
 import { join, resolve } from 'node:path';
 import { loadBundle, sha256File, validateManifest } from './bundle.js';
-import { type ModelManifest, toPrediction } from './manifest.js';
+import { type CalibrationMagnitude, type ModelManifest, toPrediction } from './manifest.js';
 
 /** Grayscale image, row-major. */
 export interface GrayImage {
@@ -230,6 +230,30 @@ export function signTest(zRel: number[], signLogit: number[], opts: { minAbsZ?: 
   return { n, agree, agreement: n ? agree / n : NaN, p_model: pModel, p_inverted: pInv, decision, min_abs_z_um: minAbsZ, alpha };
 }
 
+/** Share of slices whose model sign agrees with the sign of z − z_focus, per band of |z − z_focus| (z = 0 left out). */
+export interface SignBand {
+  from_um: number;
+  to_um: number;
+  n: number;
+  agreement: number | null;
+}
+
+/**
+ * Where on the stack the model's sign can be trusted: agreement per 1 µm band of |z| (by default), over every slice
+ * given (not only the fit range). The sign decision is one number for the whole stack; a model whose sign flips
+ * beyond some |z| shows it here.
+ */
+export function signByAbsZ(samples: Pick<CalibrationSample, 'z_rel_um' | 'sign_logit'>[], widthUm = 1): SignBand[] {
+  const signed = samples.filter((s) => s.z_rel_um !== 0);
+  const band = (s: { z_rel_um: number }) => Math.floor(Math.abs(s.z_rel_um) / widthUm + 1e-9);
+  const bands = signed.length ? Math.max(...signed.map(band)) + 1 : 0;
+  return Array.from({ length: bands }, (_, k) => {
+    const inBand = signed.filter((s) => band(s) === k);
+    const agree = inBand.filter((s) => s.sign_logit > 0 === s.z_rel_um > 0).length;
+    return { from_um: k * widthUm, to_um: (k + 1) * widthUm, n: inBand.length, agreement: inBand.length ? Math.round((agree / inBand.length) * 1000) / 1000 : null };
+  });
+}
+
 export interface CalibrationSample {
   /** true signed defocus z - z_focus, µm. */
   z_rel_um: number;
@@ -250,6 +274,8 @@ export interface BoundaryCheck {
 
 /** Does the magnitude fit help on stack positions / slices it was not fitted to? */
 export interface MagnitudeValidation {
+  /** which line was checked: through the signed output, or in |d| (calibration.magnitude). */
+  form: CalibrationMagnitude;
   method: 'leave-one-position-out' | 'z-parity' | 'none';
   folds: number;
   /** held-out MAE (µm) and in/out boundary with the sign decision alone (identity magnitude) and with the fit. */
@@ -269,10 +295,20 @@ export const MAX_BOUNDARY_SHIFT_UM = 0.1;
 
 export interface CalibrationFit {
   calibration: ModelManifest['calibration'];
-  /** held-out check of the magnitude fit; calibration has identity magnitude when it was not applied. */
+  /**
+   * held-out check of the magnitude fit that was applied (the form with the lower held-out MAE of those that pass),
+   * or of the signed form when none was; calibration has identity magnitude when none was applied.
+   */
   magnitude: MagnitudeValidation;
+  /** both forms' held-out checks; abs is null when the sign is unrecoverable (the signed form is a line in |d| then). */
+  magnitude_forms: { signed: MagnitudeValidation; abs: MagnitudeValidation | null };
+  /** which form was applied (or identity) and why. */
+  magnitude_choice: string;
   sign: SignTest;
+  /** the signed form's line on all samples. */
   fit: LinearFit;
+  /** the abs form's line on all samples (|z| against |output|); null when the sign is unrecoverable. */
+  fit_abs: LinearFit | null;
   spearman_abs_before: number;
   spearman_abs_after: number;
   /** share of samples with |calibrated - z_rel| <= 1 µm, before / after. */
@@ -296,14 +332,17 @@ function evalWith(m: ModelManifest, cal: ModelManifest['calibration'], s: Calibr
   };
 }
 
-/** The line's x for a sample: the network's signed output (sign flipped if inverted), or |output| when unrecoverable. */
-function xOf(s: CalibrationSample, decision: SignTest['decision']): number {
-  if (decision === 'unrecoverable') return Math.abs(s.abs_um);
+/**
+ * The line's x for a sample: the network's signed output (sign flipped if inverted), or |output| when the sign is
+ * unrecoverable or the line is in |d| (abs form).
+ */
+function xOf(s: CalibrationSample, decision: SignTest['decision'], form: CalibrationMagnitude = 'signed'): number {
+  if (decision === 'unrecoverable' || form === 'abs') return Math.abs(s.abs_um);
   return (decision === 'inverted' ? -1 : 1) * (s.sign_logit >= 0 ? 1 : -1) * Math.max(0, s.abs_um);
 }
 
-function yOf(s: CalibrationSample, decision: SignTest['decision']): number {
-  return decision === 'unrecoverable' ? Math.abs(s.z_rel_um) : s.z_rel_um;
+function yOf(s: CalibrationSample, decision: SignTest['decision'], form: CalibrationMagnitude = 'signed'): number {
+  return decision === 'unrecoverable' || form === 'abs' ? Math.abs(s.z_rel_um) : s.z_rel_um;
 }
 
 /**
@@ -337,8 +376,9 @@ export function validateMagnitude(
   samples: CalibrationSample[],
   decision: SignTest['decision'],
   all: LinearFit,
-  opts: { robust?: boolean; toleranceUm: number },
+  opts: { robust?: boolean; toleranceUm: number; form?: CalibrationMagnitude },
 ): MagnitudeValidation {
+  const form = opts.form ?? 'signed';
   const positions = [...new Set(samples.map((s) => s.position ?? ''))];
   const folds: { train: CalibrationSample[]; test: CalibrationSample[] }[] = [];
   let method: MagnitudeValidation['method'];
@@ -353,8 +393,10 @@ export function validateMagnitude(
     folds.push({ train: even, test: odd }, { train: odd, test: even });
   }
   const fitted = { slope: all.slope, intercept: all.intercept };
+  // identity is the same prediction in either form (|raw| >= 0)
   const identityCal = { slope: 1, intercept: 0, sign: decision, source: 'identity' };
   const none = (reason: string): MagnitudeValidation => ({
+    form,
     method,
     folds: folds.length,
     heldout: { mae_um: { identity: null, fit: null }, boundary: { identity: boundaryOf([], [], 1, false), fit: boundaryOf([], [], 1, false) }, samples: 0 },
@@ -375,11 +417,11 @@ export function validateMagnitude(
   const pId: number[] = [];
   const pFit: number[] = [];
   for (const f of folds) {
-    const x = f.train.map((s) => xOf(s, decision));
-    const y = f.train.map((s) => yOf(s, decision));
+    const x = f.train.map((s) => xOf(s, decision, form));
+    const y = f.train.map((s) => yOf(s, decision, form));
     if (new Set(x).size < 2) return none(`a fold's training slices have no spread in the model's output (${method})`);
     const lf = fitLinear(x, y, { robust: opts.robust });
-    const cal = { ...identityCal, slope: lf.slope, intercept: lf.intercept };
+    const cal = { ...identityCal, slope: lf.slope, intercept: lf.intercept, magnitude: form };
     for (const s of f.test) {
       z.push(s.z_rel_um);
       pId.push(toPrediction({ ...manifest, calibration: identityCal }, s.abs_um, s.sign_logit).defocus_um);
@@ -406,13 +448,34 @@ export function validateMagnitude(
     applied = true;
     reason = `on held-out slices (${method}, ${folds.length} folds, ${z.length} slices) MAE ${r3(maeId)} → ${r3(maeFit)} µm, boundary ${bId.error_um === null ? '–' : r3(bId.error_um)} → ${r3(bFit.error_um)} µm from ±${opts.toleranceUm} µm`;
   }
-  return { method, folds: folds.length, heldout, applied, reason, fitted };
+  return { form, method, folds: folds.length, heldout, applied, reason, fitted };
 }
 
 /**
- * Fits model output → µm on one instrument. First the sign test decides sign handling; then a line maps the
- * network's signed output (sign · abs_um, sign flipped if inverted) to z - z_focus, or |output| to |z - z_focus|
- * when the sign is unrecoverable — exactly what toPrediction() undoes.
+ * Of the forms whose fit passed its held-out check, the one with the lower held-out MAE (signed on a tie);
+ * null when none passed.
+ */
+export function chooseMagnitude(signed: MagnitudeValidation, abs: MagnitudeValidation | null): { chosen: MagnitudeValidation | null; why: string } {
+  const r3 = (v: number | null) => (v === null ? '–' : String(Math.round(v * 1000) / 1000));
+  const ok = [signed, abs].filter((v): v is MagnitudeValidation => v !== null && v.applied);
+  if (ok.length === 0) {
+    return { chosen: null, why: abs === null ? 'the signed fit did not pass its held-out check (the sign is unrecoverable: the line is in |d| already)' : 'neither the signed nor the abs fit passed its held-out check' };
+  }
+  if (ok.length === 1) {
+    const other = ok[0] === signed ? abs : signed;
+    return { chosen: ok[0]!, why: other === null ? `${ok[0]!.form} form (the sign is unrecoverable: the signed form is a line in |d| already)` : `${ok[0]!.form} form: the only one that passed its held-out check` };
+  }
+  const a = abs!;
+  const chosen = a.heldout.mae_um.fit! < signed.heldout.mae_um.fit! ? a : signed;
+  return { chosen, why: `${chosen.form} form: both passed, held-out MAE abs ${r3(a.heldout.mae_um.fit)} µm vs signed ${r3(signed.heldout.mae_um.fit)} µm` };
+}
+
+/**
+ * Fits model output → µm on one instrument. First the sign test decides sign handling; then two lines are fitted:
+ * signed form, the network's signed output (sign · abs_um, sign flipped if inverted) to z - z_focus (|output| to
+ * |z - z_focus| when the sign is unrecoverable), and abs form, |output| to |z - z_focus| with the sign kept — exactly
+ * what toPrediction() undoes for calibration.magnitude signed / abs. Each is checked on held-out data
+ * (validateMagnitude); of those that pass, the one with the lower held-out MAE is applied, else identity.
  */
 export function fitCalibration(
   manifest: ModelManifest,
@@ -427,12 +490,31 @@ export function fitCalibration(
   if (!(fit.slope > 0)) {
     throw new Error(`fitCalibration: fitted slope ${fit.slope.toFixed(4)} is not positive: the model's output does not grow with defocus on this stack`);
   }
-  const magnitude = validateMagnitude(manifest, samples, sign.decision, fit, { robust: opts.robust, toleranceUm: opts.toleranceUm ?? 1 });
+  const toleranceUm = opts.toleranceUm ?? 1;
+  const signed = validateMagnitude(manifest, samples, sign.decision, fit, { robust: opts.robust, toleranceUm, form: 'signed' });
+  // the line in |d|: corrects an over- or under-read on both sides of focus, which a line through the signed output
+  // cannot (it would have to move +d down and −d up at once). The same as signed when the sign is unrecoverable.
+  let fitAbs: LinearFit | null = null;
+  let abs: MagnitudeValidation | null = null;
+  if (sign.decision !== 'unrecoverable') {
+    const xa = samples.map((s) => xOf(s, sign.decision, 'abs'));
+    if (new Set(xa).size >= 2) {
+      fitAbs = fitLinear(xa, samples.map((s) => yOf(s, sign.decision, 'abs')), { robust: opts.robust });
+      abs = validateMagnitude(manifest, samples, sign.decision, fitAbs, { robust: opts.robust, toleranceUm, form: 'abs' });
+    }
+  }
+  const { chosen, why } = chooseMagnitude(signed, abs);
+  const magnitude = chosen ?? signed;
+  const line = chosen === null ? null : chosen.form === 'abs' ? fitAbs! : fit;
+  const others = [signed, abs].filter((v): v is MagnitudeValidation => v !== null && v !== magnitude).map((v) => `; ${v.form} form: ${v.reason}`);
   const calibration: ModelManifest['calibration'] = {
-    slope: magnitude.applied ? fit.slope : 1,
-    intercept: magnitude.applied ? fit.intercept : 0,
+    slope: line ? line.slope : 1,
+    intercept: line ? line.intercept : 0,
     sign: sign.decision,
-    source: `${opts.source ?? 'focus stack'}; magnitude ${magnitude.applied ? 'fit applied' : 'identity'}: ${magnitude.reason}`,
+    magnitude: chosen?.form ?? 'signed',
+    source:
+      `${opts.source ?? 'focus stack'}; magnitude ${chosen ? `fit applied (${chosen.form} form)` : 'identity'}: ${magnitude.reason}` +
+      `${others.join('')}; chosen: ${why}`,
     fitted_at: (opts.now ?? new Date()).toISOString(),
   };
   const identity: ModelManifest['calibration'] = { slope: 1, intercept: 0, sign: 'model', source: 'identity' };
@@ -441,8 +523,11 @@ export function fitCalibration(
   return {
     calibration,
     magnitude,
+    magnitude_forms: { signed, abs },
+    magnitude_choice: why,
     sign,
     fit,
+    fit_abs: fitAbs,
     spearman_abs_before: before.spearman,
     spearman_abs_after: after.spearman,
     within_1um_before: before.within1,

@@ -36,14 +36,29 @@ export interface ModelManifest {
   /** trained range of |defocus|; outside it the model saturates. */
   range_um: [number, number];
   /**
-   * Per-instrument calibration applied after the network: signed_um = slope * raw_signed_um + intercept,
-   * with sign handling: model (use the network's sign), inverted (instrument's z axis is reversed),
-   * unrecoverable (this instrument gives no sign cue: report |d| with sign_confidence 0.5 and let the controller probe).
+   * Per-instrument calibration applied after the network, with sign handling: model (use the network's sign),
+   * inverted (instrument's z axis is reversed), unrecoverable (this instrument gives no sign cue: report |d| with
+   * sign_confidence 0.5 and let the controller probe). `magnitude` says where the line acts:
+   *   - signed (or absent): signed_um = slope * raw_signed_um + intercept (a line through the signed output; it can
+   *     correct a scale error and a shift of focus, not an over-read of |d| on both sides of focus);
+   *   - abs: signed_um = sign * max(0, slope * |raw| + intercept) (a line in |d|: corrects a symmetric over- or
+   *     under-read, e.g. |d| read 0.8 µm too large on both sides).
+   * Unrecoverable: max(0, slope * |raw| + intercept) either way.
    */
-  calibration: { slope: number; intercept: number; sign: 'model' | 'inverted' | 'unrecoverable'; source: string; fitted_at?: string };
+  calibration: {
+    slope: number;
+    intercept: number;
+    sign: 'model' | 'inverted' | 'unrecoverable';
+    magnitude?: CalibrationMagnitude;
+    source: string;
+    fitted_at?: string;
+  };
   provenance?: Record<string, unknown>;
   metrics?: Record<string, unknown>;
 }
+
+/** Where a calibration's line acts: on the signed output (default) or on |output| (the sign is kept). */
+export type CalibrationMagnitude = 'signed' | 'abs';
 
 export interface PatchPrediction {
   /** calibrated signed defocus, µm. */
@@ -66,7 +81,12 @@ export function toPrediction(m: ModelManifest, absUm: number, signLogit: number,
     conf = 0.5;
   }
   const raw = sign * Math.max(0, absUm);
-  const calibrated = cal.sign === 'unrecoverable' ? Math.max(0, cal.slope * Math.abs(raw) + cal.intercept) : cal.slope * raw + cal.intercept;
+  const calibrated =
+    cal.sign === 'unrecoverable'
+      ? Math.max(0, cal.slope * Math.abs(raw) + cal.intercept)
+      : cal.magnitude === 'abs'
+        ? sign * Math.max(0, cal.slope * Math.abs(raw) + cal.intercept)
+        : cal.slope * raw + cal.intercept;
   return {
     defocus_um: calibrated,
     sign_confidence: conf,

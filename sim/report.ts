@@ -25,13 +25,14 @@ function row(instrument: string, run: string, slides: string, c: ScanCounts): st
 export function reportRows(r: SimulationReport): string[][] {
   const out: string[][] = [];
   const n = r.with_feedback?.slides.length ?? r.without_feedback?.slides.length ?? 0;
+  const fb = r.calibration ? 'focusd feedback, calibrated' : 'focusd feedback';
   if (r.without_feedback) out.push(row(r.instrument, 'actions ignored (no feedback)', `1–${n}`, r.without_feedback.total));
   const f = r.with_feedback;
   if (f) {
-    out.push(row(r.instrument, 'focusd feedback', `1–${n}`, f.total));
+    out.push(row(r.instrument, fb, `1–${n}`, f.total));
     if (f.slides.length > 1) {
-      out.push(row(r.instrument, 'focusd feedback', '1', f.slides[0]!));
-      out.push(row(r.instrument, 'focusd feedback', `2–${n}`, f.after_first!));
+      out.push(row(r.instrument, fb, '1', f.slides[0]!));
+      out.push(row(r.instrument, fb, `2–${n}`, f.after_first!));
     }
   }
   return out;

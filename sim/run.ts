@@ -56,6 +56,8 @@ export interface SimulationOptions {
   /** tissue scenes from real images (sim/tissue-images.ts) instead of procedural ones; `tissue` names them in the report. */
   scenes?: SceneSource;
   tissue?: string;
+  /** the daemon scans with a bundle calibrated on this instrument: what the calibration decided (for the report). */
+  calibration?: Record<string, unknown>;
 }
 
 export interface RunReport {
@@ -83,6 +85,8 @@ export interface SimulationReport {
   render: { renders: number; cache_hits: number; render_s: number };
   with_feedback: RunReport | null;
   without_feedback: RunReport | null;
+  /** set when the daemons scanned with a bundle calibrated on a focus stack of this instrument (focusd simulate --calibrate). */
+  calibration?: Record<string, unknown>;
 }
 
 /** Stops a run's scanner, feed and daemon (each even when another fails); returns the failures. */
@@ -134,6 +138,7 @@ export async function runSimulation(o: SimulationOptions): Promise<SimulationRep
     render: { renders: 0, cache_hits: 0, render_s: 0 },
     with_feedback: null,
     without_feedback: null,
+    ...(o.calibration ? { calibration: o.calibration } : {}),
   };
   interface Side {
     run: RunKind;

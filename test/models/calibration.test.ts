@@ -191,13 +191,17 @@ describe('calibrated bundles and focusd calibrate', () => {
     );
     const out = join(dir, 'calibrated');
     const writes: string[] = [];
+    const errs: string[] = [];
     const orig = process.stdout.write.bind(process.stdout);
+    const origErr = process.stderr.write.bind(process.stderr);
     process.stdout.write = ((s: string) => (writes.push(String(s)), true)) as typeof process.stdout.write;
+    process.stderr.write = ((s: string) => (errs.push(String(s)), true)) as typeof process.stderr.write;
     let code: number;
     try {
       code = await calibrateMain([stack, '--out', out, '--pixel-size', '0.22', '--patches', '1', '--robust']);
     } finally {
       process.stdout.write = orig;
+      process.stderr.write = origErr;
     }
     expect(code).toBe(0);
     const report = JSON.parse(writes.join('')) as Record<string, any>;
@@ -213,6 +217,11 @@ describe('calibrated bundles and focusd calibrate', () => {
     expect(JSON.parse(await readFile(join(out, 'calibration-report.json'), 'utf8')).calibration).toEqual(report.calibration);
     // the blur grows away from focus, so the model's |output| must rank the slices in the right order
     expect(report.spearman_abs_all).toBeGreaterThan(0.5);
+    // both magnitude forms are reported with their held-out numbers (abs is null when the sign is unrecoverable)
+    expect(report.magnitude_forms.signed).toMatchObject({ form: 'signed', heldout: { mae_um: expect.any(Object) } });
+    expect(report.magnitude_forms.abs === null ? report.sign.decision : report.magnitude_forms.abs.form).toBe(report.magnitude_forms.abs === null ? 'unrecoverable' : 'abs');
+    expect(typeof report.magnitude_choice).toBe('string');
+    expect(errs.join('')).toMatch(/magnitude forms \(identity → fit\):\n  signed .*MAE/);
   });
 
   it('a manifest without ix,iy whose file names carry no _z…um part: says what it needs instead of fitting nonsense', async () => {
