@@ -351,7 +351,7 @@ def main(argv=None):
         parts = [json.loads(Path(p).read_text()) for p in a.merge]
         res = {**parts[0], "variants": {k: v for p in parts for k, v in p["variants"].items()},
                "seconds": sum(p["seconds"] for p in parts), "merged_from": a.merge}
-        res["variants"] = {k: res["variants"][k] for k in I.VARIANTS if k in res["variants"]}
+        res["variants"] = {k: res["variants"][k] for k in {**I.VARIANTS, **I.EXTRA_VARIANTS} if k in res["variants"]}
         Path(a.out).write_text(json.dumps(res, indent=1))
         md = markdown(res)
         if a.md:
@@ -367,7 +367,7 @@ def main(argv=None):
     root = Path(a.data_root) if a.data_root else S.default_data_root()
     held = S.with_od(S.load_sources(root, set(HELD_OUT)))
     t = time.time()
-    grids = evaluate_grid(models, held, {k: I.VARIANTS[k] for k in a.variants.split(",")}, a.per_z, 0.5, a.stack_step,
+    grids = evaluate_grid(models, held, {k: {**I.VARIANTS, **I.EXTRA_VARIANTS}[k] for k in a.variants.split(",")}, a.per_z, 0.5, a.stack_step,
                           a.stack_patches, a.seed, log=lambda s: print(s, flush=True))
     machine = f"CPU, {a.threads} torch thread(s), nice, shared 2-core dev box; load avg at end {os.getloadavg()}"
     for c, res in grids.items():

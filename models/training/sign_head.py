@@ -132,6 +132,12 @@ def near_focus_weight(z: torch.Tensor) -> torch.Tensor:
     return (z.abs() / 0.5).clamp(max=1.0)
 
 
+def sample_weight(z, chroma, lo=0.1, hi=0.3, no_cue_weight=1.0):
+    """Loss weight: near_focus_weight, times no_cue_weight where the colour cue is absent (linear in between): the
+    head has to learn to recognise the absence of the cue, which is a minority of the data."""
+    return near_focus_weight(z) * (1 + (no_cue_weight - 1) * (1 - cue_weight(chroma, lo, hi)))
+
+
 def fit_head(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, *, hidden: int = 32, epochs: int = 200,
              lr: float = 3e-3, wd: float = 1e-3, seed: int = 0, batch: int = 256, val=None, log=None) -> nets.SignBranch:
     """Weighted BCE against soft targets, AdamW, full passes over (x, target, weight); with val = (x, target, weight)
@@ -225,13 +231,13 @@ def sign_report(logit: torch.Tensor, feats: dict, mask: torch.Tensor, lo: float,
 
 
 def fit_candidates(feats: dict, *, lo=0.1, hi=0.3, configs=(("h", 0), ("h", 32), ("stages", 0), ("stages", 32)), epochs=60,
-                   seed=0, log=print):
+                   seed=0, no_cue_weight=1.0, log=print):
     """Fit each (features, hidden) head on the training images, keep the epoch with the lowest loss on the calibration
     images, fit the temperature there. Returns [(config, head, report)] and the 0.2.0 logit's report."""
     cal = split_by_image(feats)
     tr = ~cal
     target = cue_absent_target(feats["z"], feats["chroma"], lo, hi)
-    weight = near_focus_weight(feats["z"])
+    weight = sample_weight(feats["z"], feats["chroma"], lo, hi, no_cue_weight)
     base = {"train": sign_report(feats["logit"], feats, tr, lo, hi), "calibration": sign_report(feats["logit"], feats, cal, lo, hi)}
     log(f"base sign logit: {json.dumps(base)}")
     res = []
@@ -291,6 +297,7 @@ def main(argv=None):
     fi.add_argument("--cue-lo", type=float, default=0.1)
     fi.add_argument("--cue-hi", type=float, default=0.3)
     fi.add_argument("--epochs", type=int, default=60)
+    fi.add_argument("--no-cue-weight", type=float, default=1.0, help="loss weight of cue-absent patches (relative)")
     fi.add_argument("--configs", default="h:0,h:32,stages:0,stages:32", help="features:hidden candidates")
     fi.add_argument("--seed", type=int, default=0)
     fi.add_argument("--threads", type=int, default=1)
@@ -300,6 +307,7 @@ def main(argv=None):
         feats = torch.load(a.features)
         configs = [(c.split(":")[0], int(c.split(":")[1])) for c in a.configs.split(",")]
         res, base = fit_candidates(feats, lo=a.cue_lo, hi=a.cue_hi, configs=configs, epochs=a.epochs, seed=a.seed,
+                                   no_cue_weight=a.no_cue_weight,
                                    log=lambda s: print(s, flush=True))
         (fk, hidden), head, rep = min(res, key=lambda r: r[2]["val_loss"])  # the lowest calibration-image loss
         meta = feats["meta"]
@@ -308,7 +316,8 @@ def main(argv=None):
                 "generator": {k: meta[k] for k in ("seed", "z_per_draw", "crops_per_z", "optics_draws")} | {"antithetic_sa": True, "patch_px": S.PATCH},
                 "patches": meta["patches"], "patches_per_s": meta["patches"] / max(1e-9, meta["seconds"]),
                 "feature_seconds": meta["seconds"], "feature_cpu_seconds": meta["cpu_seconds"], "epochs": a.epochs,
-                "label": f"cue_absent_target lo {a.cue_lo} hi {a.cue_hi} µm (chroma_R - chroma_B), near_focus_weight",
+                "label": f"cue_absent_target lo {a.cue_lo} hi {a.cue_hi} µm (chroma_R - chroma_B), sample_weight (near focus, "
+                         f"no-cue x{a.no_cue_weight})",
                 "args": {k: v for k, v in vars(a).items() if k not in ("features", "out", "report")}}
         base_ck = torch.load(a.checkpoint, map_location="cpu")
         ck = build_checkpoint(base_ck, head, fk, hidden, info)
