@@ -4,11 +4,11 @@ encoder's features, computed once from instrument-varied data. The magnitude pat
 
   # 1. features: forward passes of the frozen network on instrument-varied patches of the 13 training images
   OMP_NUM_THREADS=1 nice -n 19 /usr/bin/python3 models/training/sign_head.py features \
-      --checkpoint models/training/checkpoints/focusnet-w32d2-0.2.0.pt --minutes 35 --out /tmp/signhead/feats.pt
+      --checkpoint models/training/checkpoints/focusnet-w32d2-0.2.0.pt --minutes 35 --max-patches 20000 --out /tmp/signhead/feats.pt
   # 2. head: fit on 10 images, temperature on the other 3, write a checkpoint (same network + a sign branch)
   OMP_NUM_THREADS=1 nice -n 19 /usr/bin/python3 models/training/sign_head.py fit \
       --checkpoint models/training/checkpoints/focusnet-w32d2-0.2.0.pt --features /tmp/signhead/feats.pt \
-      --out models/training/checkpoints/focusnet-w32d2-0.3.0-signhead.pt
+      --out models/training/checkpoints/focusnet-w32d2-0.3-exp2-signhead.pt
 
 Data (features): per optics draw from optics.INSTRUMENT_RANGES (axial colour always in the training convention,
 scaled to 0-15 % in 20 % of draws; NA, pixel, wavelengths wider) the draw is rendered twice, with +|SA| and with -|SA|
