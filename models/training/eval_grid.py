@@ -3,6 +3,7 @@ per-instrument calibration that emulates `focusd calibrate`.
 
   OMP_NUM_THREADS=1 nice -n 15 /usr/bin/python3 models/training/eval_grid.py \
       --checkpoint models/training/checkpoints/focusnet-w32d2-0.2.0.pt --out /tmp/grid-0.2.0.json --md /tmp/grid-0.2.0.md
+  (several --checkpoint paths: all evaluated on the same rendered patches, plus a table comparing the first with each)
 
 Per variant: the 5 held-out images (2 of a held-out source, 3 held-out stains), z = -6..6 µm in 0.5 µm steps,
 --per-z random crops each (same crops, noise and nuisance draws for every variant and every checkpoint: paired).
@@ -20,7 +21,8 @@ Metrics (signed = sign * abs_um; p = P(z > 0) = sigmoid(sign_logit), after calib
   mae_signed     MAE of the signed prediction, |z| <= 4 µm        r2, slope, intercept: signed pred vs z, |z| <= 4
   within_1um     share |signed - z| <= 1 µm, |z| <= 4              sign_acc: 1 <= |z| <= 6
   ece            expected calibration error of the sign confidence max(p, 1-p), 0.5 <= |z| <= 6, 10 bins on [0.5, 1]
-  conf80_share   share of 1 <= |z| <= 6 patches with confidence >= 0.8; conf80_acc: their sign accuracy
+  conf80_share   share of 1 <= |z| <= 6 patches with confidence >= 0.8; conf80_acc: their sign accuracy;
+                 conf80_wrong: share of 1 <= |z| <= 6 patches with confidence >= 0.8 and the wrong sign
   abs_mae        MAE of |prediction| vs |z|, |z| <= 4 (before calibration: the raw abs_um)
 """
 from __future__ import annotations
@@ -98,6 +100,7 @@ def grid_metrics(z, signed, abs_pred, p_pos) -> dict:
         "within_1um": float(np.mean(np.abs(pp - zz) <= 1.0)),
         "sign_acc": float(np.mean((p_pos[ms] >= 0.5) == (z[ms] > 0))),
         "ece": e, "conf80_share": share, "conf80_acc": acc80,
+        "conf80_wrong": share * (1 - acc80) if acc80 is not None else 0.0,
         "abs_mae": float(np.mean(np.abs(abs_pred[m4] - np.abs(zz)))),
         "reliability": rel,
     }
@@ -180,6 +183,32 @@ def markdown(res: dict) -> str:
     return out
 
 
+def compare_markdown(a: dict, b: dict, label_a: str, label_b: str) -> str:
+    """Per variant, cells `a → b`: sign accuracy (1 <= |z| <= 6), ECE, share confident (>= 0.8) and wrong, |d| MAE
+    (|z| <= 4), before calibration, after (emulated focusd calibrate) and after with the true in-focus slice."""
+    out = [f"each cell: {label_a} → {label_b}", ""]
+    for when, title in (("before", "before calibration"), ("after", "after calibration (in-focus slice by nvl, as focusd calibrate)"),
+                        ("after_true_focus", "after calibration with the stacks' true in-focus slice")):
+        out += [f"**{title}**", "", "| variant | sign \\|z\\|≥1 | ECE | conf ≥ 0.8 and wrong | conf ≥ 0.8: share / right | \\|d\\| MAE µm |"
+                + (" calibrate sign (5 stacks) |" if when != "before" else ""),
+                "|---|---|---|---|---|---|" + ("---|" if when != "before" else "")]
+        for name in a["variants"]:
+            if name not in b["variants"]:
+                continue
+            ma, mb = a["variants"][name][when], b["variants"][name][when]
+            c80 = lambda m: f"{100 * m['conf80_share']:.0f} % / " + ("—" if m["conf80_acc"] is None else f"{100 * m['conf80_acc']:.1f} %")
+            row = (f"| {name} | {100 * ma['sign_acc']:.1f} → {100 * mb['sign_acc']:.1f} % | {ma['ece']:.3f} → {mb['ece']:.3f} | "
+                   f"{100 * ma['conf80_wrong']:.1f} → {100 * mb['conf80_wrong']:.1f} % | {c80(ma)} → {c80(mb)} | "
+                   f"{ma['abs_mae']:.3f} → {mb['abs_mae']:.3f} |")
+            if when != "before":
+                key = "calibrations_true_focus" if when == "after_true_focus" else "calibrations"
+                code = lambda v: "".join(c["sign"][0].upper() for c in v[key])
+                row += f" {code(a['variants'][name])} → {code(b['variants'][name])} |"
+            out.append(row)
+        out.append("")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------- rendering + inference
 
 @torch.no_grad()
@@ -212,84 +241,101 @@ class Renderer:
 
 
 def run_variant(model, held, optics, zs, per_z, stack_zs, stack_patches, seed):
+    """Evaluation patches and calibration stacks of one variant: (ev, stacks) for one model, or a list of them for a
+    list of models (every model sees the very same rendered patches: paired)."""
+    models = model if isinstance(model, (list, tuple)) else [model]
     rend = Renderer(optics)
     gen = torch.Generator().manual_seed(seed)  # same crops/noise for every variant and checkpoint
     torch.manual_seed(seed)
     # evaluation patches
-    ev = {"z": [], "abs": [], "logit": [], "img": []}
+    evs = [{"z": [], "abs": [], "logit": [], "img": []} for _ in models]
     for z in zs:
         for i, src in enumerate(held):
             od = S.random_crops([src], per_z, gen, S.Variation(), "cpu", od=True)
-            a, s = predict(model, rend(od, float(z), gen))
-            ev["z"] += [float(z)] * per_z
-            ev["abs"] += a.tolist()
-            ev["logit"] += s.tolist()
-            ev["img"] += [i] * per_z
-    ev = {k: np.array(v) for k, v in ev.items()}
+            x8 = rend(od, float(z), gen)
+            for m, ev in zip(models, evs):
+                a, s = predict(m, x8)
+                ev["z"] += [float(z)] * per_z
+                ev["abs"] += a.tolist()
+                ev["logit"] += s.tolist()
+                ev["img"] += [i] * per_z
+    evs = [{k: np.array(v) for k, v in ev.items()} for ev in evs]
     # calibration stacks: fixed crops per image, every slice
-    stacks = []
+    stacks = [[] for _ in models]
     for src in held:
         od = S.random_crops([src], stack_patches, gen, S.Variation(downscale=(1.0, 1.0)), "cpu", od=True)
-        sl = []
+        sls = [[] for _ in models]
         for z in stack_zs:
             x8 = rend(od, float(z), gen)
-            a, s = predict(model, x8)
             gray = (0.299 * x8[:, 0] + 0.587 * x8[:, 1] + 0.114 * x8[:, 2]).numpy()
-            sl.append({"z": float(z), "abs": float(np.median(a)), "logit": float(np.median(s)),
-                       "nvl": float(np.mean([nvl(g) for g in gray]))})
-        zf = sl[int(np.argmax([x["nvl"] for x in sl]))]["z"]
-        stacks.append({"z_focus": zf, "slices": sl})
-    return ev, stacks
+            v = float(np.mean([nvl(g) for g in gray]))
+            for m, sl in zip(models, sls):
+                a, s = predict(m, x8)
+                sl.append({"z": float(z), "abs": float(np.median(a)), "logit": float(np.median(s)), "nvl": v})
+        for st, sl in zip(stacks, sls):
+            zf = sl[int(np.argmax([x["nvl"] for x in sl]))]["z"]
+            st.append({"z_focus": zf, "slices": sl})
+    res = list(zip(evs, stacks))
+    return res if isinstance(model, (list, tuple)) else res[0]
 
 
 def evaluate_grid(model, held, variants, per_z=2, z_step=0.5, stack_step=1.0, stack_patches=3, seed=123, log=print):
+    """The grid of one model; with `model` a dict {label: model}, {label: grid} for each, on the very same patches."""
+    models = model if isinstance(model, dict) else {"": model}
     zs = np.round(np.arange(-6.0, 6.0 + 1e-9, z_step), 3)
     stack_zs = np.round(np.arange(-6.0, 6.0 + 1e-9, stack_step), 3)
-    out = {"held_out": [f"{s.path} ({s.stain}, {s.split})" for s in held], "z_grid_um": [-6.0, 6.0, z_step],
+    base = {"held_out": [f"{s.path} ({s.stain}, {s.split})" for s in held], "z_grid_um": [-6.0, 6.0, z_step],
            "per_z": per_z, "stack": {"z_step_um": stack_step, "patches_per_slice": stack_patches,
                                      "pairing": "image i calibrated on the stack of image (i+2) mod n"},
-           "seed": seed, "variants": {}}
+           "seed": seed}
+    outs = {k: {**base, "variants": {}} for k in models}
     n = len(held)
     for name, optics in variants.items():
         t = time.time()
-        ev, stacks = run_variant(model, held, optics, zs, per_z, stack_zs, stack_patches, seed)
-        p = 1 / (1 + np.exp(-ev["logit"]))
-        before = grid_metrics(ev["z"], np.where(ev["logit"] >= 0, 1.0, -1.0) * ev["abs"], ev["abs"], p)
-        def calibrate(true_focus: bool):
-            cals = []
-            for j, st in enumerate(stacks):
-                zf = 0.0 if true_focus else st["z_focus"]
-                zr = np.array([x["z"] for x in st["slices"]]) - zf
-                m = np.abs(zr) <= 8.0
-                cal = fit_calibration(zr[m], np.array([x["abs"] for x in st["slices"]])[m], np.array([x["logit"] for x in st["slices"]])[m])
-                cal["z_focus"] = zf
-                cals.append(cal)
-            sp, pp = np.zeros_like(ev["abs"]), np.zeros_like(p)
-            for i in range(n):
-                sel = ev["img"] == i
-                sp[sel], pp[sel] = apply_calibration(cals[(i + 2) % n], ev["abs"][sel], ev["logit"][sel])
-            return grid_metrics(ev["z"], sp, np.abs(sp), pp), cals
+        for label, (ev, stacks) in zip(models, run_variant(list(models.values()), held, optics, zs, per_z, stack_zs,
+                                                           stack_patches, seed)):
+            outs[label]["variants"][name] = _variant_result(ev, stacks, held, optics, t, f"{label}: {name}" if label else name, log)
+    return outs if isinstance(model, dict) else outs[""]
 
-        after, cals = calibrate(False)  # in-focus slice by nvl, as focusd calibrate
-        after_tf, cals_tf = calibrate(True)  # in-focus slice known (z = 0): the sign/line fit alone
-        per_image = {held[i].path: grid_metrics(ev["z"][ev["img"] == i], (np.where(ev["logit"] >= 0, 1.0, -1.0) * ev["abs"])[ev["img"] == i],
-                                                ev["abs"][ev["img"] == i], p[ev["img"] == i]) for i in range(n)}
-        for v in per_image.values():
-            v.pop("reliability")
-        out["variants"][name] = {"optics": optics.to_dict(), "before": before, "after": after, "after_true_focus": after_tf,
-                                 "calibrations": [{"stack_image": held[j].path, **c} for j, c in enumerate(cals)],
-                                 "calibrations_true_focus": [{"stack_image": held[j].path, **c} for j, c in enumerate(cals_tf)],
-                                 "stacks": stacks,
-                                 "per_image_before": per_image, "seconds": time.time() - t}
-        log(f"{name}: before MAE {before['mae_signed']:.2f} sign {before['sign_acc']:.3f} ECE {before['ece']:.3f} |d| {before['abs_mae']:.2f}"
-            f" | after MAE {after['mae_signed']:.2f} sign {after['sign_acc']:.3f} ECE {after['ece']:.3f}"
-            f" cal {[c['sign'] for c in cals]} ({time.time() - t:.0f} s)")
-    return out
+
+def _variant_result(ev, stacks, held, optics, t, name, log):
+    n = len(held)
+    p = 1 / (1 + np.exp(-ev["logit"]))
+    before = grid_metrics(ev["z"], np.where(ev["logit"] >= 0, 1.0, -1.0) * ev["abs"], ev["abs"], p)
+    def calibrate(true_focus: bool):
+        cals = []
+        for j, st in enumerate(stacks):
+            zf = 0.0 if true_focus else st["z_focus"]
+            zr = np.array([x["z"] for x in st["slices"]]) - zf
+            m = np.abs(zr) <= 8.0
+            cal = fit_calibration(zr[m], np.array([x["abs"] for x in st["slices"]])[m], np.array([x["logit"] for x in st["slices"]])[m])
+            cal["z_focus"] = zf
+            cals.append(cal)
+        sp, pp = np.zeros_like(ev["abs"]), np.zeros_like(p)
+        for i in range(n):
+            sel = ev["img"] == i
+            sp[sel], pp[sel] = apply_calibration(cals[(i + 2) % n], ev["abs"][sel], ev["logit"][sel])
+        return grid_metrics(ev["z"], sp, np.abs(sp), pp), cals
+
+    after, cals = calibrate(False)  # in-focus slice by nvl, as focusd calibrate
+    after_tf, cals_tf = calibrate(True)  # in-focus slice known (z = 0): the sign/line fit alone
+    per_image = {held[i].path: grid_metrics(ev["z"][ev["img"] == i], (np.where(ev["logit"] >= 0, 1.0, -1.0) * ev["abs"])[ev["img"] == i],
+                                            ev["abs"][ev["img"] == i], p[ev["img"] == i]) for i in range(n)}
+    for v in per_image.values():
+        v.pop("reliability")
+    res = {"optics": optics.to_dict(), "before": before, "after": after, "after_true_focus": after_tf,
+           "calibrations": [{"stack_image": held[j].path, **c} for j, c in enumerate(cals)],
+           "calibrations_true_focus": [{"stack_image": held[j].path, **c} for j, c in enumerate(cals_tf)],
+           "stacks": stacks, "per_image_before": per_image, "seconds": time.time() - t}
+    log(f"{name}: before MAE {before['mae_signed']:.2f} sign {before['sign_acc']:.3f} ECE {before['ece']:.3f} |d| {before['abs_mae']:.2f}"
+        f" | after MAE {after['mae_signed']:.2f} sign {after['sign_acc']:.3f} ECE {after['ece']:.3f}"
+        f" cal {[c['sign'] for c in cals]} ({time.time() - t:.0f} s)")
+    return res
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint")
+    ap.add_argument("--checkpoint", nargs="+", help="one checkpoint, or several evaluated on the very same patches")
     ap.add_argument("--merge", nargs="+", help="merge the variants of these grid JSONs (runs split by --variants) into --out")
     ap.add_argument("--out", required=True)
     ap.add_argument("--md", help="also write the before/after tables as markdown here")
@@ -305,7 +351,7 @@ def main(argv=None):
         parts = [json.loads(Path(p).read_text()) for p in a.merge]
         res = {**parts[0], "variants": {k: v for p in parts for k, v in p["variants"].items()},
                "seconds": sum(p["seconds"] for p in parts), "merged_from": a.merge}
-        res["variants"] = {k: res["variants"][k] for k in I.VARIANTS if k in res["variants"]}
+        res["variants"] = {k: res["variants"][k] for k in {**I.VARIANTS, **I.EXTRA_VARIANTS} if k in res["variants"]}
         Path(a.out).write_text(json.dumps(res, indent=1))
         md = markdown(res)
         if a.md:
@@ -317,17 +363,27 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from evaluate import load_checkpoint
-    model, ck = load_checkpoint(a.checkpoint)
+    models = {c: load_checkpoint(c)[0] for c in a.checkpoint}
     root = Path(a.data_root) if a.data_root else S.default_data_root()
     held = S.with_od(S.load_sources(root, set(HELD_OUT)))
     t = time.time()
-    res = evaluate_grid(model, held, {k: I.VARIANTS[k] for k in a.variants.split(",")}, a.per_z, 0.5, a.stack_step,
-                        a.stack_patches, a.seed, log=lambda s: print(s, flush=True))
-    res["checkpoint"] = a.checkpoint
-    res["seconds"] = time.time() - t
-    res["machine"] = f"CPU, {a.threads} torch thread(s), nice 15, shared 2-core dev box; load avg at end {os.getloadavg()}"
-    Path(a.out).write_text(json.dumps(res, indent=1))
-    md = markdown(res)
+    grids = evaluate_grid(models, held, {k: {**I.VARIANTS, **I.EXTRA_VARIANTS}[k] for k in a.variants.split(",")}, a.per_z, 0.5, a.stack_step,
+                          a.stack_patches, a.seed, log=lambda s: print(s, flush=True))
+    machine = f"CPU, {a.threads} torch thread(s), nice, shared 2-core dev box; load avg at end {os.getloadavg()}"
+    for c, res in grids.items():
+        res["checkpoint"] = c
+        res["seconds"] = time.time() - t  # all checkpoints together (they share the rendering)
+        res["machine"] = machine
+    if len(grids) == 1:
+        res = grids[a.checkpoint[0]]
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        md = markdown(res)
+    else:  # several checkpoints, the same patches: {"checkpoints": {path: grid}} and a comparison of the first with each
+        Path(a.out).write_text(json.dumps({"checkpoints": grids, "paired": True}, indent=1))
+        first = a.checkpoint[0]
+        md = "\n\n".join([f"## {c}\n\n{markdown(r)}" for c, r in grids.items()] +
+                          [f"## {Path(first).name} vs {Path(c).name}\n\n{compare_markdown(grids[first], grids[c], Path(first).name, Path(c).name)}"
+                           for c in a.checkpoint[1:]])
     if a.md:
         Path(a.md).write_text(md)
     print(md, flush=True)

@@ -32,6 +32,13 @@ VARIANTS: dict[str, O.Optics] = {
     "lower_na": replace(BASE, na=0.65),
 }
 
+# Not in the standard grid (tests pin its 7 variants); eval_grid.py --variants accepts these too.
+#   no_colour_sa_reversed  an apochromat with SA reversed: spherical aberration is the only cue and it points the other
+#                          way (the counterpart of no_colour: a model reading SA is confidently wrong here)
+EXTRA_VARIANTS: dict[str, O.Optics] = {
+    "no_colour_sa_reversed": replace(BASE, chroma_um=(0.0, 0.0, 0.0), sa_waves=-0.22),
+}
+
 # sign of each cue relative to the training convention (0 = absent)
 CUES: dict[str, dict[str, int]] = {
     "matching": {"colour": 1, "sa": 1},
@@ -41,4 +48,5 @@ CUES: dict[str, dict[str, int]] = {
     "no_colour": {"colour": 0, "sa": 1},
     "strong_sa": {"colour": 1, "sa": 1},
     "lower_na": {"colour": 1, "sa": 1},
+    "no_colour_sa_reversed": {"colour": 0, "sa": -1},
 }

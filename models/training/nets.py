@@ -41,6 +41,13 @@ class DSBlock(nn.Module):
         return x + y if self.res else y
 
 
+def pooled(f: torch.Tensor) -> torch.Tensor:
+    """FocusNet's global pooling: [B,C,H,W] -> [B,2C] = (mean, standard deviation) per channel."""
+    m = f.mean(dim=(2, 3))
+    sd = (f * f).mean(dim=(2, 3)) - m * m
+    return torch.cat([m, torch.sqrt(sd.clamp_min(1e-6))], 1)
+
+
 class FocusNet(nn.Module):
     """Compact CNN. The stem keeps full-resolution 3x3 filters (defocus lives in the finest frequencies), later
     stages are depthwise-separable; global mean AND standard-deviation pooling (blur changes feature energy)."""
@@ -62,11 +69,42 @@ class FocusNet(nn.Module):
         self.heads = Heads(64)
 
     def forward(self, x):
-        f = self.body(self.stem(x))
-        m = f.mean(dim=(2, 3))
-        sd = (f * f).mean(dim=(2, 3)) - m * m
-        h = torch.cat([m, torch.sqrt(sd.clamp_min(1e-6))], 1)
-        return self.heads(self.fc(h))
+        return self.heads(self.fc(pooled(self.body(self.stem(x)))))
+
+
+class SignBranch(nn.Module):
+    """Sign head on the frozen encoder: standardise the features (fixed mean/std from the training features), a small
+    MLP (hidden = 0: logistic regression), and a temperature folded into `scale`. Output: sign logit [B,1]."""
+
+    def __init__(self, d_in: int, hidden: int = 32):
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(d_in))
+        self.register_buffer("sd", torch.ones(d_in))
+        self.register_buffer("scale", torch.ones(1))
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if hidden else nn.Linear(d_in, 1)
+
+    def forward(self, f):
+        return self.net((f - self.mu) / self.sd) * self.scale
+
+
+class SignHeadNet(nn.Module):
+    """A trained FocusNet with its sign logit replaced by a SignBranch on the frozen encoder's features (`h` or
+    `stages`); abs_um and log_var are the original network's, bit for bit."""
+
+    def __init__(self, base: FocusNet, branch: SignBranch, features: str = "stages"):
+        super().__init__()
+        self.base, self.branch, self.features = base, branch, features
+
+    def forward(self, x):
+        f = self.base.stem(x)
+        st = [pooled(f)]
+        for blk in self.base.body:
+            f = blk(f)
+            st.append(pooled(f))
+        h = st[-1]
+        a, _, v = self.base.heads(self.base.fc(h))
+        feats = h if self.features == "h" else torch.cat(st, 1)
+        return a, self.branch(feats), v
 
 
 class InceptionFC(nn.Module):
@@ -103,7 +141,11 @@ class InceptionFC(nn.Module):
 
 def build(arch: str, **kw) -> nn.Module:
     if arch == "focusnet":
-        return FocusNet(width=kw.get("width", 16), depth=kw.get("depth", 1))
+        net = FocusNet(width=kw.get("width", 16), depth=kw.get("depth", 1))
+        sb = kw.get("sign_branch")
+        if sb:  # sign_head.py: the sign logit from a separate branch on the frozen encoder's features
+            return SignHeadNet(net, SignBranch(sb["d_in"], sb.get("hidden", 32)), sb.get("features", "stages"))
+        return net
     if arch == "inceptionv3":
         return InceptionFC()
     raise ValueError(f"unknown arch {arch}")
@@ -111,5 +153,7 @@ def build(arch: str, **kw) -> nn.Module:
 
 def describe(arch: str, **kw) -> str:
     if arch == "focusnet":
-        return f"focusnet-w{kw.get('width', 16)}d{kw.get('depth', 1)} (compact CNN)"
+        sb = kw.get("sign_branch")
+        extra = f" + sign branch ({sb.get('features', 'stages')} features, MLP {sb.get('hidden', 32)})" if sb else ""
+        return f"focusnet-w{kw.get('width', 16)}d{kw.get('depth', 1)} (compact CNN){extra}"
     return "inceptionv3+6fc (Senaras-style)"

@@ -57,6 +57,21 @@ class TestSignMetrics(unittest.TestCase):
         self.assertAlmostEqual(inv["slope"], -1.0)
         self.assertAlmostEqual(inv["abs_mae"], 0.0)  # the magnitude is still right
         self.assertGreater(inv["ece"], 0.99)
+        self.assertAlmostEqual(m["conf80_wrong"], 0.0)
+        self.assertAlmostEqual(inv["conf80_wrong"], 1.0)  # every 1 <= |z| <= 6 patch confident and wrong
+
+    def test_comparison_table_has_a_row_per_variant_and_when(self):
+        z = np.round(np.arange(-6, 6.01, 0.5), 3)
+        good = G.grid_metrics(z, z, np.abs(z), np.where(z > 0, 0.999, 0.001))
+        bad = G.grid_metrics(z, -z, np.abs(z), np.where(z > 0, 0.001, 0.999))
+        cal = [{"sign": "model"}, {"sign": "inverted"}]
+        grid = lambda m: {"variants": {"matching": {"before": m, "after": m, "after_true_focus": m, "calibrations": cal,
+                                                    "calibrations_true_focus": cal}}}
+        md = G.compare_markdown(grid(bad), grid(good), "old", "new")
+        self.assertEqual(md.count("| matching |"), 3)
+        self.assertIn("0.0 → 100.0 %", md)  # sign accuracy old → new
+        self.assertIn("100.0 → 0.0 %", md)  # confident and wrong
+        self.assertIn("MI → MI", md)
 
 
 class TestCalibrateEmulation(unittest.TestCase):

@@ -43,7 +43,7 @@ def cues(o: O.Optics):
 class TestVariantAsymmetries(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.cues = {name: cues(o) for name, o in I.VARIANTS.items()}
+        cls.cues = {name: cues(o) for name, o in {**I.VARIANTS, **I.EXTRA_VARIANTS}.items()}
 
     def test_every_variant_has_the_cues_it_claims(self):
         self.assertEqual(set(I.VARIANTS), {"matching", "mirrored", "sa_reversed", "colour_reversed", "no_colour", "strong_sa", "lower_na"})
