@@ -101,6 +101,7 @@ describe('configuration', () => {
       [{ 'mqtt.statsIntervalS': 3_000_000 }, /^mqtt\.statsIntervalS: .* longer than a timer can wait/],
       [{ 'mqtt.keepaliveS': 70_000 }, /^mqtt\.keepaliveS: 70000 is above the MQTT maximum/],
       [{ 'controller.limits.deadBandUm': -0.5 }, /^controller\.limits\.deadBandUm: must be >= 0, got -0\.5/],
+      [{ 'controller.limits.maxTiltUmPerMm': -1 }, /^controller\.limits\.maxTiltUmPerMm: must be >= 0, got -1/],
       [{ 'controller.drift.hysteresisUm': -1 }, /^controller\.drift\.hysteresisUm: must be >= 0, got -1/],
     ];
     for (const [overrides, re] of cases) {
