@@ -135,26 +135,45 @@ export function cellSharpness(rgb: Uint8Array, width: number, height: number, ce
   let sum = 0;
   let n = 0;
   let m = 0;
-  const luma = (i: number) => 0.299 * rgb[i]! + 0.587 * rgb[i + 1]! + 0.114 * rgb[i + 2]!;
+  // every second row, each row's luma computed once: a quarter of the work of the full
+  // measure, still hundreds of thousands of pixel pairs on a tile, and the event loop pays for it (~5 ms a 1600x1200 tile)
+  let cur = new Float32Array(0);
+  let next = new Float32Array(0);
+  const lumaRow = (out: Float32Array, y: number, x0: number, x1: number) => {
+    let p = (y * width + x0) * 3;
+    for (let x = x0; x < x1; x++, p += 3) out[x - x0] = 0.299 * rgb[p]! + 0.587 * rgb[p + 1]! + 0.114 * rgb[p + 2]!;
+  };
   for (const c of cells) {
     const x0 = Math.max(0, Math.round(c.x));
     const y0 = Math.max(0, Math.round(c.y));
     const x1 = Math.min(width, Math.round(c.x + c.w));
     const y1 = Math.min(height, Math.round(c.y + c.h));
-    for (let y = y0; y < y1; y++) {
-      for (let x = x0; x < x1; x++) {
-        const v = luma((y * width + x) * 3);
+    const w = x1 - x0;
+    if (w <= 0 || y1 <= y0) continue;
+    if (cur.length < w) {
+      cur = new Float32Array(w);
+      next = new Float32Array(w);
+    }
+    lumaRow(cur, y0, x0, x1);
+    for (let y = y0; y < y1; y += 2) {
+      const hasNext = y + 2 < y1;
+      if (hasNext) lumaRow(next, y + 2, x0, x1);
+      for (let x = 0; x < w; x++) {
+        const v = cur[x]!;
         sum += v;
         m++;
-        if (x + 2 < x1) {
-          s += (luma((y * width + x + 2) * 3) - v) ** 2;
+        if (x + 2 < w) {
+          s += (cur[x + 2]! - v) ** 2;
           n++;
         }
-        if (y + 2 < y1) {
-          s += (luma(((y + 2) * width + x) * 3) - v) ** 2;
+        if (hasNext) {
+          s += (next[x]! - v) ** 2;
           n++;
         }
       }
+      const t = cur;
+      cur = next;
+      next = t;
     }
   }
   if (n === 0 || m === 0) return null;
