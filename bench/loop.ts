@@ -62,7 +62,7 @@ export async function loopBench(o: LoopBenchOptions): Promise<void> {
   for (const k of ['slides', 'cols', 'rows', 'width', 'height'] as const)
     if (!Number.isInteger(o[k]) || o[k] < 1) throw new Error(`loop bench: ${k} must be a positive integer, got ${o[k]} (--loop-slides N, --loop-grid COLSxROWS, --loop-tile WxH)`);
   const tissue = o.tissue ?? 'procedural';
-  const scenes = tissue === 'procedural' ? undefined : imageSceneSource(await loadTissueImages(resolveTissueSpec(tissue)));
+  const scenes = tissue === 'procedural' ? undefined : imageSceneSource(await loadTissueImages(resolveTissueSpec(tissue)), { width: o.width, height: o.height });
   const started = new Date();
   const reports: SimulationReport[] = [];
   for (const name of names as InstrumentName[]) {

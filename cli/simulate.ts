@@ -238,17 +238,18 @@ export async function simulateMain(argv: string[]): Promise<number> {
           ...(quietDaemon ? { logLevel: 'warn' } : {}),
           ...(stateDir ? { stateDir } : {}),
         });
-  const calRoot = calibrateFirst ? (values['calibration-dir'] ?? mkdtempSync(join(tmpdir(), 'focusd-sim-cal-'))) : null;
+  // the tissue images are checked before anything is written
   let scenes: SceneSource | undefined;
   let tissueImages: TissueImage[] | undefined;
-  if (values.tissue) {
+  if (values.tissue !== undefined) {
     try {
       tissueImages = await loadTissueImages(resolveTissueSpec(values.tissue));
-      scenes = imageSceneSource(tissueImages);
+      scenes = imageSceneSource(tissueImages, { width: ints.width!, height: ints.height! });
     } catch (err) {
       return bad((err as Error).message);
     }
   }
+  const calRoot = calibrateFirst ? (values['calibration-dir'] ?? mkdtempSync(join(tmpdir(), 'focusd-sim-cal-'))) : null;
   const out = (s: string) => process.stdout.write(s + '\n');
   const reports: SimulationReport[] = [];
   for (const name of instruments) {

@@ -142,8 +142,15 @@ export function cropScene(images: TissueImage[], tile: Pick<SimTile, 'seed' | 'k
   return { width, height, seed: tile.seed, kind: tile.kind, pixelSizeUm, trans, truthTissueFraction: tissue / n };
 }
 
-/** A scene source for TileRenderer: tissue tiles from the images, glass and dust stay procedural. */
-export function imageSceneSource(images: TissueImage[]): (slide: VirtualSlide, tile: SimTile) => SynthScene | null {
+/**
+ * A scene source for TileRenderer: tissue tiles from the images, glass and dust stay procedural. With the tile size,
+ * images too small for a tile are refused here, before a scan starts (a crop may be rotated: both sides must fit).
+ */
+export function imageSceneSource(images: TissueImage[], tile?: { width: number; height: number }): (slide: VirtualSlide, tile: SimTile) => SynthScene | null {
   if (!images.length) throw new Error('imageSceneSource: no images');
+  if (tile) {
+    const small = images.filter((i) => Math.min(i.width, i.height) < Math.max(tile.width, tile.height));
+    if (small.length) throw new Error(`--tissue: ${small.map((i) => `${i.name} (${i.width}x${i.height})`).join(', ')} smaller than a tile of ${tile.width}x${tile.height} in some orientation; use larger images or --width/--height`);
+  }
   return (slide, tile) => (tile.kind === 'tissue' || tile.kind === 'pale' ? cropScene(images, tile, slide.width, slide.height, slide.pixelSizeUm) : null);
 }

@@ -80,6 +80,18 @@ describe('real-image scenes', () => {
     expect(() => resolveTissueSpec(join(dir, 'nope.png'))).toThrow(/nope\.png does not exist/);
     expect(() => resolveTissueSpec(dir)).toThrow(/no images .* in/);
     expect(() => resolveTissueSpec('heldout', dir)).toThrow(/held-out images not found under .*development data/);
+    expect(() => resolveTissueSpec('')).toThrow(/no image named/);
+  });
+
+  it('corrupt and too-small images are refused before a scan, naming the file', async () => {
+    const dir = tempDir();
+    const bad = join(dir, 'bad.png');
+    writeFileSync(bad, Buffer.from('\x89PNG\r\n\x1a\n not really a png'));
+    await expect(loadTissueImages([bad])).rejects.toThrow(/cannot read .*bad\.png/);
+    const small = await writeTissuePng(dir, 'small.png', 6, 300, 200);
+    const images = await loadTissueImages([small]);
+    expect(() => imageSceneSource(images, { width: 640, height: 320 })).toThrow(/small\.png \(300x200\) smaller than a tile of 640x320/);
+    expect(() => imageSceneSource(images, { width: 200, height: 150 })).not.toThrow();
   });
 
   it('cellSharpness: procedural tile, sharper in focus than out on both sides; null without pixels', () => {
