@@ -163,8 +163,6 @@ interface SlideState {
   zFrozen: boolean;
   /** the scanner's own focus plan: stage z of first acquisitions less the corrections sent before them (a plane). */
   plan: FocusSurface;
-  /** the focus surface's points fitted as a plane (the tilt a z_offset carries). */
-  tiltSurface: FocusSurface;
   /** extent of the first acquisitions in x and y (how long a row is). */
   rowSpan: { x: number; y: number; x0: number; x1: number; y0: number; y1: number } | null;
   /** stage position of the last first acquisition and the step that led to it (the scan's row direction). */
@@ -194,6 +192,9 @@ function shiftAt(cs: Correction[], x: number, y: number): number {
   for (const k of cs) s += k.c0 + (k.tilt ? k.tilt.gx * (x - k.tilt.x0) + k.tilt.gy * (y - k.tilt.y0) : 0);
   return s;
 }
+
+/** Surface points before a tilt is estimated at all. */
+const MIN_TILT_POINTS = 6;
 
 /** Slides remembered per controller; older ones are forgotten (a scanner works on one slide at a time). */
 const MAX_SLIDES = 32;
@@ -288,7 +289,6 @@ export class FocusController {
           this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1, probe.absD0);
         }
         st.surface.add(x, y, target);
-        st.tiltSurface.add(x, y, target);
         const rec = st.window.find((r) => r.seq === probe.seq);
         if (rec) {
           rec.d = d0;
@@ -347,10 +347,7 @@ export class FocusController {
         const d2 = signKnown ? d : null;
         if (d2 !== null && this.learner.recordGain(move.key, move.sizedFrom.d, d2, z - move.sizedFrom.z, now) !== null) out.learned = true;
       }
-      if (signKnown || !oof) {
-      st.surface.add(x, y, z - d / gain.reacquire);
-      st.tiltSurface.add(x, y, z - d / gain.reacquire);
-    }
+      if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
       // a tile sent back to its best z stays there: the moves from it have failed already
       if (oof && !st.restored.has(h.tile.index)) this.reacquireOof(ctx, signKnown, 'retry');
       return out;
@@ -373,10 +370,7 @@ export class FocusController {
     st.rowSpan = rs;
     st.lastPos = { x, y };
     this.evalZ(ctx, absD, unc);
-    if (signKnown || !oof) {
-      st.surface.add(x, y, z - d / gain.reacquire);
-      st.tiltSurface.add(x, y, z - d / gain.reacquire);
-    }
+    if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
     const sign: 1 | -1 | 0 = oof && signKnown ? (d > 0 ? 1 : -1) : 0;
     st.window.push({ seq: h.seq, index: h.tile.index, attempt: h.attempt, d: sign ? d : absD, sign, oof, conf, z, pred, n: st.n, src: sign ? 'model' : null, dir: dir === -1 ? -1 : 1 });
     while (st.window.length > Math.max(this.s.drift.window, this.s.drift.consecutive)) st.window.shift();
@@ -692,7 +686,7 @@ export class FocusController {
     const st = c.st;
     const tol = c.rt.toleranceUm;
     if (st.diverging || c.rt.dryRun || !st.rowSpan) return;
-    const f = st.tiltSurface.fit();
+    const f = st.surface.fit('plane');
     if (!f || f.points < 12 || f.rms_um > tol / 2) return;
     const tilt = this.tiltOf(c);
     if (!tilt) return;
@@ -758,7 +752,7 @@ export class FocusController {
     if (!(max > 0)) return null;
     const st = c.st;
     // a plane, not the quadratic surface: the quadratic's local slope swings with every new row
-    const f = st.tiltSurface.fit();
+    const f = st.surface.size >= MIN_TILT_POINTS ? st.surface.fit('plane') : null;
     const q = st.plan.fit();
     if (!f || !q) return null;
     const F = (x: number, y: number) => evaluate(f, x, y) - evaluate(q, x, y) - shiftAt(st.corrections, x, y);
@@ -855,7 +849,6 @@ export class FocusController {
         lastPos: null,
         rowSpan: null,
         lastStep: null,
-        tiltSurface: new FocusSurface({ minPointsPlane: 6, minPointsQuadratic: Number.MAX_SAFE_INTEGER, maxPoints: this.s.surface.maxPoints }),
         corrections: [],
       };
       this.slides.set(k, st);

@@ -22,6 +22,7 @@ const RIDGE = 1e-6;
 export class FocusSurface {
   private readonly pts: { x: number; y: number; z: number }[] = [];
   private cached: SurfaceFit | null | undefined;
+  private cachedPlane: SurfaceFit | null | undefined;
 
   constructor(private readonly opts: SurfaceOptions) {}
 
@@ -34,11 +35,16 @@ export class FocusSurface {
     this.pts.push({ x, y, z: bestFocusZ });
     if (this.pts.length > this.opts.maxPoints) this.pts.shift();
     this.cached = undefined;
+    this.cachedPlane = undefined;
   }
 
-  fit(): SurfaceFit | null {
-    if (this.cached !== undefined) return this.cached;
-    this.cached = this.compute();
+  /** The surface: a plane, a quadratic once there are enough points; `'plane'`: a plane whatever the count (a tilt). */
+  fit(model?: 'plane'): SurfaceFit | null {
+    if (model === 'plane') {
+      if (this.cachedPlane === undefined) this.cachedPlane = this.compute('plane');
+      return this.cachedPlane;
+    }
+    if (this.cached === undefined) this.cached = this.compute();
     return this.cached;
   }
 
@@ -50,7 +56,7 @@ export class FocusSurface {
     return { best_focus_z_um: r(z), defocus_um: r(stageZ - z), model: f.model, points: f.points, rms_um: r(f.rms_um) };
   }
 
-  private compute(): SurfaceFit | null {
+  private compute(force?: 'plane'): SurfaceFit | null {
     const n = this.pts.length;
     if (n < Math.max(this.opts.minPointsPlane, MIN_FOR.plane)) return null;
     const cx = this.pts.reduce((a, p) => a + p.x, 0) / n;
@@ -58,7 +64,7 @@ export class FocusSurface {
     let scale = 0;
     for (const p of this.pts) scale = Math.max(scale, Math.abs(p.x - cx), Math.abs(p.y - cy));
     if (scale === 0) scale = 1;
-    const model: SurfaceFit['model'] = n >= Math.max(this.opts.minPointsQuadratic, MIN_FOR.quadratic) ? 'quadratic' : 'plane';
+    const model: SurfaceFit['model'] = force ?? (n >= Math.max(this.opts.minPointsQuadratic, MIN_FOR.quadratic) ? 'quadratic' : 'plane');
     const basis = (p: { x: number; y: number }) => {
       const u = (p.x - cx) / scale;
       const v = (p.y - cy) / scale;

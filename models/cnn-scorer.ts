@@ -111,9 +111,9 @@ export class CnnScorer implements Scorer {
         est.push({ row: c.row, col: c.col, defocus_um: p.defocus_um, sign_confidence: p.sign_confidence, sigma_um: p.sigma_um });
       });
     }
-    return { ...aggregate(this.info, tissue.fraction, plan, est), // over the whole tile, not the selected cells: which cells are selected changes with the blur, and two
+    // over the whole tile, not the selected cells: which cells are selected changes with the blur, and two
     // acquisitions must be compared on the same field
-    sharpness: cellSharpness(tile.rgb, tile.width, tile.height, [{ x: 0, y: 0, w: tile.width, h: tile.height }]) };
+    return { ...aggregate(this.info, tissue.fraction, plan, est), sharpness: tileSharpness(tile.rgb, tile.width, tile.height) };
   }
 
   async stop(): Promise<void> {
@@ -125,58 +125,44 @@ export class CnnScorer implements Scorer {
 }
 
 /**
- * Brenner gradient (squared difference two pixels apart, both axes) over the cells' raw pixels, on luma, divided
- * by the squared mean luma: a classical focus measure. The network reads defocus from one image and can be fooled
- * by an instrument's aberrations; two acquisitions of the same field compared by this measure say which one is
- * nearer focus on any instrument (docs/controller.md: how the loop judges its moves).
+ * Brenner gradient (squared difference two pixels apart, both axes) of a tile's luma, divided by the squared mean
+ * luma: the classical focus measure of brennerSharpness (models/calibration.ts), on every second row with each row's
+ * luma computed once and no grey copy of the tile, because it runs on the event loop for every tile (~5 ms for
+ * 1600x1200; the full measure took 29). The network reads defocus from one image and can be fooled by an
+ * instrument's aberrations; two acquisitions of the same field compared by this measure say which one is nearer
+ * focus on any instrument (docs/controller.md: how the loop judges its moves). null for an empty tile.
  */
-export function cellSharpness(rgb: Uint8Array, width: number, height: number, cells: ReadonlyArray<{ x: number; y: number; w: number; h: number }>): number | null {
+export function tileSharpness(rgb: Uint8Array, width: number, height: number): number | null {
+  if (width < 1 || height < 1) return null;
   let s = 0;
   let sum = 0;
   let n = 0;
   let m = 0;
-  // every second row, each row's luma computed once: a quarter of the work of the full
-  // measure, still hundreds of thousands of pixel pairs on a tile, and the event loop pays for it (~5 ms a 1600x1200 tile)
-  let cur = new Float32Array(0);
-  let next = new Float32Array(0);
-  const lumaRow = (out: Float32Array, y: number, x0: number, x1: number) => {
-    let p = (y * width + x0) * 3;
-    for (let x = x0; x < x1; x++, p += 3) out[x - x0] = 0.299 * rgb[p]! + 0.587 * rgb[p + 1]! + 0.114 * rgb[p + 2]!;
+  let cur = new Float32Array(width);
+  let next = new Float32Array(width);
+  const lumaRow = (out: Float32Array, y: number) => {
+    for (let x = 0, p = y * width * 3; x < width; x++, p += 3) out[x] = 0.299 * rgb[p]! + 0.587 * rgb[p + 1]! + 0.114 * rgb[p + 2]!;
   };
-  for (const c of cells) {
-    const x0 = Math.max(0, Math.round(c.x));
-    const y0 = Math.max(0, Math.round(c.y));
-    const x1 = Math.min(width, Math.round(c.x + c.w));
-    const y1 = Math.min(height, Math.round(c.y + c.h));
-    const w = x1 - x0;
-    if (w <= 0 || y1 <= y0) continue;
-    if (cur.length < w) {
-      cur = new Float32Array(w);
-      next = new Float32Array(w);
-    }
-    lumaRow(cur, y0, x0, x1);
-    for (let y = y0; y < y1; y += 2) {
-      const hasNext = y + 2 < y1;
-      if (hasNext) lumaRow(next, y + 2, x0, x1);
-      for (let x = 0; x < w; x++) {
-        const v = cur[x]!;
-        sum += v;
-        m++;
-        if (x + 2 < w) {
-          s += (cur[x + 2]! - v) ** 2;
-          n++;
-        }
-        if (hasNext) {
-          s += (next[x]! - v) ** 2;
-          n++;
-        }
+  lumaRow(cur, 0);
+  for (let y = 0; y < height; y += 2) {
+    const hasNext = y + 2 < height;
+    if (hasNext) lumaRow(next, y + 2);
+    for (let x = 0; x < width; x++) {
+      const v = cur[x]!;
+      sum += v;
+      m++;
+      if (x + 2 < width) {
+        s += (cur[x + 2]! - v) ** 2;
+        n++;
       }
-      const t = cur;
-      cur = next;
-      next = t;
+      if (hasNext) {
+        s += (next[x]! - v) ** 2;
+        n++;
+      }
     }
+    [cur, next] = [next, cur];
   }
-  if (n === 0 || m === 0) return null;
+  if (n === 0) return null;
   const mean = sum / m;
   return Math.round((s / n / Math.max(1e-6, mean * mean)) * 1e7) / 1e7;
 }

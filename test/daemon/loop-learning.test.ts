@@ -73,6 +73,17 @@ interface ScanOpts {
   driftPerAcquisition?: number;
 }
 
+/** A model whose sign is noise: drawn per tile and acquisition (the same draw when asked again), seeded. */
+function randomSigns(seed: number): (trueD: number, i: number, attempt: number) => 1 | -1 {
+  const coin = rng(seed);
+  const signs = new Map<string, 1 | -1>();
+  return (_t, i, attempt) => {
+    const k = `${i}/${attempt}`;
+    if (!signs.has(k)) signs.set(k, coin() < 0.5 ? 1 : -1);
+    return signs.get(k)!;
+  };
+}
+
 const yieldOf = (r: SlideRun) => r.final.filter((v) => v <= 1).length / r.final.length;
 const noFeedbackYield = (r: SlideRun) => r.first.filter((v) => v <= 1).length / r.first.length;
 
@@ -199,14 +210,8 @@ describe('stop-loss', () => {
   it('a confidently calibrated model whose sign is noise: two wrong-way moves freeze the slide, then it probes and never ends worse than no feedback', () => {
     // the bundle claims a calibration strong enough to be trusted through the first wrong outcomes
     const ctl = new FocusController(settings({ priorCalibrated: 20 }));
-    const coin = rng(7);
-    const signs = new Map<string, 1 | -1>();
     // the sign is noise: random per tile and acquisition, independent of the true defocus
-    const random = (_t: number, i: number, attempt: number) => {
-      const k = `${i}/${attempt}`;
-      if (!signs.has(k)) signs.set(k, coin() < 0.5 ? 1 : -1);
-      return signs.get(k)!;
-    };
+    const random = randomSigns(7);
     const s1 = scanSlide(ctl, 'S-1', 80, focal, random, { sign: 'model', fitted: true });
     const div = s1.alerts.filter((a) => a.reason === 'loop_diverging');
     expect(div).toHaveLength(1);
@@ -274,13 +279,7 @@ describe('judging moves by the tile\'s own sharpness', () => {
   });
 
   it('under the stop-loss the focus is still followed from probe-settled signs: a drift that grows with every acquisition does not run away', () => {
-    const coin = rng(11);
-    const signs = new Map<string, 1 | -1>();
-    const random = (_t: number, i: number, attempt: number) => {
-      const k = `${i}/${attempt}`;
-      if (!signs.has(k)) signs.set(k, coin() < 0.5 ? 1 : -1);
-      return signs.get(k)!;
-    };
+    const random = randomSigns(11);
     const drift = 0.06;
     // isolated blurs of 3 µm: moves from there that go the wrong way are proof of a wrong sign (from a tile read
     // within twice the tolerance they are not: an over-read |d| overshoots as well)

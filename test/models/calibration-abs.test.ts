@@ -8,6 +8,7 @@ import { loadBundle, validateManifest } from '../../models/bundle.js';
 import { boundaryOf, type CalibrationSample, fitCalibration, MAX_BOUNDARY_SHIFT_UM, signByAbsZ, writeCalibratedBundle } from '../../models/calibration.js';
 import { type ModelManifest, toPrediction } from '../../models/manifest.js';
 import { rng32 } from '../../sim/procedural.js';
+import { linearStack } from '../helpers/calibration-samples.js';
 
 const DEFAULT = resolve(import.meta.dirname, '..', '..', 'models', 'default');
 const grid = (from: number, to: number, step: number) => Array.from({ length: Math.round((to - from) / step) + 1 }, (_, i) => from + i * step);
@@ -28,17 +29,6 @@ function overRead(positions: number, zs: number[], seed: number, over = 0.8, noi
   return out;
 }
 
-/** A stack the signed line describes: raw = a + b·z plus noise (a shifted focus and a scale error). */
-function signedLine(positions: number, zs: number[], seed: number, a = 0.59, b = 1.157, noise = 0.15): CalibrationSample[] {
-  const r = rng32(seed);
-  const out: CalibrationSample[] = [];
-  for (let p = 0; p < positions; p++)
-    for (const z of zs) {
-      const raw = a + b * z + noise * (r() - 0.5) * 2;
-      out.push({ z_rel_um: z, abs_um: Math.abs(raw), sign_logit: raw >= 0 ? 4 : -4, position: `p${p}` });
-    }
-  return out;
-}
 
 describe('calibration.magnitude abs', () => {
   let manifest: ModelManifest;
@@ -114,7 +104,7 @@ describe('calibration.magnitude abs', () => {
   });
 
   it('a clean signed line (shifted focus, scale error) keeps the signed form', () => {
-    const f = fitCalibration(manifest, signedLine(3, grid(-5, 5, 0.25), 11));
+    const f = fitCalibration(manifest, linearStack(3, grid(-5, 5, 0.25), 11));
     expect(f.calibration.magnitude).toBe('signed');
     expect(f.magnitude.form).toBe('signed');
     expect(f.magnitude.applied).toBe(true);
@@ -135,7 +125,7 @@ describe('calibration.magnitude abs', () => {
     expect(f.magnitude_forms.abs).toBeNull();
     expect(f.calibration.magnitude).toBe('signed');
     // too few slices: neither form is applied, the sign is still decided
-    const few = fitCalibration(manifest, signedLine(1, [-3, -1.5, 1.5, 3], 1, 0.59, 1.157, 0.4), { minAbsZ: 1, alpha: 0.1 });
+    const few = fitCalibration(manifest, linearStack(1, [-3, -1.5, 1.5, 3], 1, 0.59, 1.157, 0.4), { minAbsZ: 1, alpha: 0.1 });
     expect(few.calibration).toMatchObject({ slope: 1, intercept: 0, sign: 'model', magnitude: 'signed' });
     expect(few.magnitude_forms.abs!.applied).toBe(false);
     expect(few.magnitude_choice).toMatch(/neither/);

@@ -6,23 +6,12 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { calibrateMain } from '../../cli/calibrate.js';
 import { loadBundle } from '../../models/bundle.js';
-import { boundaryOf, type CalibrationSample, fitCalibration, MAX_BOUNDARY_SHIFT_UM } from '../../models/calibration.js';
+import { boundaryOf, fitCalibration, MAX_BOUNDARY_SHIFT_UM } from '../../models/calibration.js';
 import { type ModelManifest, toPrediction } from '../../models/manifest.js';
 import { encodePng, rng32, synthTile } from '../../sim/procedural.js';
+import { linearStack } from '../helpers/calibration-samples.js';
 
 const DEFAULT = resolve(import.meta.dirname, '..', '..', 'models', 'default');
-
-/** What an instrument's stack gives the model: raw = a + b·z plus noise, at the given positions and z. */
-function stack(positions: number, zs: number[], seed: number, a = 0.59, b = 1.157, noise = 0.15): CalibrationSample[] {
-  const r = rng32(seed);
-  const out: CalibrationSample[] = [];
-  for (let p = 0; p < positions; p++)
-    for (const z of zs) {
-      const raw = a + b * z + noise * (r() - 0.5) * 2;
-      out.push({ z_rel_um: z, abs_um: Math.abs(raw), sign_logit: raw >= 0 ? 4 : -4, position: `p${p}` });
-    }
-  return out;
-}
 
 const grid = (from: number, to: number, step: number) => Array.from({ length: Math.round((to - from) / step) + 1 }, (_, i) => from + i * step);
 
@@ -33,7 +22,7 @@ describe('calibration never hurts', () => {
   });
 
   it('a bad stack (4 slices, one position) falls back to identity magnitude and says why; the sign is still decided', () => {
-    const f = fitCalibration(manifest, stack(1, [-3, -1.5, 1.5, 3], 1, 0.59, 1.157, 0.4), { minAbsZ: 1, alpha: 0.1 });
+    const f = fitCalibration(manifest, linearStack(1, [-3, -1.5, 1.5, 3], 1, 0.59, 1.157, 0.4), { minAbsZ: 1, alpha: 0.1 });
     expect(f.magnitude.applied).toBe(false);
     expect(f.magnitude.method).toBe('z-parity');
     expect(f.magnitude.reason).toMatch(/too few slices to check the fit on data it did not see/);
@@ -47,7 +36,7 @@ describe('calibration never hurts', () => {
   it('a fit that does not help on held-out positions is not applied (identity, with the held-out numbers)', () => {
     // the model is already right on average, and each position has its own offset: a fit learns noise
     const r = rng32(3);
-    const s = stack(3, grid(-4, 4, 0.5), 5, 0, 1, 0.05).map((x) => {
+    const s = linearStack(3, grid(-4, 4, 0.5), 5, 0, 1, 0.05).map((x) => {
       const off = { p0: 0.6, p1: -0.6, p2: 0 }[x.position as 'p0'] + 0.05 * (r() - 0.5);
       const raw = x.z_rel_um + off;
       return { ...x, abs_um: Math.abs(raw), sign_logit: raw >= 0 ? 4 : -4 };
@@ -62,20 +51,20 @@ describe('calibration never hurts', () => {
 
   it('a good stack: the fit is applied and the in/out boundary on held-out slices moves ≤ 0.1 µm from the truth', () => {
     // three positions, 0.25 µm steps: the model reads raw = 0.59 + 1.157 z (boundary far off without calibration)
-    const f = fitCalibration(manifest, stack(3, grid(-5, 5, 0.25), 11));
+    const f = fitCalibration(manifest, linearStack(3, grid(-5, 5, 0.25), 11));
     expect(f.magnitude.applied).toBe(true);
     expect(f.magnitude.heldout.mae_um.fit!).toBeLessThan(f.magnitude.heldout.mae_um.identity!);
     expect(f.magnitude.heldout.boundary.fit.error_um!).toBeLessThanOrEqual(MAX_BOUNDARY_SHIFT_UM);
     expect(f.magnitude.heldout.boundary.identity.error_um!).toBeGreaterThan(0.3);
     expect(f.calibration.slope).toBeCloseTo(1 / 1.157, 1);
     // and on a fresh stack of the same instrument the fit never saw (other positions, z between the old slices)
-    const fresh = stack(2, grid(-4.9, 4.9, 0.2), 99);
+    const fresh = linearStack(2, grid(-4.9, 4.9, 0.2), 99);
     const cal = { ...manifest, calibration: f.calibration };
     const pred = fresh.map((x) => toPrediction(cal, x.abs_um, x.sign_logit).defocus_um);
     const b = boundaryOf(fresh.map((x) => x.z_rel_um), pred, 1, false);
     expect(b.error_um!).toBeLessThanOrEqual(MAX_BOUNDARY_SHIFT_UM);
     // one position: the split by z parity checks it the same way
-    const one = fitCalibration(manifest, stack(1, grid(-5, 5, 0.25), 12));
+    const one = fitCalibration(manifest, linearStack(1, grid(-5, 5, 0.25), 12));
     expect(one.magnitude.method).toBe('z-parity');
     expect(one.magnitude.applied).toBe(true);
     expect(one.magnitude.heldout.boundary.fit.error_um!).toBeLessThanOrEqual(MAX_BOUNDARY_SHIFT_UM);

@@ -1,11 +1,11 @@
 // Real-image scenes for the virtual scanner (sim/tissue-images.ts) and the tile sharpness the loop judges its moves
-// by (models/cnn-scorer.ts cellSharpness). The images are made here: a procedural in-focus tile written as PNG.
+// by (models/cnn-scorer.ts tileSharpness). The images are made here: a procedural in-focus tile written as PNG.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { DefocusOptics } from '../../imaging/optics.js';
-import { cellSharpness } from '../../models/cnn-scorer.js';
+import { tileSharpness } from '../../models/cnn-scorer.js';
 import { synthTile } from '../../sim/procedural.js';
 import { TileRenderer } from '../../sim/render.js';
 import { VirtualSlide } from '../../sim/slide.js';
@@ -63,7 +63,7 @@ describe('real-image scenes', () => {
     expect(r.render(slide, tissue, 0).truthTissueFraction).toBeGreaterThan(0.5);
     const sharpAt = (z: number) => {
       const img = r.render(slide, tissue, z);
-      return cellSharpness(img.rgb, img.width, img.height, [{ x: 0, y: 0, w: img.width, h: img.height }])!;
+      return tileSharpness(img.rgb, img.width, img.height)!;
     };
     // the tile's sharpness falls with |defocus| on both sides: what the loop compares two acquisitions by
     const s0 = sharpAt(0);
@@ -94,14 +94,15 @@ describe('real-image scenes', () => {
     expect(() => imageSceneSource(images, { width: 200, height: 150 })).not.toThrow();
   });
 
-  it('cellSharpness: procedural tile, sharper in focus than out on both sides; null without pixels', () => {
+  it('tileSharpness: procedural tile, sharper in focus than out on both sides; null without pixels', () => {
     const scene = synthTile({ width: 400, height: 300, seed: 8, kind: 'tissue', defocusUm: 0 }, optics);
-    const whole = [{ x: 0, y: 0, w: 400, h: 300 }];
-    const s0 = cellSharpness(scene.rgb, 400, 300, whole)!;
+    const s0 = tileSharpness(scene.rgb, 400, 300)!;
     for (const z of [-1.5, 1.5]) {
       const t = synthTile({ width: 400, height: 300, seed: 8, kind: 'tissue', defocusUm: z }, optics);
-      expect(cellSharpness(t.rgb, 400, 300, whole)!).toBeLessThan(s0 / 1.15);
+      expect(tileSharpness(t.rgb, 400, 300)!).toBeLessThan(s0 / 1.15);
     }
-    expect(cellSharpness(scene.rgb, 400, 300, [])).toBeNull();
+    expect(tileSharpness(new Uint8Array(0), 0, 0)).toBeNull();
+    // a single row has no vertical pairs but horizontal ones; a 1x1 tile has none
+    expect(tileSharpness(new Uint8Array(3), 1, 1)).toBeNull();
   });
 });
