@@ -110,6 +110,7 @@ export class HttpStatus implements Component {
     metric('magnitude_gain', 'gauge', "Gain that sizes re-acquisitions and probes: the model's |defocus| is divided by it (learned on this instrument, 1 before enough evidence).", loop.sign_learning.map((l) => [`{${lbl(l)}}`, l.magnitude.gain]));
     metric('wrong_way_moves_total', 'counter', 'Commanded moves that left a tile (or the tiles after a z_offset) further from focus.', [['', loop.wrong_way_moves]]);
     metric('z_offsets_reverted_total', 'counter', 'z_offsets taken back because the tiles after them got worse.', [['', loop.z_offsets_reverted]]);
+    metric('audits_total', 'counter', 'Audits of in-focus verdicts (docs/controller.md): sent, and their outcome: sharper (the model read an out-of-focus tile as in focus) or no_sharper (taken back).', (['sent', 'sharper', 'no_sharper'] as const).map((k) => [`{outcome="${k}"}`, loop.audits[k]]));
     metric('diverging_slides', 'gauge', 'Slides where the stop-loss froze z_offsets (recent, at most 32).', [['', loop.diverging_slides.length]]);
     const p = m.latency.percentiles([50, 95, 99]);
     metric('latency_ms', 'gauge', 'Receive-to-verdict latency over the recent window.', Object.entries(p).filter(([, v]) => v !== null).map(([k, v]) => [`{quantile="0.${k.slice(1)}"}`, v as number]));

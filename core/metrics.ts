@@ -56,7 +56,7 @@ export class Metrics {
   queueDepth = 0;
   inFlight = 0;
   /** the feedback loop's learning and stop-loss (kept up to date by daemon/controller.ts). */
-  loop: LoopState = { sign_learning: [], wrong_way_moves: 0, z_offsets_reverted: 0, diverging_slides: [] };
+  loop: LoopState = { sign_learning: [], wrong_way_moves: 0, z_offsets_reverted: 0, audits: { sent: 0, sharper: 0, no_sharper: 0 }, diverging_slides: [] };
   private rateMark = { at: Date.now(), scored: 0 };
 
   reject(reason: RejectReason): void {

@@ -266,6 +266,8 @@ export interface LoopState {
   wrong_way_moves: number;
   /** z_offsets taken back because the tiles after them got worse. */
   z_offsets_reverted: number;
+  /** audits of in-focus verdicts (docs/controller.md): sent, came back sharper (the verdict was wrong), came back no sharper (taken back). */
+  audits: { sent: number; sharper: number; no_sharper: number };
   /** slides where z_offsets are frozen and every sign is probed (most recent last, at most 32). */
   diverging_slides: DivergingSlide[];
 }

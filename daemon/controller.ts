@@ -6,7 +6,7 @@ import { median } from '../core/stats.js';
 import type { Component } from '../core/lifecycle.js';
 import { LogThrottle } from '../core/log-throttle.js';
 import type { Action, ActionType, DivergingSlide, LoopAlert, SurfacePrediction, TileHeader, TileOutcome } from '../core/types.js';
-import { type EvidenceStore, type GainJudgement, type LearnerKey, learnerKey, SignLearner } from './sign-learner.js';
+import { type EvidenceStore, type GainJudgement, type LearnerKey, learnerKey, learnerKeyString, SignLearner } from './sign-learner.js';
 
 /**
  * Feedback controller (docs/controller.md). `FocusController` is the pure decision logic: scored tiles in,
@@ -21,7 +21,7 @@ export interface RuntimeView {
   dryRun: boolean;
 }
 
-export type Rule = 'isolated' | 'probe' | 'probe_result' | 'retry' | 'wrong_way' | 'restore' | 'drift' | 'tilt' | 'revert';
+export type Rule = 'isolated' | 'probe' | 'probe_result' | 'retry' | 'wrong_way' | 'restore' | 'drift' | 'tilt' | 'revert' | 'audit';
 
 export interface WhyTile {
   seq: number;
@@ -51,6 +51,8 @@ export interface Decision {
   wrongWay: number;
   /** z_offsets taken back on this tile. */
   reverted: number;
+  /** audits of in-focus verdicts sent on this tile, and audits whose outcome this tile was (sharper or not). */
+  audits: { sent: number; sharper: number; no_sharper: number };
   /** the learned sign evidence changed (experiments recorded). */
   learned: boolean;
 }
@@ -115,6 +117,30 @@ interface Move {
   bestZ: number;
   /** the stage z and signed reading the move's size was computed from (target = z − d / gain): a gain experiment. */
   sizedFrom: { z: number; d: number };
+  /** an audit of an in-focus verdict (sized by the neighbours, not by the model): no gain experiment, no sign evidence. */
+  audit?: boolean;
+}
+
+/** What a z_offset rule asks sendZOffset for (before the limits). */
+interface ZOffsetSpec {
+  correction: number;
+  tilt: Tilt | null;
+  rule: Rule;
+  tiles: WhyTile[];
+  /** the sign the hysteresis and cooldown remember (0: a tilt-only z_offset has none). */
+  zSign: 1 | -1 | 0;
+  tiltOnly: boolean;
+  signFrom: 'model' | 'probes' | 'mixed';
+  evaluation: Omit<ZEval, 'correction' | 'plane' | 'after' | 'key' | 'seq'>;
+  detail: (correction: number, clamped: boolean) => string;
+}
+
+/** A tile whose best focus an experiment established (a move or probe that came back sharper): the plan's error there. */
+interface Settled {
+  n: number;
+  index: number;
+  /** first-acquisition stage z − established best focus z (µm; > 0: the plan was above focus). */
+  e: number;
 }
 
 /** A z_offset waiting for the tiles after it. */
@@ -170,6 +196,12 @@ interface SlideState {
   lastStep: { dx: number; dy: number } | null;
   /** every z_offset sent on the slide, with the first-acquisition count it was decided at. */
   corrections: Correction[];
+  /** stage z and running number of each tile's first acquisition. */
+  firstZ: Map<number, { z: number; n: number }>;
+  /** the most recent tiles whose best focus was settled by experiment (the audit's evidence). */
+  settled: Settled[];
+  /** audits of in-focus verdicts on the slide: sent, came back sharper, came back no sharper. */
+  audits: { sent: number; ok: number; failed: number };
 }
 
 /** A z_offset's tilt: the shift at (x, y) is z_offset_um + gx·(x − x0) + gy·(y − y0) (µm, stage µm). */
@@ -193,6 +225,12 @@ function shiftAt(cs: Correction[], x: number, y: number): number {
   return s;
 }
 
+/** The plan's error at settled tiles must exceed this many tolerances before it makes an in-focus verdict suspect. */
+const AUDIT_MIN_ERROR = 1.5;
+
+/** Settled tiles remembered per slide for the audit (only the most recent few count). */
+const MAX_SETTLED = 16;
+
 /** Surface points before a tilt is estimated at all. */
 const MIN_TILT_POINTS = 6;
 
@@ -208,6 +246,8 @@ export type SlideHistory = (scanner: string, slide: string) => { cumulativeUm: n
 
 export class FocusController {
   private readonly slides = new Map<string, SlideState>();
+  /** audits of in-focus verdicts per instrument (learner key) since start: came back sharper / no sharper. */
+  private readonly auditTally = new Map<string, { ok: number; failed: number }>();
   readonly learner: SignLearner;
 
   constructor(private readonly s: ControllerSettings, private readonly history?: SlideHistory, evidence?: EvidenceStore) {
@@ -236,7 +276,7 @@ export class FocusController {
   onTile(o: TileOutcome, now: number, rt: RuntimeView): Decision {
     const h = o.header;
     const st = this.state(h);
-    const out: Decision = { actions: [], refused: [], prediction: null, alerts: [], wrongWay: 0, reverted: 0, learned: false };
+    const out: Decision = { actions: [], refused: [], prediction: null, alerts: [], wrongWay: 0, reverted: 0, audits: { sent: 0, sharper: 0, no_sharper: 0 }, learned: false };
     const key = `${h.seq}/${h.attempt}`;
     // a tile delivered twice must not decide twice; its actions would have the same ids anyway
     if (st.seen.has(key)) {
@@ -248,7 +288,10 @@ export class FocusController {
     rememberMap(st.predictions, key, pred);
     out.prediction = pred;
     const raw = o.score.defocus_um;
-    if (o.verdict === 'no_tissue' || raw === null) return out;
+    if (o.verdict === 'no_tissue' || raw === null) {
+      if (h.attempt > 0) this.lostTissue(o, st, now, rt, out);
+      return out;
+    }
 
     const conf = o.score.sign_confidence;
     const lkey = learnerKey(h.scanner, h.objective, o.score.model);
@@ -289,6 +332,7 @@ export class FocusController {
           this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1, probe.absD0);
         }
         st.surface.add(x, y, target);
+        if (cmp !== 0) this.settle(st, h.tile.index, target);
         const rec = st.window.find((r) => r.seq === probe.seq);
         if (rec) {
           rec.d = d0;
@@ -297,8 +341,9 @@ export class FocusController {
         }
         // below focus: the probe already is the best estimate of focus (going on up would trust an |d| that
         // just proved to be off, and a probe that crossed focus also comes back sharper); above: re-acquire on
-        // the other side of z0
-        if (oof && sign0 > 0) {
+        // the other side of z0. A probe its sharpness shows blurrier is out of focus whatever the model reads
+        // there (on optics it was not trained for it reads a probe 6 µm out as in focus)
+        if (sign0 > 0 && (oof || cmp > 0)) {
           this.reacquire(ctx, target, 'probe_result', false,
             `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
             { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 } });
@@ -312,40 +357,29 @@ export class FocusController {
         const m = this.margin(rt, move.unc0, unc);
         const cmpMove = nearer({ abs: move.baseAbs, sharp: move.baseSharp }, here, m);
         if (cmpMove > 0) {
-          // wrong way: the tile is further from focus than before the move. From a tile read within twice the
-          // tolerance that is no proof of a wrong sign: a move of an over-read |d| overshoots focus just as well
-          // (procedural tiles: 0.35 µm read as 1.3, moved 1.3, landed 0.95 beyond), and a retake on the other side
-          // would overshoot by twice the over-read. Such a tile goes back to its best z; it teaches the sign nothing
-          // and does not count for the stop-loss.
-          const ambiguous = move.absD0 <= 2 * rt.toleranceUm;
-          const evidence = move.evidenceIfWorse && !ambiguous;
-          this.wrongWay(ctx, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} is further from focus than its best acquisition (${sharpText(move.baseSharp, sharp)}scored ${r3(absD)} µm vs ${r3(move.baseAbs)} µm)`, evidence);
-          if (move.modelSign !== 0 && move.conf !== null && evidence) this.learn(ctx, move.key, move.conf, move.modelSign === -move.effSign, move.absD0);
-          const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
-          if (rec) {
-            rec.d = -rec.d;
-            rec.sign = rec.sign === 1 ? -1 : 1;
-            rec.src = 'probe';
-          }
-          if (!move.corrective && !ambiguous) {
-            // the first acquisition's |d| with the opposite sign: best focus is on the other side of z0
-            const target = move.sizedFrom.z + move.sizedFrom.d / gain.reacquire;
-            this.reacquire(ctx, target, 'wrong_way', false,
-              `moving ${move.effSign > 0 ? 'down' : 'up'} from z ${r3(move.z0)} made the tile worse (${r3(move.absD0)} → ${r3(absD)} µm): the sign was wrong, re-acquire at ${r3(target)} µm`,
-              { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, baseSharp: move.baseSharp, evidenceIfWorse: false, sizedFrom: { z: move.sizedFrom.z, d: -move.sizedFrom.d } });
-          } else {
-            // both ways tried (or the first way was ambiguous) and this one is worse: the scanner keeps the last
-            // image, so go back to the best z seen
-            // (once per tile, beyond the per-tile limit: a limit must never leave a tile worse than it was)
-            this.restore(ctx, move);
-          }
+          this.moveWorse(ctx, move, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} is further from focus than its best acquisition (${sharpText(move.baseSharp, sharp)}scored ${r3(absD)} µm vs ${r3(move.baseAbs)} µm)`, `${r3(move.absD0)} → ${r3(absD)} µm`);
           return out;
         }
         if (cmpMove < 0 && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.absD0);
         // a sized move toward focus that did not go the wrong way measures the model's magnitude gain, when the
         // landing's sign is trusted (an in-focus landing of unknown sign would only confirm the gain the move used)
         const d2 = signKnown ? d : null;
-        if (d2 !== null && this.learner.recordGain(move.key, move.sizedFrom.d, d2, z - move.sizedFrom.z, now) !== null) out.learned = true;
+        if (!move.audit && d2 !== null && this.learner.recordGain(move.key, move.sizedFrom.d, d2, z - move.sizedFrom.z, now) !== null) out.learned = true;
+        // a move that came back sharper and in focus settled where this tile's focus is
+        // (the landing's z: its own reading is within the tolerance, and its sign may be the one being learned)
+        if (cmpMove < 0 && !oof) this.settle(st, h.tile.index, z);
+        if (move.audit && cmpMove < 0) {
+          // the model read this tile in focus and it was not: it joins the drift evidence with the audit's sign
+          this.auditOutcome(ctx, true);
+          const rec = st.window.find((r) => r.index === h.tile.index);
+          if (rec) {
+            rec.oof = true;
+            rec.d = move.sizedFrom.d;
+            rec.sign = move.sizedFrom.d > 0 ? 1 : -1;
+            rec.src = 'probe';
+          }
+          this.checkDrift(ctx);
+        }
       }
       if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
       // a tile sent back to its best z stays there: the moves from it have failed already
@@ -369,17 +403,152 @@ export class FocusController {
     rs.y = rs.y1 - rs.y0;
     st.rowSpan = rs;
     st.lastPos = { x, y };
+    st.firstZ.set(h.tile.index, { z, n: st.n });
     this.evalZ(ctx, absD, unc);
     if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
     const sign: 1 | -1 | 0 = oof && signKnown ? (d > 0 ? 1 : -1) : 0;
     st.window.push({ seq: h.seq, index: h.tile.index, attempt: h.attempt, d: sign ? d : absD, sign, oof, conf, z, pred, n: st.n, src: sign ? 'model' : null, dir: dir === -1 ? -1 : 1 });
     while (st.window.length > Math.max(this.s.drift.window, this.s.drift.consecutive)) st.window.shift();
-    if (!oof) return out;
+    if (!oof) {
+      this.audit(ctx, signKnown);
+      return out;
+    }
     // every blurry tile has to be replaced: re-acquire it (a probe when the sign is unsure) ...
     this.reacquireOof(ctx, signKnown, 'isolated');
     // ... and when the blur is systematic, also move the focus for the tiles to come
     this.checkDrift(ctx);
     return out;
+  }
+
+  private auditOutcome(c: DecideCtx, sharper: boolean): void {
+    const k = learnerKeyString(c.lkey);
+    const t = this.auditTally.get(k) ?? { ok: 0, failed: 0 };
+    if (sharper) {
+      c.st.audits.ok++;
+      c.out.audits.sharper++;
+      t.ok++;
+    } else {
+      c.st.audits.failed++;
+      c.out.audits.no_sharper++;
+      t.failed++;
+    }
+    this.auditTally.set(k, t);
+  }
+
+  /** An experiment established the best focus of a tile: remember how far the scanner's plan was from it there. */
+  private settle(st: SlideState, index: number, bestZ: number): void {
+    const f = st.firstZ.get(index);
+    if (!f || !Number.isFinite(bestZ)) return;
+    st.settled = st.settled.filter((s) => s.index !== index);
+    st.settled.push({ n: f.n, index, e: f.z - bestZ });
+    while (st.settled.length > MAX_SETTLED) st.settled.shift();
+  }
+
+  /**
+   * Audit of an in-focus verdict. On optics the model was not trained for it reads some tiles 1-3 µm out as in
+   * focus (sa-reversed: −1 µm reads 0.02; `none`: ±1.5 reads 0.9), and from one image nothing can tell. Its
+   * neighbours can: when the most recent tiles of the slide had their focus settled by experiment (a move or probe
+   * that came back sharper) beyond the tolerance on one side, the scanner's plan is off there (tilt, drift) and this
+   * tile most likely too. It is re-acquired where they predict its focus; the move is judged by sharpness like
+   * any other, and one that does not come back sharper is taken back (no sign evidence, no stop-loss count).
+   */
+  private audit(c: DecideCtx, signKnown: boolean): void {
+    const a = this.s.audit;
+    const st = c.st;
+    const h = c.o.header;
+    const tol = c.rt.toleranceUm;
+    if (!a.enabled) return;
+    if (st.audits.sent >= Math.max(2, Math.floor(a.maxShare * st.n)) || st.audits.failed >= st.audits.ok + 2) return;
+    const { x, y, z } = h.stage_um;
+    // a tile taken while a z_offset may still have been on its way: which plan it was taken at is not known
+    const settle = this.s.learning.settleTiles;
+    const inFlight = (n: number) => st.corrections.some((k) => n > k.n && n - k.n <= settle);
+    if (inFlight(st.n)) return;
+    // the plan's error at each recent settled tile, plus the corrections sent since it was taken (they moved the plan)
+    const recent = st.settled
+      .filter((s) => s.n < st.n && st.n - s.n <= a.recentTiles && !inFlight(s.n))
+      .sort((p, q) => q.n - p.n)
+      .slice(0, a.minSettled)
+      .map((s) => ({ ...s, e: s.e + shiftAt(st.corrections.filter((k) => k.n >= s.n), x, y) }));
+    if (recent.length < a.minSettled) return;
+    const side = Math.sign(recent[0]!.e);
+    // a settled z is a landing read in focus, itself up to a tolerance off: only errors well beyond it count
+    if (!recent.every((s) => Math.abs(s.e) > AUDIT_MIN_ERROR * tol && Math.sign(s.e) === side)) return;
+    // the one nearest to the plan is the prediction: an audit that falls short still lands nearer focus, one that
+    // overshoots may not, and a bump of the section (one tile several µm off) must not size it
+    const pred = side * Math.min(...recent.map((s) => Math.abs(s.e)));
+    // on an instrument where audits mostly came back no sharper the model is not blind: stop spending acquisitions
+    const tally = this.auditTally.get(learnerKeyString(c.lkey));
+    if (tally && tally.failed >= 3 && tally.failed > tally.ok) return;
+    // a trusted sign that says the tile is on the other side, beyond half the tolerance, overrules the neighbours
+    if (signKnown && Math.abs(c.d) > 0.5 * tol && Math.sign(c.d) !== side) return;
+    const ok = this.reacquire(c, z - pred, 'audit', true,
+      `read ${r3(c.d)} µm (in focus), but the ${recent.length} most recent settled tiles of the slide (${recent.map((s) => s.index).join(', ')}) were ${r3(Math.abs(pred))} µm and more ${pred > 0 ? 'above' : 'below'} focus at the scanner's plan: audit at their focus ${r3(z - pred)} µm`,
+      { effSign: pred > 0 ? 1 : -1, modelSign: 0, corrective: true, baseAbs: Math.abs(c.d), baseSharp: c.o.score.sharpness ?? null, evidenceIfWorse: false, sizedFrom: { z, d: pred }, audit: true });
+    if (ok) {
+      st.audits.sent++;
+      c.out.audits.sent++;
+    }
+  }
+
+  /** A commanded move left the tile further from focus than its best acquisition: count it, learn, undo it. */
+  private moveWorse(c: DecideCtx, move: Move, why: string, change: string): void {
+    const st = c.st;
+    const h = c.o.header;
+    if (move.audit) this.auditOutcome(c, false);
+    // wrong way: the tile is further from focus than before the move. From a tile read within twice the
+    // tolerance that is no proof of a wrong sign: a move of an over-read |d| overshoots focus just as well
+    // (procedural tiles: 0.35 µm read as 1.3, moved 1.3, landed 0.95 beyond), and a retake on the other side
+    // would overshoot by twice the over-read. Such a tile goes back to its best z; it teaches the sign nothing
+    // and does not count for the stop-loss.
+    const ambiguous = move.absD0 <= 2 * c.rt.toleranceUm;
+    const evidence = move.evidenceIfWorse && !ambiguous;
+    this.wrongWay(c, why, evidence);
+    if (move.modelSign !== 0 && move.conf !== null && evidence) this.learn(c, move.key, move.conf, move.modelSign === -move.effSign, move.absD0);
+    const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
+    if (rec) {
+      rec.d = -rec.d;
+      rec.sign = rec.sign === 1 ? -1 : 1;
+      rec.src = 'probe';
+    }
+    if (!move.corrective && !ambiguous) {
+      // the first acquisition's |d| with the opposite sign: best focus is on the other side of z0
+      const target = move.sizedFrom.z + move.sizedFrom.d / c.gain.reacquire;
+      this.reacquire(c, target, 'wrong_way', false,
+        `moving ${move.effSign > 0 ? 'down' : 'up'} from z ${r3(move.z0)} made the tile worse (${change}): the sign was wrong, re-acquire at ${r3(target)} µm`,
+        { effSign: move.effSign === 1 ? -1 : 1, modelSign: 0, corrective: true, baseAbs: move.baseAbs, baseSharp: move.baseSharp, evidenceIfWorse: false, sizedFrom: { z: move.sizedFrom.z, d: -move.sizedFrom.d } });
+    } else {
+      // both ways tried (or the first way was ambiguous) and this one is worse: the scanner keeps the last
+      // image, so go back to the best z seen
+      // (once per tile, beyond the per-tile limit: a limit must never leave a tile worse than it was)
+      this.restore(c, move);
+    }
+  }
+
+  /**
+   * A re-acquisition of a tile that had tissue came back without any: the move or probe blurred it beyond what
+   * tissue detection finds (several µm). That is the worst outcome a move can have, not "nothing to do".
+   */
+  private lostTissue(o: TileOutcome, st: SlideState, now: number, rt: RuntimeView, out: Decision): void {
+    const h = o.header;
+    const move = st.moves.get(h.tile.index);
+    const probe = st.probes.get(h.tile.index);
+    if (!(move && h.attempt > move.attempt) && !(probe && h.attempt > probe.attempt)) return;
+    const lkey = learnerKey(h.scanner, h.objective, o.score.model);
+    const c: DecideCtx = { o, st, now, rt, out, pred: null, d: Number.NaN, lkey, modelSign: 1, gain: this.learner.gain(lkey) };
+    if (move && h.attempt > move.attempt) {
+      st.moves.delete(h.tile.index);
+      this.moveWorse(c, move, `re-acquisition of tile ${h.tile.index} at z ${r3(h.stage_um.z)} lost the tissue (blurred beyond detection; its best acquisition scored ${r3(move.baseAbs)} µm)`, `${r3(move.absD0)} µm → tissue lost`);
+      return;
+    }
+    if (probe) {
+      // the probe went up and lost the tissue: the stage was above focus, focus is on the other side of z0
+      st.probes.delete(h.tile.index);
+      const target = probe.z0 - probe.step;
+      this.reacquire(c, target, 'probe_result', false,
+        `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm lost the tissue: stage was above focus, re-acquire at best focus ${r3(target)} µm`,
+        { effSign: 1, modelSign: 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, sizedFrom: { z: probe.z0, d: probe.absD0 } });
+    }
   }
 
   private restore(c: DecideCtx, move: Move): void {
@@ -389,7 +558,7 @@ export class FocusController {
     const target = move.bestZ;
     c.out.actions.push(
       this.action(c, 'reacquire', r3(target - h.stage_um.z), 'restore',
-        `re-acquisitions of tile ${h.tile.index} left it further from focus (${r3(Math.abs(c.d))} µm) than at z ${r3(target)} (${r3(move.baseAbs)} µm): re-acquire there`,
+        `re-acquisitions of tile ${h.tile.index} left it further from focus (${Number.isFinite(c.d) ? `${r3(Math.abs(c.d))} µm` : 'tissue lost'}) than at z ${r3(target)} (${r3(move.baseAbs)} µm): re-acquire there`,
         [whyTile(c.o)], { target_z_um: r3(target), probe: false, stage_um: { ...h.stage_um } }),
     );
   }
@@ -525,7 +694,7 @@ export class FocusController {
     rule: Rule,
     probe: boolean,
     detail: string,
-    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'baseSharp' | 'evidenceIfWorse' | 'sizedFrom'> & Partial<Pick<Move, 'conf' | 'key'>>,
+    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'baseSharp' | 'evidenceIfWorse' | 'sizedFrom'> & Partial<Pick<Move, 'conf' | 'key' | 'audit'>>,
   ): boolean {
     const h = c.o.header;
     const dry = c.rt.dryRun;
@@ -615,63 +784,76 @@ export class FocusController {
       this.refuse(c, 'z_offset', 'hysteresis', `median |defocus| ${r3(mag)} µm ≤ ${r3(needed)} µm needed to reverse the previous correction`);
       return;
     }
-    let clamped = false;
-    if (Math.abs(correction) > this.s.limits.maxStepUm) {
-      correction = Math.sign(correction) * this.s.limits.maxStepUm;
-      clamped = true;
-    }
-    if (!c.rt.dryRun) {
-      const room = this.s.limits.maxCumulativeUm - Math.abs(st.cumulativeUm + correction);
-      if (room < 0) {
-        const allowed = Math.sign(correction) * (this.s.limits.maxCumulativeUm - Math.abs(st.cumulativeUm)) ;
-        if (Math.sign(allowed) !== Math.sign(correction) || Math.abs(allowed) < this.s.limits.deadBandUm) {
-          this.refuse(c, 'z_offset', 'max_cumulative', `slide already corrected by ${r3(st.cumulativeUm)} µm; limit ±${this.s.limits.maxCumulativeUm} µm`);
-          return;
-        }
-        correction = allowed;
-        clamped = true;
-      }
-    }
-    if (Math.abs(correction) < this.s.limits.deadBandUm) {
-      this.refuse(c, 'z_offset', 'dead_band', `correction ${r3(correction)} µm inside the dead band ±${this.s.limits.deadBandUm} µm`);
-      return;
-    }
-    if (!c.rt.dryRun && !this.rateOk(c, 'z_offset')) return;
-    if (!c.rt.dryRun) {
-      st.cumulativeUm = r3(st.cumulativeUm + correction);
-      st.corrections.push({ n: st.n, c0: correction, tilt });
-    }
-    st.lastZSign = correction > 0 ? 1 : -1;
-    st.tilesSinceZ = 0;
-    if (!c.rt.dryRun) {
-      const fromModel = run.every((r) => r.src === 'model');
-      const confs = run.map((r) => r.conf).filter((v): v is number => v !== null);
-      st.zEval = {
-        correction,
-        plane: tilt,
+    const fromModel = run.every((r) => r.src === 'model');
+    const confs = run.map((r) => r.conf).filter((v): v is number => v !== null);
+    this.sendZOffset(c, {
+      correction,
+      tilt,
+      rule,
+      tiles,
+      zSign: correction > 0 ? 1 : -1,
+      tiltOnly: false,
+      signFrom: run.every((r) => r.src === 'probe') ? 'probes' : fromModel ? 'model' : 'mixed',
+      evaluation: {
         beforeAbs: mag,
         unc: c.o.score.uncertainty_um ?? 0,
         old: run.map((r) => [r.n, Math.abs(r.d)] as [number, number]),
-        after: [],
         effSign: sgn,
         modelSign: fromModel ? ((sgn * run[0]!.dir) as 1 | -1) : 0,
         conf: fromModel && confs.length ? median(confs) : null,
-        key: c.lkey,
-        seq: c.o.header.seq,
-      };
+      },
+      detail: (z, clamped) =>
+        `${how}, median |defocus| ${r3(mag)} µm > ±${tol} µm` +
+        (rule === 'tilt' ? `; the focus surface (${c.pred?.model}) predicted it: slide tilt, correct to the surface${tilt ? ` with a tilt of ${r3(tilt.gx * 1000)}, ${r3(tilt.gy * 1000)} µm/mm` : ''}` : '; the focus surface did not predict it: focus drift') +
+        (rule === 'drift' ? sizedBy(c.gain.zOffset, c.gain.learned === null) : '') +
+        (clamped ? `; clamped to ${r3(z)} µm by the limits` : ''),
+    });
+  }
+
+  /**
+   * Sends a z_offset within the limits (step, cumulative, dead band, rate), records it (corrections, the judgement
+   * of the tiles after it) and restarts the drift window. In dry-run mode it is only published, marked dry_run, and
+   * nothing is spent or judged. A tilt-only z_offset's flat part may be inside the dead band (its plane is what
+   * matters) and is refused rather than cut when the cumulative limit is reached.
+   */
+  private sendZOffset(c: DecideCtx, z: ZOffsetSpec): void {
+    const st = c.st;
+    const dry = c.rt.dryRun;
+    const lim = this.s.limits;
+    let correction = z.correction;
+    let clamped = false;
+    if (Math.abs(correction) > lim.maxStepUm) {
+      correction = Math.sign(correction) * lim.maxStepUm;
+      clamped = true;
     }
+    if (!dry && Math.abs(st.cumulativeUm + correction) > lim.maxCumulativeUm) {
+      const allowed = Math.sign(correction) * (lim.maxCumulativeUm - Math.abs(st.cumulativeUm));
+      if (z.tiltOnly || Math.sign(allowed) !== Math.sign(correction) || Math.abs(allowed) < lim.deadBandUm) {
+        this.refuse(c, 'z_offset', 'max_cumulative', `slide already corrected by ${r3(st.cumulativeUm)} µm; limit ±${lim.maxCumulativeUm} µm`);
+        return;
+      }
+      correction = allowed;
+      clamped = true;
+    }
+    if (!z.tiltOnly && Math.abs(correction) < lim.deadBandUm) {
+      this.refuse(c, 'z_offset', 'dead_band', `correction ${r3(correction)} µm inside the dead band ±${lim.deadBandUm} µm`);
+      return;
+    }
+    if (!dry && !this.rateOk(c, 'z_offset')) return;
+    if (!dry) {
+      st.cumulativeUm = r3(st.cumulativeUm + correction);
+      st.corrections.push({ n: st.n, c0: correction, tilt: z.tilt });
+      st.zEval = { ...z.evaluation, correction, plane: z.tilt, after: [], key: c.lkey, seq: c.o.header.seq };
+    }
+    st.lastZSign = z.zSign;
+    st.tilesSinceZ = 0;
     // only tiles taken after the correction may count for the next one
     st.window = [];
-    const detail =
-      `${how}, median |defocus| ${r3(mag)} µm > ±${tol} µm` +
-      (rule === 'tilt' ? `; the focus surface (${c.pred?.model}) predicted it: slide tilt, correct to the surface${tilt ? ` with a tilt of ${r3(tilt.gx * 1000)}, ${r3(tilt.gy * 1000)} µm/mm` : ''}` : '; the focus surface did not predict it: focus drift') +
-      (rule === 'drift' ? sizedBy(c.gain.zOffset, c.gain.learned === null) : '') +
-      (clamped ? `; clamped to ${r3(correction)} µm by the limits` : '');
     c.out.actions.push(
-      this.action(c, 'z_offset', r3(correction), rule, detail, tiles, { stage_um: { ...c.o.header.stage_um }, ...planeOf(tilt) }, {
+      this.action(c, 'z_offset', r3(correction), z.rule, z.detail(correction, clamped), z.tiles, { stage_um: { ...c.o.header.stage_um }, ...planeOf(z.tilt) }, {
         cumulative_um: st.cumulativeUm,
         clamped,
-        sign_from: run.every((r) => r.src === 'probe') ? 'probes' : run.every((r) => r.src === 'model') ? 'model' : 'mixed',
+        sign_from: z.signFrom,
       }),
     );
   }
@@ -685,7 +867,7 @@ export class FocusController {
   private checkTilt(c: DecideCtx): void {
     const st = c.st;
     const tol = c.rt.toleranceUm;
-    if (st.diverging || c.rt.dryRun || !st.rowSpan) return;
+    if (st.diverging || !st.rowSpan) return;
     const f = st.surface.fit('plane');
     if (!f || f.points < 12 || f.rms_um > tol / 2) return;
     const tilt = this.tiltOf(c);
@@ -695,49 +877,31 @@ export class FocusController {
     if (Math.abs(g) * span < tol) return;
     const { x, y } = c.o.header.stage_um;
     const q = st.plan.fit();
-    let c0 = q ? evaluate(f, x, y) - evaluate(q, x, y) - shiftAt(st.corrections, x, y) : 0;
-    let clamped = false;
-    if (Math.abs(c0) > this.s.limits.maxStepUm) {
-      c0 = Math.sign(c0) * this.s.limits.maxStepUm;
-      clamped = true;
-    }
-    if (Math.abs(st.cumulativeUm + c0) > this.s.limits.maxCumulativeUm) {
-      this.refuse(c, 'z_offset', 'max_cumulative', `slide already corrected by ${r3(st.cumulativeUm)} µm; limit ±${this.s.limits.maxCumulativeUm} µm`);
-      return;
-    }
-    if (!this.rateOk(c, 'z_offset')) return;
-    st.cumulativeUm = r3(st.cumulativeUm + c0);
-    st.corrections.push({ n: st.n, c0, tilt });
-    st.lastZSign = 0;
-    st.tilesSinceZ = 0;
+    const c0 = q ? evaluate(f, x, y) - evaluate(q, x, y) - shiftAt(st.corrections, x, y) : 0;
     const recent = st.window.filter((r) => r.sign !== 0);
     const fromModel = recent.length > 0 && recent.every((r) => r.src === 'model');
     const confs = recent.map((r) => r.conf).filter((v): v is number => v !== null);
-    st.zEval = {
+    this.sendZOffset(c, {
       correction: c0,
-      plane: tilt,
-      beforeAbs: median(st.window.map((r) => Math.abs(r.d))),
-      unc: c.o.score.uncertainty_um ?? 0,
-      old: st.window.map((r) => [r.n, Math.abs(r.d)] as [number, number]),
-      after: [],
-      effSign: c0 >= 0 ? -1 : 1,
-      // a tilt has no single sign to learn from
-      modelSign: 0,
-      conf: fromModel && confs.length ? median(confs) : null,
-      key: c.lkey,
-      seq: c.o.header.seq,
-    };
-    st.window = [];
-    const detail =
-      `the focus surface (plane of ${f.points} tiles, rms ${r3(f.rms_um)} µm) is tilted ${r3(g * 1000)} µm/mm against the scanner's plan along its rows: ` +
-      `${r3(Math.abs(g) * span)} µm over a row of ${r3(span / 1000)} mm, beyond ±${tol} µm; level the next rows` + (clamped ? `; clamped to ${r3(c0)} µm by the limits` : '');
-    c.out.actions.push(
-      this.action(c, 'z_offset', r3(c0), 'tilt', detail, [whyTile(c.o)], { stage_um: { ...c.o.header.stage_um }, ...planeOf(tilt) }, {
-        cumulative_um: st.cumulativeUm,
-        clamped,
-        sign_from: fromModel ? 'model' : 'mixed',
-      }),
-    );
+      tilt,
+      rule: 'tilt',
+      tiles: [whyTile(c.o)],
+      zSign: 0,
+      tiltOnly: true,
+      signFrom: fromModel ? 'model' : 'mixed',
+      evaluation: {
+        beforeAbs: median(st.window.map((r) => Math.abs(r.d))),
+        unc: c.o.score.uncertainty_um ?? 0,
+        old: st.window.map((r) => [r.n, Math.abs(r.d)] as [number, number]),
+        effSign: c0 >= 0 ? -1 : 1,
+        // a tilt has no single sign to learn from
+        modelSign: 0,
+        conf: fromModel && confs.length ? median(confs) : null,
+      },
+      detail: (z, clamped) =>
+        `the focus surface (plane of ${f.points} tiles, rms ${r3(f.rms_um)} µm) is tilted ${r3(g * 1000)} µm/mm against the scanner's plan along its rows: ` +
+        `${r3(Math.abs(g) * span)} µm over a row of ${r3(span / 1000)} mm, beyond ±${tol} µm; level the next rows` + (clamped ? `; clamped to ${r3(z)} µm by the limits` : ''),
+    });
   }
 
   /**
@@ -850,6 +1014,9 @@ export class FocusController {
         rowSpan: null,
         lastStep: null,
         corrections: [],
+        firstZ: new Map(),
+        settled: [],
+        audits: { sent: 0, ok: 0, failed: 0 },
       };
       this.slides.set(k, st);
       if (this.slides.size > MAX_SLIDES) this.slides.delete(this.slides.keys().next().value!);
@@ -1047,6 +1214,10 @@ export class Controller implements Component {
       this.ctx.logger.error('controller failed on tile', { err: (err as Error).message, stack: (err as Error).stack, slide: o.header.slide, seq: o.header.seq });
       return;
     }
+    const au = this.ctx.metrics.loop.audits;
+    au.sent += d.audits.sent;
+    au.sharper += d.audits.sharper;
+    au.no_sharper += d.audits.no_sharper;
     if (d.learned || d.wrongWay || d.reverted || d.alerts.length) {
       const loop = this.ctx.metrics.loop;
       loop.wrong_way_moves += d.wrongWay;

@@ -90,6 +90,11 @@ interface Entry {
   gainCount: number;
 }
 
+/** One string per learner key (a Map key). */
+export function learnerKeyString(key: LearnerKey): string {
+  return [key.scanner, key.objective, key.model_sha256, key.calibration_sign].join('\u0000');
+}
+
 export function learnerKey(scanner: string, objective: string, model: ModelInfo): LearnerKey {
   return {
     scanner,
@@ -131,7 +136,7 @@ export class SignLearner {
   }
 
   private entry(key: LearnerKey): Entry {
-    const k = [key.scanner, key.objective, key.model_sha256, key.calibration_sign].join('\u0000');
+    const k = learnerKeyString(key);
     let e = this.entries.get(k);
     if (!e) {
       e = { key, bins: Array.from({ length: NCELLS }, () => ({ right: 0, wrong: 0 })), updatedAt: null, invertedDetected: false, gains: [], gainCount: 0 };

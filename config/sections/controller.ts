@@ -120,6 +120,28 @@ export const controller = {
         default: 2,
       },
     },
+    audit: {
+      enabled: {
+        doc: "Audit in-focus verdicts (docs/controller.md): a first acquisition the model reads in focus is re-acquired at the best focus its neighbours' settled moves predict, when recent tiles of the slide were settled out of focus beyond the tolerance in one direction. Catches the model's blind zones (optics where it reads 1-3 µm of defocus as in focus); an audit that does not come back sharper is taken back.",
+        format: Boolean,
+        default: true,
+      },
+      recentTiles: {
+        doc: 'Audit: settled tiles count only when they are among this many most recent first acquisitions of the slide (drift and tilt make older ones stale).',
+        format: 'positive-int',
+        default: 4,
+      },
+      minSettled: {
+        doc: 'Audit: recent settled tiles needed, all off focus beyond the tolerance on the same side (an isolated bump of the section is one tile, not a trend).',
+        format: 'positive-int',
+        default: 2,
+      },
+      maxShare: {
+        doc: "Audit: at most this share of a slide's tissue tiles (at least 2 audits) are audited; audits stop on a slide once two more of them failed than succeeded.",
+        format: 'unit-interval',
+        default: 0.25,
+      },
+    },
     surface: {
       minPointsPlane: {
         doc: 'Tiles with a known best-focus z needed before the focus surface (plane) is fitted.',

@@ -118,7 +118,8 @@ describe('outcome learning on scripted instruments', () => {
     const ctl = new FocusController(settings());
     const s1 = scanSlide(ctl, 'S-1', 60, focal, (t) => (t >= 0 ? 1 : -1));
     expect(s1.wrongWay).toBe(0);
-    expect(s1.actions.filter((a) => a.probe).length).toBeLessThanOrEqual(3);
+    // sign probes (an audit of an in-focus verdict is a probe too, of another kind)
+    expect(s1.actions.filter((a) => a.probe && (a.why as { rule: string }).rule === 'probe').length).toBeLessThanOrEqual(3);
     expect(yieldOf(s1)).toBe(1);
     expect(s1.alerts).toHaveLength(0);
     expect(ctl.learner.snapshot()[0]!.direction).toBe(1);
@@ -301,7 +302,7 @@ describe('judging moves by the tile\'s own sharpness', () => {
 
 describe('tilted z_offsets', () => {
   /** A raster slide (10 columns, 500 µm apart in x) whose best focus rises along x; the scanner plans flat. */
-  function rasterTilt(ctl: FocusController, slide: string, applyPlane: boolean, tiltUmPerMm: number) {
+  function rasterTilt(ctl: FocusController, slide: string, applyPlane: boolean, tiltUmPerMm: number, rt: RuntimeView = live) {
     const shifts: Array<{ c0: number; plane?: { origin_um: { x: number; y: number }; dz_dx_um_per_mm: number; dz_dy_um_per_mm: number } }> = [];
     const actions: Action[] = [];
     const first: number[] = [];
@@ -313,10 +314,10 @@ describe('tilted z_offsets', () => {
       const z = 100 + shift;
       const d = z - (100 + (tiltUmPerMm * (x - 2250)) / 1000);
       first.push(Math.abs(d));
-      const out = ctl.onTile(outcome({ slide, seq: seq++, index: i, x, y, z, d, conf: 0.99, sharp: 1 / (1 + d * d) }), 1_000_000 + seq * 1000, live);
+      const out = ctl.onTile(outcome({ slide, seq: seq++, index: i, x, y, z, d, conf: 0.99, sharp: 1 / (1 + d * d) }), 1_000_000 + seq * 1000, rt);
       for (const a of out.actions) {
         actions.push(a);
-        if (a.type === 'z_offset') shifts.push({ c0: a.z_offset_um, plane: a.plane as never });
+        if (a.type === 'z_offset' && !a.dry_run) shifts.push({ c0: a.z_offset_um, plane: a.plane as never });
       }
     }
     return { actions, first };
@@ -347,6 +348,14 @@ describe('tilted z_offsets', () => {
     expect(r.actions.some((a) => a.type === 'reacquire')).toBe(true);
     expect(r.actions.some((a) => a.plane)).toBe(false);
   });
+  it('in dry-run mode the tilt rule is shadow-published too (marked dry_run, nothing spent)', () => {
+    const ctl = new FocusController(settings({ priorCalibrated: 20 }));
+    const r = rasterTilt(ctl, 'T-dry', true, 0.8, { toleranceUm: 1, dryRun: true });
+    const z = r.actions.filter((a) => a.type === 'z_offset');
+    expect(z.some((a) => (a.why as { rule: string }).rule === 'tilt' && a.plane)).toBe(true);
+    for (const a of r.actions) expect(a.dry_run).toBe(true);
+    expect(ctl.cumulative('scanner-a', 'T-dry')).toBe(0);
+  });
 });
 
 describe('learned direction across a restart (SQLite store)', () => {
@@ -374,5 +383,77 @@ describe('learned direction across a restart (SQLite store)', () => {
     await c.stop();
     await store2.stop();
     await store.stop();
+  });
+});
+
+describe('auditing in-focus verdicts (blind zones)', () => {
+  const auditOff = (): Settings => ({ ...settings({ priorCalibrated: 20 }), audit: { ...base.audit, enabled: false } });
+  // the focus drifts away from the scanner's plan from tile 20 on, 0.2 µm per tile
+  const ramp = (i: number) => (i < 20 ? 0.2 * Math.sin(i) : 0.2 * (i - 20));
+  // a model blind between 1.2 and 3.6 µm on this instrument's optics: reads them as a quarter of the truth (in focus)
+  const blindReads = (t: number) => (Math.abs(t) > 1.2 && Math.abs(t) < 3.6 ? 0.25 * t : t);
+  const audits = (r: SlideRun) => r.actions.filter((a) => (a.why as { rule: string }).rule === 'audit');
+
+  it('a model blind to 1.2-3.6 µm: neighbours settled out of focus get its in-focus verdicts audited, and the slide ends better than without audits', () => {
+    const on = scanSlide(new FocusController(settings({ priorCalibrated: 20 })), 'S-a1', 60, ramp, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { reads: blindReads, sharpness: true });
+    const off = scanSlide(new FocusController(auditOff()), 'S-a0', 60, ramp, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { reads: blindReads, sharpness: true });
+    expect(audits(on).length).toBeGreaterThan(0);
+    expect(audits(off)).toHaveLength(0);
+    // an audit is an experiment (a probe): it carries the neighbours' evidence, and no model sign
+    for (const a of audits(on)) {
+      expect(a.probe).toBe(true);
+      expect(a.reason).toMatch(/settled tiles/);
+    }
+    expect(yieldOf(on)).toBeGreaterThan(yieldOf(off));
+    // audits that came back no sharper were taken back: no tile ends further from focus than its first acquisition
+    for (let i = 0; i < on.final.length; i++) expect(on.final[i]!, `tile ${i}`).toBeLessThanOrEqual(on.first[i]! + 1e-9);
+  });
+
+  it('a model that reads true: audits stay rare (they only follow settled tiles) and never leave a tile worse', () => {
+    const on = scanSlide(new FocusController(settings({ priorCalibrated: 20 })), 'S-t1', 60, ramp, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { sharpness: true });
+    const off = scanSlide(new FocusController(auditOff()), 'S-t0', 60, ramp, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { sharpness: true });
+    expect(audits(on).length).toBeLessThanOrEqual(3);
+    expect(yieldOf(on)).toBeGreaterThanOrEqual(yieldOf(off));
+    for (let i = 0; i < on.final.length; i++) expect(on.final[i]!, `tile ${i}`).toBeLessThanOrEqual(on.first[i]! + 1e-9);
+  });
+
+  it('audits stop on an instrument where they keep coming back no sharper', () => {
+    // every tile is in focus but the settled neighbours say otherwise (bumps in pairs): audits fail, then stop
+    const pairs = (i: number) => (i % 8 === 1 || i % 8 === 2 ? 2.5 : 0.1);
+    const s = scanSlide(new FocusController(settings({ priorCalibrated: 20 })), 'S-p', 80, pairs, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { sharpness: true });
+    const a = audits(s).length;
+    expect(a).toBeGreaterThan(0);
+    expect(a).toBeLessThanOrEqual(4);
+    for (let i = 0; i < s.final.length; i++) expect(s.final[i]!, `tile ${i}`).toBeLessThanOrEqual(s.first[i]! + 1e-9);
+  });
+});
+
+describe('a re-acquisition that loses the tissue', () => {
+  const ctlOf = () => new FocusController(settings({ priorCalibrated: 20 }));
+  it('a move that blurred the tile beyond tissue detection is a wrong-way move: retaken on the other side, not taken as "nothing to do"', () => {
+    const ctl = ctlOf();
+    const first = ctl.onTile(outcome({ slide: 'S-l', seq: 0, index: 3, z: 100, d: 3, conf: 0.99, sharp: 0.1 }), 1_000_000, live);
+    const move = first.actions.find((a) => a.type === 'reacquire')!;
+    expect(move.target_z_um).toBeCloseTo(97, 3);
+    const lost = ctl.onTile(outcome({ slide: 'S-l', seq: 1, index: 3, attempt: 1, z: 97, d: null }), 1_001_000, live);
+    expect(lost.wrongWay).toBe(1);
+    const retake = lost.actions.find((a) => a.type === 'reacquire');
+    expect(retake, 'a retake on the other side').toBeDefined();
+    expect((retake!.why as { rule: string }).rule).toBe('wrong_way');
+    expect(retake!.target_z_um).toBeCloseTo(103, 3);
+  });
+
+  it('a probe that comes back blurrier is followed up even where the model reads it in focus', () => {
+    const ctl = ctlOf();
+    const first = ctl.onTile(outcome({ slide: 'S-q', seq: 0, index: 5, z: 100, d: 2.5, conf: 0.3, sharp: 0.1 }), 1_000_000, live);
+    const probe = first.actions.find((a) => a.type === 'reacquire')!;
+    expect(probe.probe).toBe(true);
+    expect(probe.target_z_um).toBeCloseTo(102.5, 3);
+    // 5 µm out, read as 0.1 µm (a blind zone); its sharpness says it is far blurrier than the first image
+    const back = ctl.onTile(outcome({ slide: 'S-q', seq: 1, index: 5, attempt: 1, z: 102.5, d: 0.1, conf: 0.3, sharp: 0.01 }), 1_001_000, live);
+    const re = back.actions.find((a) => a.type === 'reacquire');
+    expect(re, 'probe_result re-acquisition').toBeDefined();
+    expect((re!.why as { rule: string }).rule).toBe('probe_result');
+    expect(re!.target_z_um).toBeCloseTo(97.5, 3);
   });
 });
