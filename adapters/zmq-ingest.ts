@@ -26,6 +26,17 @@ export const CONNECTION_LOG_INTERVAL_MS = 60_000;
 /** Upper bound on waiting for libzmq to close the listening socket in stop(). */
 const LISTENER_CLOSE_WAIT_MS = 1000;
 
+/**
+ * Timeout of each receive (ZMQ_RCVTIMEO). zeromq.js runs unbind() on a libuv worker thread, while a pending receive
+ * is served on the main thread (its poll callback reads the socket's command mailbox); a libzmq socket is not thread
+ * safe, and the two together abort the process (pipe.cpp:355 and neighbours). A pending receive can only be cancelled
+ * by close(), so the loop re-arms it at this interval and stop() waits for the loop to end before it unbinds.
+ */
+const RECEIVE_POLL_MS = 50;
+
+/** Longest stop() spends taking messages that are already queued off the socket (each is answered shutting_down). */
+const STOP_DRAIN_MS = 500;
+
 type IngestSocket = zmq.Pull | zmq.Router;
 
 /** ZAP (ZeroMQ RFC 27) domain of the ingest socket; the handler answers only for it. */
@@ -53,6 +64,8 @@ export function z85Encode(b: Uint8Array): string {
 export class ZmqIngest implements Component {
   readonly name = 'zmq-ingest';
   private socket: IngestSocket | null = null;
+  /** the endpoint bound, read once after bind: the socket is not queried while stop() unbinds it. */
+  private endpoint: string | null = null;
   private loop: Promise<void> | null = null;
   private stopping = false;
   private stopSignal: AbortController | null = null;
@@ -70,7 +83,7 @@ export class ZmqIngest implements Component {
 
   /** Endpoint actually bound (a tcp port 0 / wildcard resolved), or null before start. */
   get boundEndpoint(): string | null {
-    return this.socket && !this.socket.closed ? this.socket.lastEndpoint : null;
+    return this.socket && !this.socket.closed ? this.endpoint : null;
   }
 
   async start(signal: AbortSignal): Promise<void> {
@@ -92,16 +105,19 @@ export class ZmqIngest implements Component {
       receiveHighWaterMark: cfg.highWaterMark,
       maxMessageSize: cfg.maxMessageBytes * HARD_LIMIT_FACTOR,
       linger: router ? REPLY_LINGER_MS : 0,
+      receiveTimeout: RECEIVE_POLL_MS,
       ...security,
     };
     // mandatory + sendTimeout 0: a reply to a vanished peer (EHOSTUNREACH) or to one that does not read its replies
     // (EAGAIN at its HWM) fails at once and is logged, instead of vanishing silently or stalling other peers' replies
     const sock: IngestSocket = router ? new zmq.Router({ ...common, mandatory: true, sendTimeout: 0 }) : new zmq.Pull(common);
     this.socket = sock;
+    this.endpoint = null;
     this.stopping = false;
     this.stopSignal = new AbortController();
     this.watchConnections(sock);
     await sock.bind(cfg.endpoint);
+    this.endpoint = sock.lastEndpoint;
     signal.throwIfAborted();
     this.ctx.logger.info(`ingest bound ${this.boundEndpoint} (${cfg.pattern})`, {
       endpoint: this.boundEndpoint,
@@ -124,8 +140,11 @@ export class ZmqIngest implements Component {
     this.stopping = true;
     this.stopSignal?.abort();
     if (!sock.closed) {
-      // the loop keeps receiving while stopping; give it a few turns to empty what libzmq already holds
-      for (let i = 0; i < 100 && this.loop && this.readable(sock); i++) await new Promise((r) => setImmediate(r));
+      // no receive may be pending while unbind() runs on its worker thread (see RECEIVE_POLL_MS): the loop ends at
+      // its next message or receive timeout, then what libzmq already holds is taken here, with nothing pending
+      await this.loop;
+      this.loop = null;
+      await this.drainQueued(sock);
       await this.sendChain;
       if (this.outstanding > 0) {
         this.ctx.logger.warn(`ingest closing with ${this.outstanding} tiles unanswered; their senders will time out`);
@@ -149,10 +168,13 @@ export class ZmqIngest implements Component {
           clearTimeout(timer);
           this.listenerClosed = null;
         }
+        // messages that came in while the loop ended and the listener closed: counted, answered if the sender is still there
+        await this.drainQueued(sock);
+        await this.sendChain;
       }
       sock.close();
     }
-    // close() makes the pending receive() reject, which ends the loop
+    // after a failed start the loop may never have run; else it ended above (close() would also end a pending receive)
     await this.loop;
     this.loop = null;
     if (this.zap) {
@@ -190,6 +212,21 @@ export class ZmqIngest implements Component {
     }
   }
 
+  /** Takes what the socket already holds (no receive is left pending) and answers each as shutting_down. */
+  private async drainQueued(sock: IngestSocket): Promise<void> {
+    const router = this.ctx.config.ingest.pattern === 'router';
+    const t0 = performance.now();
+    while (!sock.closed && this.readable(sock) && performance.now() - t0 < STOP_DRAIN_MS) {
+      let frames: Buffer[];
+      try {
+        frames = (await sock.receive()) as Buffer[];
+      } catch {
+        return;
+      }
+      this.handleSafely(frames, performance.now(), router);
+    }
+  }
+
   private readable(sock: IngestSocket): boolean {
     try {
       return sock.readable;
@@ -204,24 +241,33 @@ export class ZmqIngest implements Component {
       // back-pressure: do not take the next message off the socket until the pipeline has room; meanwhile libzmq's
       // queue fills to the HWM, then TCP flow control stops the sender (its send() blocks)
       if (!this.stopping) await this.waitReady();
-      if (sock.closed) return;
-      let frames: Buffer[];
-      try {
-        frames = (await sock.receive()) as Buffer[];
-      } catch (err) {
-        // a receive pending when close() is called rejects (EAGAIN); a receive after close rejects with EBADF
-        if (sock.closed) return;
-        logger.error(`ingest receive failed: ${(err as Error).message}`, { code: (err as { code?: string }).code });
-        await new Promise((r) => setTimeout(r, 10));
-        continue;
+      let frames: Buffer[] | null = null;
+      while (!frames) {
+        // stop() takes over (see RECEIVE_POLL_MS); what is still queued it takes off the socket itself
+        if (sock.closed || this.stopping) return;
+        try {
+          frames = (await sock.receive()) as Buffer[];
+        } catch (err) {
+          // a receive pending when close() is called rejects (EAGAIN); a receive after close rejects with EBADF
+          if (sock.closed) return;
+          const code = (err as { code?: string }).code;
+          // EAGAIN: RECEIVE_POLL_MS without a message; receive again (ready() was already answered for this one)
+          if (code === 'EAGAIN') continue;
+          logger.error(`ingest receive failed: ${(err as Error).message}`, { code });
+          await new Promise((r) => setTimeout(r, 10));
+        }
       }
-      const receivedAt = performance.now();
-      try {
-        this.handle(frames, receivedAt, router);
-      } catch (err) {
-        // a bug in handling one message must not take the ingest down
-        logger.error(`ingest failed to handle a message: ${(err as Error).stack ?? String(err)}`);
-      }
+      // a message that arrived while stop() was waiting for this loop is answered shutting_down by handle()
+      this.handleSafely(frames, performance.now(), router);
+    }
+  }
+
+  private handleSafely(frames: Buffer[], receivedAt: number, router: boolean): void {
+    try {
+      this.handle(frames, receivedAt, router);
+    } catch (err) {
+      // a bug in handling one message must not take the ingest down
+      this.ctx.logger.error(`ingest failed to handle a message: ${(err as Error).stack ?? String(err)}`);
     }
   }
 

@@ -19,9 +19,6 @@ import type { TileRenderer } from './render.js';
 import { TileSender } from './replay.js';
 import { isTissueKind, type SimTile, type SurfaceParams, type VirtualSlide } from './slide.js';
 
-/** How long stop() waits after closing the sender (see stop()). */
-const SETTLE_AFTER_CLOSE_MS = 150;
-
 /** Where verdicts and commands come from (MqttFeed; tests may script their own). */
 export interface ActionFeed {
   settle(k: AcquisitionKey): Promise<TileVerdict | null>;
@@ -167,12 +164,10 @@ export class VirtualScanner {
 
   async stop(): Promise<void> {
     if (!this.sender) return;
+    // no pause before the daemon (often in this process) stops: the pipe.cpp:355 abort that one was added for came from
+    // the ingest unbinding with a receive pending (adapters/zmq-ingest.ts, RECEIVE_POLL_MS), not from this close
     await this.sender.close();
     this.sender = null;
-    // The daemon is often in this same process (demo, simulate, tests): when both ends of one ZeroMQ connection close
-    // at the same moment, libzmq 4.3.5 can abort on a pipe-termination assertion (pipe.cpp:355). Let the I/O thread
-    // finish tearing this end down before anyone closes the other.
-    await new Promise((r) => setTimeout(r, SETTLE_AFTER_CLOSE_MS));
   }
 
   /** Scans one slide; `slideId` must be new to the daemon (its controller keeps state per slide). */
