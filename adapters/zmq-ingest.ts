@@ -220,7 +220,9 @@ export class ZmqIngest implements Component {
       let frames: Buffer[];
       try {
         frames = (await sock.receive()) as Buffer[];
-      } catch {
+      } catch (err) {
+        // the socket has nothing more to give while stopping; what it held is already counted
+        this.ctx.logger.warn(`ingest: receive while stopping failed: ${(err as Error).message}`, { code: (err as { code?: string }).code });
         return;
       }
       this.handleSafely(frames, performance.now(), router);
