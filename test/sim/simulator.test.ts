@@ -163,7 +163,8 @@ describe('closed loop against the real daemon', () => {
       const r = await runSimulation({
         instrument: 'matching', slides: 1, seed, ...GRID, daemon: factory, runs: ['feedback'],
         // scripted commands follow every verdict, not only out-of-focus ones: wait for them after each tile
-        timings: { quietWaitMs: 400, actionWaitMs: 400 },
+        // (1 s: under a loaded CI machine a 400 ms wait once let one command arrive late)
+        timings: { quietWaitMs: 1000, actionWaitMs: 1000 },
       });
       const s = r.with_feedback!.slides[0]!;
       // the daemon's shadow commands arrived and were not executed
