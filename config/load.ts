@@ -36,6 +36,13 @@ function addFormats(): void {
       ...(coerce ? { coerce } : {}),
     });
   const num = (v: unknown) => (typeof v === 'string' && v.trim() !== '' ? Number(v) : v);
+  // convict's Boolean takes any string but "false" as true ("flase", "no" and "0" included); only true/false here,
+  // and from the environment or the command line the strings "true"/"false"
+  check('bool', (v) => typeof v === 'boolean', 'must be true or false', (v) => {
+    if (typeof v !== 'string') return v;
+    const t = v.trim().toLowerCase();
+    return t === 'true' ? true : t === 'false' ? false : v;
+  });
   check('positive-int', (v) => Number.isInteger(v) && (v as number) > 0, 'must be a positive integer', num);
   check('positive-number', (v) => typeof v === 'number' && Number.isFinite(v) && v > 0, 'must be a positive number', num);
   check('unit-interval', (v) => typeof v === 'number' && v >= 0 && v <= 1, 'must be a number between 0 and 1', num);

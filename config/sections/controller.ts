@@ -3,7 +3,7 @@ export const controller = {
   controller: {
     dryRun: {
       doc: 'Shadow mode: publish the actions the controller would take, marked dry_run, and do not count them against limits.',
-      format: Boolean,
+      format: 'bool',
       default: false,
       env: 'FOCUSD_DRY_RUN',
       arg: 'dry-run',
@@ -133,7 +133,7 @@ export const controller = {
     audit: {
       enabled: {
         doc: "Audit in-focus verdicts (docs/controller.md): a first acquisition the model reads in focus is re-acquired at the best focus its neighbours' settled moves predict, when recent tiles of the slide were settled out of focus beyond the tolerance in one direction. Catches the model's blind zones (optics where it reads 1-3 µm of defocus as in focus); an audit that does not come back sharper is taken back.",
-        format: Boolean,
+        format: 'bool',
         default: true,
       },
       recentTiles: {

@@ -1,7 +1,7 @@
 // MQTT output: broker, credentials, topics.
 const topicOpts = (name: string, qos: 0 | 1 | 2, retain: boolean, what: string) => ({
   qos: { doc: `QoS of the ${name} topic (${what}).`, format: [0, 1, 2], default: qos },
-  retain: { doc: `Retain flag of the ${name} topic.`, format: Boolean, default: retain },
+  retain: { doc: `Retain flag of the ${name} topic.`, format: 'bool', default: retain },
 });
 
 export const mqtt = {
@@ -23,7 +23,7 @@ export const mqtt = {
       },
       open: {
         doc: 'Let any client of the embedded broker publish control requests, actions and status (the behaviour before access control). Only for a broker reachable from loopback alone: refused with a non-loopback mqtt.embedded.host. Default: only focusd itself (credentials generated at every start) publishes under the base topic, and only mqtt.embedded.controlUsername with its password may publish control requests; anyone may subscribe.',
-        format: Boolean,
+        format: 'bool',
         default: false,
         env: 'FOCUSD_MQTT_EMBEDDED_OPEN',
       },
@@ -79,7 +79,7 @@ export const mqtt = {
       ca: { doc: 'PEM file of the CA that signed the broker certificate (mqtts/wss).', format: String, default: '', env: 'FOCUSD_MQTT_CA' },
       cert: { doc: 'PEM client certificate for mutual TLS; needs tls.key.', format: String, default: '', env: 'FOCUSD_MQTT_CERT' },
       key: { doc: 'PEM private key of the client certificate; needs tls.cert.', format: String, default: '', env: 'FOCUSD_MQTT_KEY' },
-      rejectUnauthorized: { doc: 'Verify the broker certificate.', format: Boolean, default: true },
+      rejectUnauthorized: { doc: 'Verify the broker certificate.', format: 'bool', default: true },
     },
     protocolVersion: {
       doc: 'MQTT protocol version: 5 (request/response control with correlation data and response topic as MQTT 5 properties) or 4 (MQTT 3.1.1; control requests carry response_topic/correlation_id in the JSON body). The embedded broker (aedes) speaks only 3.1.1, so mqtt.url=embedded always uses 4.',

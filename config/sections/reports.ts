@@ -36,13 +36,13 @@ export const reports = {
     },
     html: {
       doc: 'The scheduled run also writes drift-<date>.html (self-contained: inline SVG charts and CSS, no script) and index.html, and announces the report on <base>/report. `focusd report` does so with --html.',
-      format: Boolean,
+      format: 'bool',
       default: true,
       env: 'FOCUSD_REPORT_HTML',
     },
     serveHttp: {
       doc: 'With http.port set, the status server lists and serves the report directory read-only under /reports/.',
-      format: Boolean,
+      format: 'bool',
       default: true,
     },
     trendNights: {

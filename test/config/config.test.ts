@@ -77,6 +77,17 @@ describe('configuration', () => {
     expect(problems(() => loadConfig({ file: join(dir, 'missing.yaml'), env: {} }))[0]).toMatch(/^--config: file not found/);
   });
 
+  it('a boolean is true or false: "yes", "flase" or 1 in a file or the environment is an error naming the key', () => {
+    for (const v of ['"yes"', '"flase"', '1', '"0"']) {
+      const p = problems(() => loadConfig({ file: file(`b-${v.replace(/"/g, '')}.json`, `{"controller":{"audit":{"enabled":${v}}}}`), env: {} }));
+      expect(p[0], v).toMatch(/^controller\.audit\.enabled: must be true or false/);
+    }
+    expect(problems(() => loadConfig({ env: { FOCUSD_DRY_RUN: 'nope' } }))[0]).toMatch(/^controller\.dryRun: must be true or false/);
+    expect(loadConfig({ env: { FOCUSD_DRY_RUN: 'TRUE' } }).controller.dryRun).toBe(true);
+    expect(loadConfig({ env: { FOCUSD_DRY_RUN: 'false' } }).controller.dryRun).toBe(false);
+    expect(loadConfig({ file: file('b-ok.json', '{"controller":{"audit":{"enabled":false}}}'), env: {} }).controller.audit.enabled).toBe(false);
+  });
+
   it('reads the MQTT password from a file or the systemd credential, never from the config text', () => {
     const pw = file('pw', 's3cret\n');
     expect(loadConfig({ env: { FOCUSD_MQTT_URL: 'mqtt://b:1883', FOCUSD_MQTT_PASSWORD_FILE: pw } }).resolved.mqttPassword).toBe('s3cret');
