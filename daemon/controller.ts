@@ -202,8 +202,6 @@ interface SlideState {
   settled: Settled[];
   /** audits of in-focus verdicts on the slide: sent, came back sharper, came back no sharper. */
   audits: { sent: number; ok: number; failed: number };
-  /** the plan's error at recent first acquisitions: trusted readings, replaced by experiments where there are some. */
-  errors: (Settled & { src: 'model' | 'settled' })[];
 }
 
 /** A z_offset's tilt: the shift at (x, y) is z_offset_um + gx·(x − x0) + gy·(y − y0) (µm, stage µm). */
@@ -411,75 +409,15 @@ export class FocusController {
     const sign: 1 | -1 | 0 = oof && signKnown ? (d > 0 ? 1 : -1) : 0;
     st.window.push({ seq: h.seq, index: h.tile.index, attempt: h.attempt, d: sign ? d : absD, sign, oof, conf, z, pred, n: st.n, src: sign ? 'model' : null, dir: dir === -1 ? -1 : 1 });
     while (st.window.length > Math.max(this.s.drift.window, this.s.drift.consecutive)) st.window.shift();
-    // the plan's error here, when the sign of the reading is trusted (an experiment may replace it later)
-    if (signKnown) this.planError(st, { n: st.n, index: h.tile.index, e: d / gain.reacquire, src: 'model' });
     if (!oof) {
       this.audit(ctx, signKnown);
-      this.checkLead(ctx);
       return out;
     }
     // every blurry tile has to be replaced: re-acquire it (a probe when the sign is unsure) ...
     this.reacquireOof(ctx, signKnown, 'isolated');
     // ... and when the blur is systematic, also move the focus for the tiles to come
     this.checkDrift(ctx);
-    if (!out.actions.some((a) => a.type === 'z_offset')) this.checkLead(ctx);
     return out;
-  }
-
-  private planError(st: SlideState, p: Settled & { src: 'model' | 'settled' }): void {
-    st.errors = st.errors.filter((q) => q.index !== p.index);
-    st.errors.push(p);
-    while (st.errors.length > MAX_SETTLED) st.errors.shift();
-  }
-
-  /**
-   * Lead: the drift rules act once tiles are out of focus (three in a row, a share of the window); a drift of
-   * 0.1 µm per acquisition leaves three or four tiles out before the correction reaches the stage. When the
-   * `drift.leadTiles` most recent first acquisitions all show the plan off on the same side by at least half the
-   * tolerance (trusted signs, or settled by experiment) and their median by `drift.leadShare` of it, the
-   * z_offset is sent before they leave the tolerance. Judged like any other z_offset.
-   */
-  private checkLead(c: DecideCtx): void {
-    const st = c.st;
-    const tol = c.rt.toleranceUm;
-    const { leadTiles, leadShare, cooldownTiles, hysteresisUm } = this.s.drift;
-    if (!(leadTiles > 0) || (st.diverging && st.zFrozen)) return;
-    if (st.corrections.length > 0 && st.tilesSinceZ < cooldownTiles) return;
-    const settle = this.s.learning.settleTiles;
-    const inFlight = (n: number) => st.corrections.some((k) => n > k.n && n - k.n <= settle);
-    const { x, y } = c.o.header.stage_um;
-    const pts = st.errors
-      .filter((p) => st.n - p.n < leadTiles && !inFlight(p.n) && (!st.diverging || p.src === 'settled'))
-      .map((p) => ({ ...p, e: p.e + shiftAt(st.corrections.filter((k) => k.n >= p.n), x, y) }));
-    if (pts.length < leadTiles) return;
-    const sgn = pts[0]!.e > 0 ? 1 : -1;
-    if (!pts.every((p) => Math.sign(p.e) === sgn && Math.abs(p.e) >= 0.5 * tol)) return;
-    const mag = median(pts.map((p) => Math.abs(p.e)));
-    const needed = st.lastZSign !== 0 && -sgn !== st.lastZSign ? leadShare * tol + hysteresisUm : leadShare * tol;
-    if (mag < needed) return;
-    const fromModel = pts.some((p) => p.src === 'model');
-    // readings are sized by the learned gain (damped before there is evidence); experiments are not readings
-    const correction = (-sgn * mag) / (fromModel ? c.gain.zOffset / c.gain.reacquire : 1);
-    this.sendZOffset(c, {
-      correction,
-      tilt: null,
-      rule: 'drift',
-      tiles: [whyTile(c.o)],
-      zSign: correction > 0 ? 1 : -1,
-      tiltOnly: false,
-      signFrom: pts.every((p) => p.src === 'settled') ? 'probes' : pts.every((p) => p.src === 'model') ? 'model' : 'mixed',
-      evaluation: {
-        beforeAbs: mag,
-        unc: c.o.score.uncertainty_um ?? 0,
-        old: pts.map((p) => [p.n, Math.abs(p.e)] as [number, number]),
-        effSign: sgn,
-        modelSign: 0,
-        conf: null,
-      },
-      detail: (z, clamped) =>
-        `lead: the ${pts.length} most recent tiles show the scanner's plan ${r3(mag)} µm ${sgn > 0 ? 'above' : 'below'} focus (median; each ≥ ${r3(0.5 * tol)} µm, ` +
-        `${pts.filter((p) => p.src === 'settled').length} settled by experiment): correct it before tiles leave ±${tol} µm` + (clamped ? `; clamped to ${r3(z)} µm by the limits` : ''),
-    });
   }
 
   private auditOutcome(c: DecideCtx, sharper: boolean): void {
@@ -504,7 +442,6 @@ export class FocusController {
     st.settled = st.settled.filter((s) => s.index !== index);
     st.settled.push({ n: f.n, index, e: f.z - bestZ });
     while (st.settled.length > MAX_SETTLED) st.settled.shift();
-    this.planError(st, { n: f.n, index, e: f.z - bestZ, src: 'settled' });
   }
 
   /**
@@ -1080,7 +1017,6 @@ export class FocusController {
         firstZ: new Map(),
         settled: [],
         audits: { sent: 0, ok: 0, failed: 0 },
-        errors: [],
       };
       this.slides.set(k, st);
       if (this.slides.size > MAX_SLIDES) this.slides.delete(this.slides.keys().next().value!);

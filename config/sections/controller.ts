@@ -45,16 +45,6 @@ export const controller = {
         format: 'unit-interval',
         default: 0.7,
       },
-      leadTiles: {
-        doc: "Lead rule (docs/controller.md): a z_offset before tiles leave the tolerance, when this many most recent first acquisitions all show the scanner's plan off on the same side by at least half the tolerance (trusted signs or settled by experiment). 0: off.",
-        format: 'nat',
-        default: 0,
-      },
-      leadShare: {
-        doc: 'Lead rule: their median must reach this share of the tolerance.',
-        format: 'unit-interval',
-        default: 0.7,
-      },
       hysteresisUm: {
         doc: 'A correction opposite in sign to the previous one of the slide needs the drift to exceed the tolerance by this many µm more (no chattering around the tolerance). Must be >= 0.',
         format: Number,

@@ -457,28 +457,3 @@ describe('a re-acquisition that loses the tissue', () => {
     expect(re!.target_z_um).toBeCloseTo(97.5, 3);
   });
 });
-
-describe('lead: z_offsets before the tiles leave the tolerance', () => {
-  const withLead = (leadTiles: number): Settings => ({ ...settings({ priorCalibrated: 20, gainMinExperiments: 1 }), drift: { ...base.drift, leadTiles } });
-  // a drift of 0.1 µm per tile from tile 10 on, with small noise
-  const slow = (i: number) => (i < 10 ? 0 : 0.1 * (i - 10)) + 0.1 * Math.sin(i * 1.7);
-  const outFirst = (r: SlideRun) => r.first.filter((v) => v > 1).length;
-
-  it('a slow drift read by a model whose sign is trusted: fewer first acquisitions leave the tolerance, none ends worse', () => {
-    const on = scanSlide(new FocusController(withLead(3)), 'L-on', 80, slow, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { sharpness: true });
-    const off = scanSlide(new FocusController(withLead(0)), 'L-off', 80, slow, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { sharpness: true });
-    const lead = on.actions.filter((a) => a.type === 'z_offset' && / lead: /.test(a.reason));
-    expect(lead.length).toBeGreaterThan(0);
-    for (const a of lead) expect(a.z_offset_um).toBeLessThan(0);
-    expect(off.actions.some((a) => / lead: /.test(a.reason))).toBe(false);
-    expect(outFirst(on)).toBeLessThan(outFirst(off));
-    expect(on.acquisitions).toBeLessThan(off.acquisitions);
-    expect(on.alerts).toHaveLength(0);
-    for (let i = 0; i < on.final.length; i++) expect(on.final[i]!, `tile ${i}`).toBeLessThanOrEqual(on.first[i]! + 1e-9);
-  });
-
-  it('signs that are not trusted (a model with random signs, uncalibrated) never lead: only experiments do', () => {
-    const r = scanSlide(new FocusController({ ...withLead(3), learning: { ...base.learning } }), 'L-rand', 60, slow, randomSigns(3), UNCALIBRATED, 0.99, true, 1, { sharpness: true });
-    for (const a of r.actions.filter((a) => / lead: /.test(a.reason))) expect((a.why as { sign_from: string }).sign_from).toBe('probes');
-  });
-});
