@@ -191,8 +191,7 @@ export class SignLearner {
     // a cell with little evidence of its own borrows that of its magnitude range, then of all trusted-confidence cells
     const range = this.pooledCounts(e, Math.floor(bin / NCONF));
     const all = this.pooledCounts(e);
-    const noCross = process.env.FOCUSD_AB_NOCROSS === '1' && Math.floor(bin / NCONF) > 0;
-    const use = b.right + b.wrong >= MIN_BIN_EVIDENCE ? b : range.right + range.wrong >= MIN_BIN_EVIDENCE || noCross ? range : all;
+    const use = b.right + b.wrong >= MIN_BIN_EVIDENCE ? b : range.right + range.wrong >= MIN_BIN_EVIDENCE ? range : all;
     const { p, dir } = this.dirOf(key, use.right, use.wrong);
     if (conf < this.s.signConfidence || key.calibration_sign === 'unrecoverable') return { direction: 0, p_right: p, bin };
     return { direction: dir, p_right: p, bin };
