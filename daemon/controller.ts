@@ -225,9 +225,6 @@ function shiftAt(cs: Correction[], x: number, y: number): number {
   return s;
 }
 
-/** The plan's error at settled tiles must exceed this many tolerances before it makes an in-focus verdict suspect. */
-const AUDIT_MIN_ERROR = 1.5;
-
 /** Settled tiles remembered per slide for the audit (only the most recent few count). */
 const MAX_SETTLED = 16;
 
@@ -473,7 +470,7 @@ export class FocusController {
     if (recent.length < a.minSettled) return;
     const side = Math.sign(recent[0]!.e);
     // a settled z is a landing read in focus, itself up to a tolerance off: only errors well beyond it count
-    if (!recent.every((s) => Math.abs(s.e) > AUDIT_MIN_ERROR * tol && Math.sign(s.e) === side)) return;
+    if (!recent.every((s) => Math.abs(s.e) > a.minError * tol && Math.sign(s.e) === side)) return;
     // the one nearest to the plan is the prediction: an audit that falls short still lands nearer focus, one that
     // overshoots may not, and a bump of the section (one tile several µm off) must not size it
     const pred = side * Math.min(...recent.map((s) => Math.abs(s.e)));

@@ -136,6 +136,11 @@ export const controller = {
         format: 'positive-int',
         default: 2,
       },
+      minError: {
+        doc: "Audit: the settled tiles' plan error must exceed this many tolerances (a settled z is a landing read in focus, itself up to a tolerance off).",
+        format: 'positive-number',
+        default: 1.5,
+      },
       maxShare: {
         doc: "Audit: at most this share of a slide's tissue tiles (at least 2 audits) are audited; audits stop on a slide once two more of them failed than succeeded.",
         format: 'unit-interval',
