@@ -218,6 +218,11 @@ interface Correction {
   tilt: Tilt | null;
 }
 
+/** Was first acquisition n taken while one of the corrections may still have been on its way to the stage? */
+function mayBeInFlight(cs: Correction[], n: number, settleTiles: number): boolean {
+  return cs.some((k) => n > k.n && n - k.n <= settleTiles);
+}
+
 /** The shift a set of corrections puts on a stage position (µm). */
 function shiftAt(cs: Correction[], x: number, y: number): number {
   let s = 0;
@@ -389,7 +394,7 @@ export class FocusController {
     // the scanner's own plan at this tile: its stage z less the corrections surely applied to it (a tile taken
     // while a correction may still have been on its way says nothing)
     const settle = this.s.learning.settleTiles;
-    if (!st.corrections.some((k) => st.n > k.n && st.n - k.n <= settle)) st.plan.add(x, y, z - shiftAt(st.corrections, x, y));
+    if (!mayBeInFlight(st.corrections, st.n, settle)) st.plan.add(x, y, z - shiftAt(st.corrections, x, y));
     if (st.lastPos) st.lastStep = { dx: x - st.lastPos.x, dy: y - st.lastPos.y };
     const rs = st.rowSpan ?? { x: 0, y: 0, x0: x, x1: x, y0: y, y1: y };
     rs.x0 = Math.min(rs.x0, x);
@@ -445,7 +450,7 @@ export class FocusController {
    * Audit of an in-focus verdict. On optics the model was not trained for it reads some tiles 1-3 µm out as in
    * focus (sa-reversed: −1 µm reads 0.02; `none`: ±1.5 reads 0.9), and from one image nothing can tell. Its
    * neighbours can: when the most recent tiles of the slide had their focus settled by experiment (a move or probe
-   * that came back sharper) beyond the tolerance on one side, the scanner's plan is off there (tilt, drift) and this
+   * that came back sharper) off by more than audit.minError tolerances on one side, the scanner's plan is off there (tilt, drift) and this
    * tile most likely too. It is re-acquired where they predict its focus; the move is judged by sharpness like
    * any other, and one that does not come back sharper is taken back (no sign evidence, no stop-loss count).
    */
@@ -459,7 +464,7 @@ export class FocusController {
     const { x, y, z } = h.stage_um;
     // a tile taken while a z_offset may still have been on its way: which plan it was taken at is not known
     const settle = this.s.learning.settleTiles;
-    const inFlight = (n: number) => st.corrections.some((k) => n > k.n && n - k.n <= settle);
+    const inFlight = (n: number) => mayBeInFlight(st.corrections, n, settle);
     if (inFlight(st.n)) return;
     // the plan's error at each recent settled tile, plus the corrections sent since it was taken (they moved the plan)
     const recent = st.settled
