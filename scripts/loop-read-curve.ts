@@ -10,7 +10,7 @@ import { instrumentOptics, INSTRUMENTS } from '../sim/instruments.js';
 import { TileRenderer } from '../sim/render.js';
 import { VirtualSlide, isTissueKind } from '../sim/slide.js';
 import { imageSceneSource, loadTissueImages, resolveTissueSpec } from '../sim/tissue-images.js';
-const config = loadConfig({ overrides: { 'scoring.scorer': 'cnn' }, env: {} });
+const config = loadConfig({ overrides: { 'scoring.scorer': 'cnn', ...(process.env.FOCUSD_MODEL ? { 'scoring.model': process.env.FOCUSD_MODEL } : {}) }, env: {} });
 const ctx: Context = { config, logger: createLogger({ level: 'warn', format: 'pretty', stream: process.stderr }), metrics: new Metrics(), events: new TypedEmitter<DaemonEvents>(), runtime: { toleranceUm: 1, dryRun: true, paused: false } };
 const scorer = createScorer(ctx);
 await scorer.start(new AbortController().signal);
