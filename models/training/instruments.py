@@ -35,8 +35,11 @@ VARIANTS: dict[str, O.Optics] = {
 # Not in the standard grid (tests pin its 7 variants); eval_grid.py --variants accepts these too.
 #   no_colour_sa_reversed  an apochromat with SA reversed: spherical aberration is the only cue and it points the other
 #                          way (the counterpart of no_colour: a model reading SA is confidently wrong here)
+#   no_aberration          neither cue (the virtual scanner's `none` instrument): the sign cannot be read at all, only
+#                          |z|; mag_head.py's magnitude head is measured here
 EXTRA_VARIANTS: dict[str, O.Optics] = {
     "no_colour_sa_reversed": replace(BASE, chroma_um=(0.0, 0.0, 0.0), sa_waves=-0.22),
+    "no_aberration": replace(BASE, chroma_um=(0.0, 0.0, 0.0), sa_waves=0.0),
 }
 
 # sign of each cue relative to the training convention (0 = absent)
@@ -49,4 +52,5 @@ CUES: dict[str, dict[str, int]] = {
     "strong_sa": {"colour": 1, "sa": 1},
     "lower_na": {"colour": 1, "sa": 1},
     "no_colour_sa_reversed": {"colour": 0, "sa": -1},
+    "no_aberration": {"colour": 0, "sa": 0},
 }

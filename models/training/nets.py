@@ -107,6 +107,40 @@ class SignHeadNet(nn.Module):
         return a, self.branch(feats), v
 
 
+class MagBranch(nn.Module):
+    """Magnitude head on the frozen encoder (mag_head.py): standardise the features, a small MLP, then abs_um
+    (softplus) and log_var like Heads. Output: ([B,1], [B,1])."""
+
+    def __init__(self, d_in: int, hidden: int = 64):
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(d_in))
+        self.register_buffer("sd", torch.ones(d_in))
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 2)) if hidden else nn.Linear(d_in, 2)
+
+    def forward(self, f):
+        o = self.net((f - self.mu) / self.sd)
+        return F.softplus(o[:, 0:1]), o[:, 1:2].clamp(-10, 6)
+
+
+class MagHeadNet(nn.Module):
+    """A trained FocusNet with abs_um and log_var replaced by a MagBranch on the frozen encoder's pooled features of
+    every stage; sign_logit is the original network's, bit for bit."""
+
+    def __init__(self, base: FocusNet, branch: MagBranch):
+        super().__init__()
+        self.base, self.branch = base, branch
+
+    def forward(self, x):
+        f = self.base.stem(x)
+        st = [pooled(f)]
+        for blk in self.base.body:
+            f = blk(f)
+            st.append(pooled(f))
+        _, s, _ = self.base.heads(self.base.fc(st[-1]))
+        a, v = self.branch(torch.cat(st, 1))
+        return a, s, v
+
+
 class InceptionFC(nn.Module):
     """Published architecture: InceptionV3 trunk (random init, no downloads) + six fully connected layers."""
 
@@ -145,6 +179,9 @@ def build(arch: str, **kw) -> nn.Module:
         sb = kw.get("sign_branch")
         if sb:  # sign_head.py: the sign logit from a separate branch on the frozen encoder's features
             return SignHeadNet(net, SignBranch(sb["d_in"], sb.get("hidden", 32)), sb.get("features", "stages"))
+        mb = kw.get("mag_branch")
+        if mb:  # mag_head.py: abs_um / log_var from a separate branch on the frozen encoder's stage features
+            return MagHeadNet(net, MagBranch(mb["d_in"], mb.get("hidden", 64)))
         return net
     if arch == "inceptionv3":
         return InceptionFC()
@@ -154,6 +191,8 @@ def build(arch: str, **kw) -> nn.Module:
 def describe(arch: str, **kw) -> str:
     if arch == "focusnet":
         sb = kw.get("sign_branch")
+        mb = kw.get("mag_branch")
         extra = f" + sign branch ({sb.get('features', 'stages')} features, MLP {sb.get('hidden', 32)})" if sb else ""
+        extra += f" + magnitude branch (stage features, MLP {mb.get('hidden', 64)})" if mb else ""
         return f"focusnet-w{kw.get('width', 16)}d{kw.get('depth', 1)} (compact CNN){extra}"
     return "inceptionv3+6fc (Senaras-style)"

@@ -66,23 +66,33 @@ def encoder_features(model: nets.FocusNet, x: torch.Tensor) -> dict:
 
 
 def generate_features(model, sources, *, minutes: float, max_patches: int, seed: int, z_per_draw: int = 6,
-                      crops_per_z: int = 4, ranges=None, var=None, log=print) -> dict:
-    """Instrument-varied patches -> frozen features. Returns tensors (float16 features, float32 metadata)."""
+                      crops_per_z: int = 4, ranges=None, var=None, log=print, sa_near_zero: float = 0.0,
+                      sparse_frac: float = 0.0) -> dict:
+    """Instrument-varied patches -> frozen features. Returns tensors (float16 features, float32 metadata).
+    sa_near_zero: share of optics draws whose spherical aberration is scaled to 0-10 % (no-aberration objectives);
+    sparse_frac: share of patches that are tissue rims (mostly glass, synth.sparse_tissue_masks)."""
     ranges = ranges or O.INSTRUMENT_RANGES
     var = var or S.INSTRUMENT_VARIATION
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    out = {k: [] for k in ("h", "stages", "abs", "logit", "z", "sa", "chroma", "na", "pixel_um", "img", "draw", "twin")}
+    out = {k: [] for k in ("h", "stages", "abs", "logit", "z", "sa", "chroma", "na", "pixel_um", "img", "draw", "twin", "rim")}
     t0, c0 = time.time(), time.process_time()
     n, draw = 0, 0
     while n < max_patches and time.time() - t0 < minutes * 60:
         ob = O.OpticsBatch.sample(ranges, 1, gen)
+        if sa_near_zero > 0 and float(torch.rand(1, generator=gen)) < sa_near_zero:
+            ob = O.OpticsBatch(ob.na, ob.n, ob.pixel_um, ob.wl, ob.chroma, ob.sa * 0.1 * torch.rand(1, generator=gen, dtype=ob.sa.dtype))
         zs = S.sample_z(z_per_draw, gen, 8.0)
         for z in zs.tolist():
             b = crops_per_z
             weights = torch.tensor([float(s.img.shape[1] * s.img.shape[2]) for s in sources])
             idx = torch.multinomial(weights, b, replacement=True, generator=gen)
             od = torch.cat([S.random_crops([sources[i]], 1, gen, var, "cpu", od=True) for i in idx.tolist()])
+            rim = torch.zeros(b, dtype=torch.bool)
+            if sparse_frac > 0:
+                rim = torch.rand(b, generator=gen) < sparse_frac
+                if rim.any():
+                    od[rim] = S.on_glass_od(od[rim], S.sparse_tissue_masks(int(rim.sum()), gen))
             for twin, sgn in enumerate((1.0, -1.0)):
                 obt = O.OpticsBatch(ob.na, ob.n, ob.pixel_um, ob.wl, ob.chroma, sgn * ob.sa.abs())
                 k = O.psf_kernels(torch.tensor([z], dtype=torch.float64), obt, S.KERNEL, 3, fast=True)
@@ -101,6 +111,7 @@ def generate_features(model, sources, *, minutes: float, max_patches: int, seed:
                 out["img"].append(idx.clone())
                 out["draw"].append(torch.full((b,), draw))
                 out["twin"].append(torch.full((b,), twin))
+                out["rim"].append(rim.clone())
                 n += b
         draw += 1
         if draw % 5 == 0:
@@ -109,6 +120,7 @@ def generate_features(model, sources, *, minutes: float, max_patches: int, seed:
     res = {k: torch.cat(v) for k, v in out.items()}
     res["meta"] = {"sources": [s.path for s in sources], "seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0,
                    "patches": n, "optics_draws": draw, "seed": seed, "z_per_draw": z_per_draw, "crops_per_z": crops_per_z,
+                   "sa_near_zero": sa_near_zero, "sparse_frac": sparse_frac,
                    "ranges": ranges.__dict__, "variation": var.__dict__}
     return res
 
