@@ -21,6 +21,9 @@ export interface RuntimeView {
   dryRun: boolean;
 }
 
+/** A wrong-way landing read this many times the |d| the move started from proves the sign wrong (moveWorse). */
+const PROOF_RATIO = 1.5;
+
 export type Rule = 'isolated' | 'probe' | 'probe_result' | 'retry' | 'wrong_way' | 'restore' | 'drift' | 'tilt' | 'revert' | 'audit';
 
 export interface WhyTile {
@@ -91,6 +94,8 @@ interface Probe {
   key: LearnerKey;
   /** the probe's z step: |d0| / the learned magnitude gain. */
   step: number;
+  /** which way the probe moved the stage (+1 up; every probe goes up, the follow-up logic does not assume it). */
+  dir: 1 | -1;
 }
 
 /** A commanded re-acquisition waiting for its outcome (the stop-loss judges it). */
@@ -119,6 +124,12 @@ interface Move {
   sizedFrom: { z: number; d: number };
   /** an audit of an in-focus verdict (sized by the neighbours, not by the model): no gain experiment, no sign evidence. */
   audit?: boolean;
+  /**
+   * |d| of the reading whose sign this move tests, for the learner's magnitude cell (default absD0). A probe_result
+   * tests the probed tile's first reading, not the probe's own (about twice as far out): filed under the probe's
+   * |d|, the evidence against the model would land in another cell than the evidence for it.
+   */
+  learnAbs?: number;
 }
 
 /** What a z_offset rule asks sendZOffset for (before the limits). */
@@ -319,19 +330,20 @@ export class FocusController {
       const probe = st.probes.get(h.tile.index);
       if (probe && h.attempt > probe.attempt) {
         st.probes.delete(h.tile.index);
-        // the probe went up by |d0|: if that made it better the stage was below focus (d0 < 0), else above. Which
-        // of the two images is nearer focus the tile's own sharpness says on any instrument; the scores only
-        // when there is no sharpness
+        // the probe moved the stage by dir·|d0|: if that made it better, focus was that way (d0 = −dir·|d0|), else
+        // the other way. Which of the two images is nearer focus the tile's own sharpness says on any instrument;
+        // the scores only when there is no sharpness
         const pm = this.margin(rt, probe.unc0, unc);
         const cmp = nearer({ abs: probe.absD0, sharp: probe.sharp0 }, here, pm);
-        const sign0: 1 | -1 = cmp < 0 ? -1 : cmp > 0 ? 1 : absD < probe.absD0 ? -1 : 1;
+        const better = cmp < 0 || (cmp === 0 && absD < probe.absD0);
+        const sign0: 1 | -1 = better ? (-probe.dir as 1 | -1) : probe.dir;
         const d0 = sign0 * probe.absD0;
         const target = probe.z0 - sign0 * probe.step;
-        // an experiment: a probe that came back sharper beyond the scores' uncertainty proves the stage was below
-        // focus. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
+        // an experiment: a probe that came back sharper beyond the scores' uncertainty proves which side focus was
+        // on. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
         // too): the re-acquisition below (probe_result) settles it when it comes back sharper than the first
         if (probe.conf !== null && cmp < 0) {
-          this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1, probe.absD0);
+          this.learn(ctx, probe.key, probe.conf, probe.modelSign === -probe.dir, probe.absD0);
         }
         st.surface.add(x, y, target);
         if (cmp !== 0) this.settle(st, h.tile.index, target);
@@ -341,14 +353,14 @@ export class FocusController {
           rec.sign = sign0;
           rec.src = 'probe';
         }
-        // below focus: the probe already is the best estimate of focus (going on up would trust an |d| that
-        // just proved to be off, and a probe that crossed focus also comes back sharper); above: re-acquire on
-        // the other side of z0. A probe its sharpness shows blurrier is out of focus whatever the model reads
-        // there (on optics it was not trained for it reads a probe 6 µm out as in focus)
-        if (sign0 > 0 && (oof || cmp > 0)) {
+        // the probe went toward focus: it already is the best estimate of focus (going on would trust an |d| that
+        // just proved to be off, and a probe that crossed focus also comes back sharper); away from it:
+        // re-acquire on the other side of z0. A probe its sharpness shows blurrier is out of focus whatever the
+        // model reads there (on optics it was not trained for it reads a probe 6 µm out as in focus)
+        if (sign0 === probe.dir && (oof || cmp > 0)) {
           this.reacquire(ctx, target, 'probe_result', false,
-            `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
-            { effSign: sign0, modelSign: sign0 === 1 && probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 } });
+            `probe at z ${r3(probe.z0)} ${probe.dir > 0 ? '+' : '−'} ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
+            { effSign: sign0, modelSign: probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 }, learnAbs: probe.absD0 });
         }
         this.checkDrift(ctx);
         return out;
@@ -362,7 +374,7 @@ export class FocusController {
           this.moveWorse(ctx, move, `re-acquisition of tile ${h.tile.index} at z ${r3(z)} is further from focus than its best acquisition (${sharpText(move.baseSharp, sharp)}scored ${r3(absD)} µm vs ${r3(move.baseAbs)} µm)`, `${r3(move.absD0)} → ${r3(absD)} µm`);
           return out;
         }
-        if (cmpMove < 0 && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.absD0);
+        if (cmpMove < 0 && move.modelSign !== 0 && move.conf !== null) this.learn(ctx, move.key, move.conf, move.modelSign === move.effSign, move.learnAbs ?? move.absD0);
         // a sized move toward focus that did not go the wrong way measures the model's magnitude gain, when the
         // landing's sign is trusted (an in-focus landing of unknown sign would only confirm the gain the move used)
         const d2 = signKnown ? d : null;
@@ -499,14 +511,20 @@ export class FocusController {
     const h = c.o.header;
     if (move.audit) this.auditOutcome(c, false);
     // wrong way: the tile is further from focus than before the move. From a tile read within twice the
-    // tolerance that is no proof of a wrong sign: a move of an over-read |d| overshoots focus just as well
+    // tolerance that alone is no proof of a wrong sign: a move of an over-read |d| overshoots focus just as well
     // (procedural tiles: 0.35 µm read as 1.3, moved 1.3, landed 0.95 beyond), and a retake on the other side
     // would overshoot by twice the over-read. Such a tile goes back to its best z; it teaches the sign nothing
-    // and does not count for the stop-loss.
-    const ambiguous = move.absD0 <= 2 * c.rt.toleranceUm;
+    // and does not count for the stop-loss. Unless the landing proves it: an overshoot lands at most a step
+    // beyond focus (|d1| ≤ |d0|, over-read included, as both are read alike), a wrong sign a step further out
+    // (|d1| ≈ 2·|d0|). A landing read beyond 1.5·|d0|, or one whose tissue is lost, went the wrong way
+    // (measured on the virtual scanner's `none` optics, where the model's sign near 1 µm and at 2 µm differ:
+    // 1.1 µm read, moved the wrong way, landed read 2.5–2.9 µm; restored five times on one slide, never learned).
+    const landing = c.o.score.defocus_um;
+    const proven = landing === null || !Number.isFinite(landing) || Math.abs(landing) >= PROOF_RATIO * move.absD0;
+    const ambiguous = move.absD0 <= 2 * c.rt.toleranceUm && !proven;
     const evidence = move.evidenceIfWorse && !ambiguous;
     this.wrongWay(c, why, evidence);
-    if (move.modelSign !== 0 && move.conf !== null && evidence) this.learn(c, move.key, move.conf, move.modelSign === -move.effSign, move.absD0);
+    if (move.modelSign !== 0 && move.conf !== null && evidence) this.learn(c, move.key, move.conf, move.modelSign === -move.effSign, move.learnAbs ?? move.absD0);
     const rec = st.window.find((r) => r.index === h.tile.index && r.sign !== 0);
     if (rec) {
       rec.d = -rec.d;
@@ -544,12 +562,12 @@ export class FocusController {
       return;
     }
     if (probe) {
-      // the probe went up and lost the tissue: the stage was above focus, focus is on the other side of z0
+      // the probe lost the tissue: it went away from focus, which is on the other side of z0
       st.probes.delete(h.tile.index);
-      const target = probe.z0 - probe.step;
+      const target = probe.z0 - probe.dir * probe.step;
       this.reacquire(c, target, 'probe_result', false,
-        `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm lost the tissue: stage was above focus, re-acquire at best focus ${r3(target)} µm`,
-        { effSign: 1, modelSign: 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, sizedFrom: { z: probe.z0, d: probe.absD0 } });
+        `probe at z ${r3(probe.z0)} ${probe.dir > 0 ? '+' : '−'} ${r3(probe.step)} µm lost the tissue: stage was ${probe.dir > 0 ? 'above' : 'below'} focus, re-acquire at best focus ${r3(target)} µm`,
+        { effSign: probe.dir, modelSign: 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, sizedFrom: { z: probe.z0, d: probe.dir * probe.absD0 } });
     }
   }
 
@@ -684,9 +702,13 @@ export class FocusController {
         { effSign, modelSign: c.modelSign, corrective: false, baseAbs: c.st.best.get(h.tile.index)?.abs ?? absD, baseSharp: c.st.best.get(h.tile.index)?.sharp ?? c.o.score.sharpness ?? null, evidenceIfWorse: true, sizedFrom: { z: h.stage_um.z, d } });
     } else {
       const step = absD / c.gain.reacquire;
-      const ok = this.reacquire(c, h.stage_um.z + step, 'probe', true,
+      // always up: a probe toward the side the unsure model or the instrument's outcomes lean to was measured and
+      // not kept (virtual scanner, held-out tissue, seeds 1-3: `none` optics 1.36 -> 1.51 acquisitions per tile on
+      // slide 2, no yield gained), as the model's sign is structured by |d| there and the lean follows the wrong part
+      const dir = 1 as const;
+      const ok = this.reacquire(c, h.stage_um.z + dir * step, 'probe', true,
         `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d|${sizedBy(c.gain.reacquire)} to learn the sign`);
-      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, sharp0: c.o.score.sharpness ?? null, modelSign: c.modelSign, conf, key: c.lkey, step });
+      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, sharp0: c.o.score.sharpness ?? null, modelSign: c.modelSign, conf, key: c.lkey, step, dir });
     }
   }
 
@@ -696,7 +718,7 @@ export class FocusController {
     rule: Rule,
     probe: boolean,
     detail: string,
-    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'baseSharp' | 'evidenceIfWorse' | 'sizedFrom'> & Partial<Pick<Move, 'conf' | 'key' | 'audit'>>,
+    move?: Pick<Move, 'effSign' | 'modelSign' | 'corrective' | 'baseAbs' | 'baseSharp' | 'evidenceIfWorse' | 'sizedFrom'> & Partial<Pick<Move, 'conf' | 'key' | 'audit' | 'learnAbs'>>,
   ): boolean {
     const h = c.o.header;
     const dry = c.rt.dryRun;

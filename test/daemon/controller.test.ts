@@ -138,7 +138,7 @@ describe('controller decisions (scripted tile streams)', () => {
 
   it('finds the sign by a probe when the model is unsure (stage below focus: the probe is in focus)', () => {
     const ctl = new FocusController(settings());
-    const first = ctl.onTile(outcome({ seq: 0, index: 4, z: 100, d: 2, conf: 0.6 }), 1_000, live);
+    const first = ctl.onTile(outcome({ seq: 0, index: 4, z: 100, d: -2, conf: 0.6 }), 1_000, live);
     expect(first.actions).toHaveLength(1);
     const probe = first.actions[0]!;
     expect(probe).toMatchObject({ type: 'reacquire', probe: true, z_offset_um: 2, target_z_um: 102 });
@@ -150,7 +150,7 @@ describe('controller decisions (scripted tile streams)', () => {
 
   it('finds the sign by a probe (stage above focus: the probe is worse, re-acquire at z − |d|)', () => {
     const ctl = new FocusController(settings());
-    const first = ctl.onTile(outcome({ seq: 0, index: 4, z: 100, d: 2, conf: 0.6 }), 1_000, live);
+    const first = ctl.onTile(outcome({ seq: 0, index: 4, z: 100, d: -2, conf: 0.6 }), 1_000, live);
     expect(first.actions[0]!.target_z_um).toBe(102);
     const back = ctl.onTile(outcome({ seq: 1, index: 4, attempt: 1, z: 102, d: 4, conf: 0.6 }), 2_000, live);
     expect(back.actions).toHaveLength(1);

@@ -230,6 +230,28 @@ describe('stop-loss', () => {
     expect(yieldOf(s1)).toBeGreaterThanOrEqual(noFeedbackYield(s1));
   });
 
+  it('a sign learned far from focus that is wrong near it: a near-focus move whose landing proves it wrong counts, and the loop stops repeating it', () => {
+    // like the virtual scanner's `none` optics: the model reads 2.2 µm backwards but 1.2 µm right. The first
+    // experiments (2.2 µm tiles) teach "reversed"; then tiles 1.2 µm out are moved the wrong way and land 2.4 µm
+    // out. From a tile read within twice the tolerance a worse landing alone proves nothing (an over-read
+    // overshoots too), but a landing read twice as far out does: counted, learned from, stop-loss
+    const ctl = new FocusController(settings());
+    const focalMixed = (i: number) => (i < 15 ? (i % 3 === 0 ? -2.2 : 0) : i % 2 === 0 ? 1.2 : 0);
+    const reads = (t: number) => (Math.abs(t) >= 2 ? -t : t);
+    const s = scanSlide(ctl, 'S-near', 50, focalMixed, () => 1, UNCALIBRATED, 0.99, true, 1, { reads, sharpness: true });
+    const worse = s.actions.filter((a) => a.type === 'reacquire' && !a.probe && (a.why as { rule: string }).rule === 'isolated');
+    expect(worse.length).toBeGreaterThan(0);
+    // it does not go on moving 1.2 µm tiles the wrong way and putting them back: the first wrong-way landing is
+    // evidence against "reversed", the sign is no longer trusted, later tiles are probed and end in focus
+    expect(s.wrongWay).toBeLessThanOrEqual(2);
+    expect(s.actions.filter((a) => (a.why as { rule: string }).rule === 'wrong_way').length).toBeGreaterThanOrEqual(1);
+    expect(s.actions.filter((a) => (a.why as { rule: string }).rule === 'restore').length).toBeLessThanOrEqual(2);
+    const nearTiles = [...Array(50).keys()].filter((i) => i >= 15 && i % 2 === 0);
+    const endedIn = nearTiles.filter((i) => s.final[i]! <= 1).length;
+    expect(endedIn).toBeGreaterThanOrEqual(nearTiles.length - 2);
+    expect(yieldOf(s)).toBeGreaterThanOrEqual(noFeedbackYield(s));
+  });
+
   it('a z_offset after which the next tiles got worse is taken back and the slide freezes', () => {
     // a calibrated model that reads a drift backwards, on a scanner that applies z_offsets but does not retake
     // tiles (so no per-tile move catches the wrong sign first)
@@ -445,7 +467,7 @@ describe('a re-acquisition that loses the tissue', () => {
 
   it('a probe that comes back blurrier is followed up even where the model reads it in focus', () => {
     const ctl = ctlOf();
-    const first = ctl.onTile(outcome({ slide: 'S-q', seq: 0, index: 5, z: 100, d: 2.5, conf: 0.3, sharp: 0.1 }), 1_000_000, live);
+    const first = ctl.onTile(outcome({ slide: 'S-q', seq: 0, index: 5, z: 100, d: -2.5, conf: 0.3, sharp: 0.1 }), 1_000_000, live);
     const probe = first.actions.find((a) => a.type === 'reacquire')!;
     expect(probe.probe).toBe(true);
     expect(probe.target_z_um).toBeCloseTo(102.5, 3);
