@@ -8,6 +8,9 @@
  *   npm run bench -- --loop --loop-merge a.json,b.json      # one table from runs made one instrument at a time
  *   npm run bench -- --loop --loop-tissue heldout          # tissue from the development data's held-out images
  *                                                          # (sim/tissue-images.ts): writes loop-heldout-latest.md
+ *   npm run bench -- --loop --loop-seed 1,2,3              # several seeds: per-seed rows plus a pooled summary,
+ *                                                          # the targets judged on the pooled counts (one run moves
+ *                                                          # by ±1-3 tiles with MQTT timing)
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -22,7 +25,8 @@ import { imageSceneSource, loadTissueImages, resolveTissueSpec } from '../sim/ti
 export interface LoopBenchOptions {
   instruments: string;
   slides: number;
-  seed: number;
+  /** one run per seed and instrument; several give a pooled summary. */
+  seeds: number[];
   cols: number;
   rows: number;
   width: number;
@@ -35,24 +39,77 @@ export interface LoopBenchOptions {
 
 const pct = (x: number) => `${(x * 100).toFixed(0)} %`;
 
-/** The issue's targets (benchmark, not tests), judged per instrument. */
-function targets(r: SimulationReport): string[] {
-  const f = r.with_feedback!;
-  const off = r.without_feedback!;
-  const first = f.slides[0]!;
-  const later: ScanCounts | null = f.after_first;
+/** Counts of one part of a scan, summed over runs (several seeds): yields and ratios from the sums. */
+export interface PooledCounts {
+  runs: number;
+  tiles: number;
+  tissue_tiles: number;
+  in_tolerance: number;
+  acquisitions: number;
+  /** wrong-way moves of each run, in seed order (the targets count them per slide run, not pooled away). */
+  wrong_way: number[];
+  yield: number;
+  acquisitions_per_tile: number;
+}
+
+export function pool(parts: Array<Pick<ScanCounts, 'tiles' | 'tissue_tiles' | 'in_tolerance' | 'acquisitions' | 'wrong_way_moves'>>): PooledCounts {
+  const sum = (k: 'tiles' | 'tissue_tiles' | 'in_tolerance' | 'acquisitions') => parts.reduce((a, p) => a + p[k], 0);
+  const tiles = sum('tiles');
+  const tissue = sum('tissue_tiles');
+  return {
+    runs: parts.length,
+    tiles,
+    tissue_tiles: tissue,
+    in_tolerance: sum('in_tolerance'),
+    acquisitions: sum('acquisitions'),
+    wrong_way: parts.map((p) => p.wrong_way_moves),
+    yield: tissue > 0 ? sum('in_tolerance') / tissue : 0,
+    acquisitions_per_tile: tiles > 0 ? sum('acquisitions') / tiles : 0,
+  };
+}
+
+/** One instrument's runs (one per seed) pooled: first slide with and without feedback, later slides with feedback. */
+export function pooledOf(runs: SimulationReport[]): { first: PooledCounts; firstOff: PooledCounts; later: PooledCounts | null } {
+  const f = runs.map((r) => r.with_feedback!);
+  const later = f.map((x) => x.after_first).filter((x): x is ScanCounts => x !== null);
+  return {
+    first: pool(f.map((x) => x.slides[0]!)),
+    firstOff: pool(runs.map((r) => r.without_feedback!.slides[0]!)),
+    later: later.length ? pool(later) : null,
+  };
+}
+
+/** The issue's targets (benchmark, not tests), judged per instrument on its runs pooled over the seeds. */
+export function targets(runs: SimulationReport[]): string[] {
+  const { first, firstOff, later } = pooledOf(runs);
+  const ww = (p: PooledCounts) => `${p.wrong_way.reduce((a, b) => a + b, 0)}${p.runs > 1 ? ` over ${p.runs} runs: ${p.wrong_way.join(', ')}` : ''}`;
   const lines = [
-    `${first.yield >= off.slides[0]!.yield ? 'MET' : 'NOT MET'}: first slide yield ≥ no feedback (${pct(first.yield)} vs ${pct(off.slides[0]!.yield)})`,
-    `${first.wrong_way_moves <= 3 ? 'MET' : 'NOT MET'}: first slide ≤ 3 wrong-way moves (${first.wrong_way_moves})`,
+    `${first.yield >= firstOff.yield ? 'MET' : 'NOT MET'}: first slide yield ≥ no feedback (${pct(first.yield)} vs ${pct(firstOff.yield)})`,
+    `${Math.max(...first.wrong_way) <= 3 ? 'MET' : 'NOT MET'}: first slide ≤ 3 wrong-way moves (${ww(first)})`,
   ];
   if (later) {
     lines.push(
-      `${later.yield >= 0.98 ? 'MET' : 'NOT MET'}: later slides yield ≥ 98 % (${pct(later.yield)})`,
+      `${later.yield >= 0.98 ? 'MET' : 'NOT MET'}: later slides yield ≥ 98 % (${pct(later.yield)}, ${later.in_tolerance}/${later.tissue_tiles})`,
       `${later.acquisitions_per_tile <= 1.25 ? 'MET' : 'NOT MET'}: later slides ≤ 1.25 acquisitions per tile (${later.acquisitions_per_tile.toFixed(2)})`,
-      `${later.wrong_way_moves === 0 ? 'MET' : 'NOT MET'}: later slides 0 wrong-way moves (${later.wrong_way_moves})`,
+      `${later.wrong_way.every((n) => n === 0) ? 'MET' : 'NOT MET'}: later slides 0 wrong-way moves (${ww(later)})`,
     );
   }
   return lines;
+}
+
+/** Markdown summary over seeds: one row per instrument and part. */
+function pooledTable(byInstrument: Map<string, SimulationReport[]>): string {
+  const head = ['instrument', 'part', 'runs', 'yield without feedback', 'yield with focusd', 'acquisitions / tile', 'wrong-way moves per run'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
+  for (const [name, runs] of byInstrument) {
+    const { first, firstOff, later } = pooledOf(runs);
+    const laterOff = runs.every((r) => r.without_feedback!.slides.length > 1)
+      ? pool(runs.flatMap((r) => r.without_feedback!.slides.slice(1)))
+      : null;
+    lines.push(`| ${name} | slide 1 | ${first.runs} | ${pct(firstOff.yield)} | ${pct(first.yield)} (${first.in_tolerance}/${first.tissue_tiles}) | ${first.acquisitions_per_tile.toFixed(2)} | ${first.wrong_way.join(', ')} |`);
+    if (later) lines.push(`| ${name} | slides 2+ | ${later.runs} | ${laterOff ? pct(laterOff.yield) : '–'} | ${pct(later.yield)} (${later.in_tolerance}/${later.tissue_tiles}) | ${later.acquisitions_per_tile.toFixed(2)} | ${later.wrong_way.join(', ')} |`);
+  }
+  return lines.join('\n');
 }
 
 export async function loopBench(o: LoopBenchOptions): Promise<void> {
@@ -61,16 +118,17 @@ export async function loopBench(o: LoopBenchOptions): Promise<void> {
   if (bad.length) throw new Error(`--loop-instruments: ${bad.join(', ')} not among ${INSTRUMENTS.join(', ')}`);
   for (const k of ['slides', 'cols', 'rows', 'width', 'height'] as const)
     if (!Number.isInteger(o[k]) || o[k] < 1) throw new Error(`loop bench: ${k} must be a positive integer, got ${o[k]} (--loop-slides N, --loop-grid COLSxROWS, --loop-tile WxH)`);
+  if (o.seeds.length === 0 || o.seeds.some((x) => !Number.isInteger(x) || x < 0)) throw new Error(`--loop-seed: non-negative integers, comma separated, got ${o.seeds.join(',') || 'none'}`);
   const tissue = o.tissue ?? 'procedural';
   const scenes = tissue === 'procedural' ? undefined : imageSceneSource(await loadTissueImages(resolveTissueSpec(tissue)), { width: o.width, height: o.height });
   const started = new Date();
   const reports: SimulationReport[] = [];
-  for (const name of names as InstrumentName[]) {
-    console.log(`[bench] loop: instrument ${name}, ${o.slides} slides of ${o.cols}x${o.rows} tiles ...`);
+  for (const name of names as InstrumentName[]) for (const seed of o.seeds) {
+    console.log(`[bench] loop: instrument ${name}, seed ${seed}, ${o.slides} slides of ${o.cols}x${o.rows} tiles ...`);
     const r = await runSimulation({
       instrument: name,
       slides: o.slides,
-      seed: o.seed,
+      seed,
       cols: o.cols,
       rows: o.rows,
       width: o.width,
@@ -109,7 +167,9 @@ export function mergeLoopResults(files: string[], out: string): void {
   const bad = files.filter((_, i) => parts[i]!.schema !== 'focusd/bench-loop/1');
   if (bad.length) throw new Error(`--loop-merge: not a loop benchmark result: ${bad.join(', ')}`);
   const first = parts[0]!;
-  const o = { ...(first.settings as unknown as LoopBenchOptions), instruments: parts.flatMap((p) => p.runs.map((r) => r.instrument)).join(','), out };
+  const s0 = first.settings as unknown as LoopBenchOptions & { seed?: number };
+  // results written before --loop-seed took a list name one seed
+  const o = { ...s0, seeds: s0.seeds ?? [s0.seed ?? 1], instruments: [...new Set(parts.flatMap((p) => p.runs.map((r) => r.instrument)))].join(','), out };
   const time = parts.reduce((a, p) => a + p.time_s, 0);
   writeLoopResults(parts.flatMap((p) => p.runs), o, new Date(first.started_at), Math.round(time * 10) / 10, files);
 }
@@ -128,20 +188,23 @@ function writeLoopResults(reports: SimulationReport[], o: LoopBenchOptions, star
     runs: reports.map((r) => withoutTileDetail(r)),
   };
   const stamp = started.toISOString().replace(/[:.]/g, '-');
+  const seeds = [...new Set(reports.map((r) => r.seed))];
+  const byInstrument = new Map<string, SimulationReport[]>();
+  for (const r of reports) byInstrument.set(r.instrument, [...(byInstrument.get(r.instrument) ?? []), r]);
   const md = `# focusd closed-loop benchmark (${stamp})
 
 Machine: ${result.machine.cpus} CPU (${result.machine.cpu_model}), Node ${result.machine.node}. Scorer ${String(d.scorer)} on ${String(d.engine)}, model ${JSON.stringify(d.model)}.
 Virtual scanner (sim/, \`focusd simulate\`): ${o.slides} slides in a row per instrument on one daemon (in-process, embedded broker, router),
-${o.cols}x${o.rows} tiles of ${o.width}x${o.height} px (0.22 µm/px), seed ${o.seed}; the same slides without feedback (commands received and ignored).
+${o.cols}x${o.rows} tiles of ${o.width}x${o.height} px (0.22 µm/px), seed${seeds.length > 1 ? 's' : ''} ${seeds.join(', ')}; the same slides without feedback (commands received and ignored).
 Tissue tiles: ${tissueOf(o) === 'procedural' ? 'procedural (sim/procedural.ts)' : `cropped from real in-focus images (\`--loop-tissue ${tissueOf(o)}\`${tissueOf(o) === 'heldout' ? ': the training code\'s held-out sources and stains, never seen by the model' : ''}), blurred by each instrument's optics`}.
 Yield: tissue tiles whose final acquisition is within ±1 µm of the true focus. Wrong-way: a re-acquisition (not a probe) or z_offset
 that left the tile further from focus than before. Total ${result.time_s} s${mergedFrom ? ` (${mergedFrom.length} invocations, merged)` : ''}.
 
-${markdownTable(reports)}
+${seeds.length > 1 ? `## Pooled over seeds ${seeds.join(', ')}\n\nYield and acquisitions per tile from the summed counts; wrong-way moves per run, in seed order.\n\n${pooledTable(byInstrument)}\n\n## Per seed\n\n` : ''}${markdownTable(seeds.length > 1 ? reports.map((r) => ({ ...r, instrument: `${r.instrument}, seed ${r.seed}` as InstrumentName })) : reports)}
 
-## Targets (issue 11)
+## Targets (issue 11)${seeds.length > 1 ? `, on the runs pooled over seeds ${seeds.join(', ')}` : ''}
 
-${reports.map((r) => `${r.instrument}:\n${targets(r).map((l) => `- ${l}`).join('\n')}`).join('\n\n')}
+${[...byInstrument].map(([name, runs]) => `${name}:\n${targets(runs).map((l) => `- ${l}`).join('\n')}`).join('\n\n')}
 `;
   mkdirSync(o.out, { recursive: true });
   const tag = tissueOf(o) === 'procedural' ? '' : tissueOf(o) === 'heldout' ? 'heldout-' : 'images-';

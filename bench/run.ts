@@ -330,7 +330,7 @@ async function main(): Promise<void> {
     await loopBench({
       instruments: args['loop-instruments']!,
       slides: Number(args['loop-slides']),
-      seed: Number(args['loop-seed']),
+      seeds: args['loop-seed']!.split(',').map((x) => Number(x.trim())),
       cols: cols!,
       rows: rows!,
       width: width!,

@@ -33,7 +33,8 @@ for (const name of insts) {
     const med = ds[Math.floor(ds.length / 2)] ?? NaN;
     const absMed = ds.map(Math.abs).sort((a, b) => a - b)[Math.floor(ds.length / 2)] ?? NaN;
     sh.sort((a, b) => a - b);
-    line.push(`z${z}: S=${sh[Math.floor(sh.length / 2)]?.toFixed(2)}[${sh[0]?.toFixed(2)},${sh[sh.length - 1]?.toFixed(2)}] d=${med.toFixed(2)} |d|=${absMed.toFixed(2)} [${ds[0]?.toFixed(1)},${ds[ds.length - 1]?.toFixed(1)}]`);
+    const absMin = Math.min(...ds.map(Math.abs));
+    line.push(`z${z}: S=${sh[Math.floor(sh.length / 2)]?.toFixed(2)}[${sh[0]?.toFixed(2)},${sh[sh.length - 1]?.toFixed(2)}] d=${med.toFixed(2)} |d|=${absMed.toFixed(2)} min|d|=${absMin.toFixed(2)} [${ds[0]?.toFixed(1)},${ds[ds.length - 1]?.toFixed(1)}]`);
   }
   console.log(name.padEnd(16), line.join(' | '));
 }
