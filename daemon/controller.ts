@@ -395,7 +395,7 @@ export class FocusController {
           this.checkDrift(ctx);
         }
       }
-      if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
+      this.addToSurface(st, x, y, z, d, signKnown, oof, gain);
       // a tile sent back to its best z stays there: the moves from it have failed already
       if (oof && !st.restored.has(h.tile.index)) this.reacquireOof(ctx, signKnown, 'retry');
       return out;
@@ -419,7 +419,7 @@ export class FocusController {
     st.lastPos = { x, y };
     st.firstZ.set(h.tile.index, { z, n: st.n });
     this.evalZ(ctx, absD, unc);
-    if (signKnown || !oof) st.surface.add(x, y, z - d / gain.reacquire);
+    this.addToSurface(st, x, y, z, d, signKnown, oof, gain);
     const sign: 1 | -1 | 0 = oof && signKnown ? (d > 0 ? 1 : -1) : 0;
     st.window.push({ seq: h.seq, index: h.tile.index, attempt: h.attempt, d: sign ? d : absD, sign, oof, conf, z, pred, n: st.n, src: sign ? 'model' : null, dir: dir === -1 ? -1 : 1 });
     while (st.window.length > Math.max(this.s.drift.window, this.s.drift.consecutive)) st.window.shift();
@@ -710,6 +710,17 @@ export class FocusController {
         `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d|${sizedBy(c.gain.reacquire)} to learn the sign`);
       if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, sharp0: c.o.score.sharpness ?? null, modelSign: c.modelSign, conf, key: c.lkey, step, dir });
     }
+  }
+
+  /**
+   * A scored tile's best focus for the focus surface: z − d / gain where the sign is trusted; an in-focus tile of
+   * unknown sign is as likely above as below focus, so its best estimate is its own z (adding z ∓ |d| put up to a
+   * tolerance of random error into the surface, and the tilt rule acted on it); an out-of-focus tile of unknown sign
+   * waits for its probe.
+   */
+  private addToSurface(st: SlideState, x: number, y: number, z: number, d: number, signKnown: boolean, oof: boolean, gain: GainJudgement): void {
+    if (signKnown) st.surface.add(x, y, z - d / gain.reacquire);
+    else if (!oof) st.surface.add(x, y, z);
   }
 
   private reacquire(

@@ -4,6 +4,7 @@ import { Controller, FocusController, type Decision, type RuntimeView } from '..
 import { FocusSurface, evaluate } from '../../daemon/focus-surface.js';
 import type { Action, ActionRefusal } from '../../core/types.js';
 import { makeCtx, outcome, tempDir, type TileSpec } from '../helpers/mqtt-side.js';
+import { rng32 } from '../../sim/procedural.js';
 
 // these scripted models read |d| exactly: z_offsets are not damped while the magnitude gain is unknown (that prior
 // and the learned gain are tested in test/daemon/loop-learning.test.ts)
@@ -316,6 +317,26 @@ describe('focus surface', () => {
     expect(z.length).toBeGreaterThan(0);
     expect(z.some((a) => (a.why as { rule: string }).rule === 'tilt')).toBe(true);
     expect(z.every((a) => a.predicted !== null)).toBe(true);
+  });
+});
+
+describe('focus surface from in-focus tiles of unknown sign', () => {
+  it('a flat slide read ±0.8 µm with random signs it is not sure of: the surface stays at the stage z, no tilt z_offset', () => {
+    const ctl = new FocusController(settings());
+    const coin = rng32(5);
+    const actions: Action[] = [];
+    const preds: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      // truth: in focus everywhere; the model reads 0.6-0.9 µm with a sign that is a coin (and says so: 0.6)
+      const o = outcome({ seq: i, index: i, z: 100, d: (coin() < 0.5 ? -1 : 1) * (0.6 + 0.3 * coin()), conf: 0.6 });
+      const p = ctl.predict(o.header);
+      if (i >= 12 && p) preds.push(p.defocus_um);
+      actions.push(...ctl.onTile(o, 1_000 + i, live).actions);
+    }
+    // the old surface took z ∓ |d| from such tiles: tilted by chance, it sent tilt z_offsets to a flat slide
+    expect(preds.length).toBeGreaterThan(20);
+    for (const p of preds) expect(Math.abs(p)).toBeLessThan(0.05);
+    expect(actions.filter((a) => a.type === 'z_offset')).toHaveLength(0);
   });
 });
 
