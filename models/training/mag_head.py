@@ -32,9 +32,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nets  # noqa: E402
-import optics as O  # noqa: E402
 import synth as S  # noqa: E402
-from sign_head import CALIBRATION_IMAGES, generate_features, split_by_image  # noqa: E402
+from sign_head import CALIBRATION_IMAGES, add_features_parser, branch_checkpoint, run_features, split_by_image  # noqa: E402
 
 SA_NEAR_ZERO = 0.2  # share of optics draws with 0-10 % of the drawn spherical aberration (objectives without it)
 SPARSE_FRAC = 0.15  # share of tissue-rim patches (mostly glass), as 0.2.0's second training step
@@ -122,31 +121,14 @@ def load_features(paths: list[str]) -> dict:
 
 
 def build_checkpoint(base_ck: dict, head: nets.MagBranch, hidden: int, fit_info: dict) -> dict:
-    """A checkpoint in train.py's format whose network is base + magnitude branch (nets.build with kw.mag_branch)."""
-    kw = dict(base_ck["kw"], mag_branch={"hidden": hidden, "d_in": int(head.mu.shape[0])})
-    model = nets.build(base_ck["arch"], **kw)
-    model.base.load_state_dict(base_ck["state_dict"])
-    model.branch.load_state_dict(head.state_dict())
-    lineage = base_ck.get("lineage", []) + [{k: base_ck.get(k) for k in ("steps", "patches", "device_name", "variation")} |
-                                            {"args": base_ck.get("args")}]
-    return {"arch": base_ck["arch"], "kw": kw, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "args": fit_info.get("args"), "z_max": base_ck.get("z_max", 8.0), "train_sources": fit_info["sources"],
-            "optics_ranges": fit_info["ranges"], "variation": fit_info["variation"],
-            "generator": {"mag_head_features": fit_info["generator"]}, "steps": fit_info.get("epochs"),
-            "patches": fit_info["patches"], "device_name": "cpu", "lineage": lineage, "mag_head": fit_info}
+    """A checkpoint whose network is base + magnitude branch (nets.build with kw.mag_branch)."""
+    return branch_checkpoint(base_ck, {"mag_branch": {"hidden": hidden, "d_in": int(head.mu.shape[0])}}, head, fit_info, "mag_head")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    fe = sub.add_parser("features", help="aberration-varied patches -> frozen features (a temp file, not the repo)")
-    fe.add_argument("--checkpoint", required=True)
-    fe.add_argument("--out", required=True)
-    fe.add_argument("--minutes", type=float, default=20.0)
-    fe.add_argument("--max-patches", type=int, default=20000)
-    fe.add_argument("--seed", type=int, default=1)
-    fe.add_argument("--threads", type=int, default=1)
-    fe.add_argument("--data-root", default=None)
+    add_features_parser(sub, "aberration-varied patches -> frozen features (a temp file, not the repo)", 20.0, 1)
     fi = sub.add_parser("fit", help="fit the magnitude head on cached features, write a checkpoint")
     fi.add_argument("--checkpoint", required=True, help="the network whose features were cached")
     fi.add_argument("--features", required=True, nargs="+")
@@ -159,18 +141,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.cmd == "features":
-        from evaluate import load_checkpoint
-        model, _ck = load_checkpoint(a.checkpoint)
-        root = Path(a.data_root) if a.data_root else S.default_data_root()
-        sources = S.with_od(S.load_sources(root, {"train"}))
-        assert not {s.path for s in sources} & {p for p, *_r, split in S.SOURCES if split != "train"}
-        res = generate_features(model, sources, minutes=a.minutes, max_patches=a.max_patches, seed=a.seed,
-                                sa_near_zero=SA_NEAR_ZERO, sparse_frac=SPARSE_FRAC, log=lambda s: print(s, flush=True))
-        res["meta"]["checkpoint"] = a.checkpoint
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(res, a.out + ".tmp")
-        os.replace(a.out + ".tmp", a.out)
-        print(json.dumps({k: v for k, v in res["meta"].items() if k in ("patches", "optics_draws", "seconds", "cpu_seconds")}))
+        run_features(a, sa_near_zero=SA_NEAR_ZERO, sparse_frac=SPARSE_FRAC)
         return
     feats = load_features(a.features)
     cal = split_by_image(feats)

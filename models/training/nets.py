@@ -72,6 +72,17 @@ class FocusNet(nn.Module):
         return self.heads(self.fc(pooled(self.body(self.stem(x)))))
 
 
+def stage_pools(base: "FocusNet", x: torch.Tensor) -> list:
+    """A FocusNet's pooled (mean, std) features after the stem and after every body block; the last is what fc sees.
+    What the branches on the frozen encoder (SignHeadNet, MagHeadNet, sign_head.encoder_features) read."""
+    f = base.stem(x)
+    st = [pooled(f)]
+    for blk in base.body:
+        f = blk(f)
+        st.append(pooled(f))
+    return st
+
+
 class SignBranch(nn.Module):
     """Sign head on the frozen encoder: standardise the features (fixed mean/std from the training features), a small
     MLP (hidden = 0: logistic regression), and a temperature folded into `scale`. Output: sign logit [B,1]."""
@@ -96,11 +107,7 @@ class SignHeadNet(nn.Module):
         self.base, self.branch, self.features = base, branch, features
 
     def forward(self, x):
-        f = self.base.stem(x)
-        st = [pooled(f)]
-        for blk in self.base.body:
-            f = blk(f)
-            st.append(pooled(f))
+        st = stage_pools(self.base, x)
         h = st[-1]
         a, _, v = self.base.heads(self.base.fc(h))
         feats = h if self.features == "h" else torch.cat(st, 1)
@@ -131,11 +138,7 @@ class MagHeadNet(nn.Module):
         self.base, self.branch = base, branch
 
     def forward(self, x):
-        f = self.base.stem(x)
-        st = [pooled(f)]
-        for blk in self.base.body:
-            f = blk(f)
-            st.append(pooled(f))
+        st = stage_pools(self.base, x)
         _, s, _ = self.base.heads(self.base.fc(st[-1]))
         a, v = self.branch(torch.cat(st, 1))
         return a, s, v

@@ -54,12 +54,7 @@ CALIBRATION_IMAGES = ("kidney_multistain_nisar/orig_patch_stain_39.png", "histol
 def encoder_features(model: nets.FocusNet, x: torch.Tensor) -> dict:
     """Frozen features of a FocusNet for normalised input x: `h` (the pooled last stage, what fc sees), `stages` (mean
     and std pooled after the stem and after every body block, concatenated), and the network's own outputs."""
-    pooled = nets.pooled
-    f = model.stem(x)
-    st = [pooled(f)]
-    for blk in model.body:
-        f = blk(f)
-        st.append(pooled(f))
+    st = nets.stage_pools(model, x)
     h = st[-1]
     a, s, v = model.heads(model.fc(h))
     return {"h": h, "stages": torch.cat(st, 1), "abs": a[:, 0], "logit": s[:, 0], "log_var": v[:, 0]}
@@ -272,20 +267,57 @@ def fit_candidates(feats: dict, *, lo=0.1, hi=0.3, configs=(("h", 0), ("h", 32),
     return res, base
 
 
-def build_checkpoint(base_ck: dict, head: nets.SignBranch, features: str, hidden: int, fit_info: dict) -> dict:
-    """A checkpoint in train.py's format whose network is base + sign branch (nets.build with kw.sign_branch)."""
-    kw = dict(base_ck["kw"], sign_branch={"features": features, "hidden": hidden, "d_in": int(head.mu.shape[0])})
+def branch_checkpoint(base_ck: dict, branch_kw: dict, branch: torch.nn.Module, fit_info: dict, tag: str) -> dict:
+    """A checkpoint in train.py's format whose network is base + a branch on its frozen encoder (nets.build with
+    `branch_kw`, e.g. {"sign_branch": {...}}); the fit's report is kept under `tag` ("sign_head", "mag_head")."""
+    kw = dict(base_ck["kw"], **branch_kw)
     model = nets.build(base_ck["arch"], **kw)
     model.base.load_state_dict(base_ck["state_dict"])
-    model.branch.load_state_dict(head.state_dict())
+    model.branch.load_state_dict(branch.state_dict())
     lineage = base_ck.get("lineage", []) + [{k: base_ck.get(k) for k in ("steps", "patches", "device_name", "variation")} |
                                             {"args": base_ck.get("args")}]
     return {"arch": base_ck["arch"], "kw": kw, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "args": fit_info.get("args"), "z_max": base_ck.get("z_max", 8.0), "train_sources": fit_info["sources"],
             "optics_ranges": fit_info["ranges"], "variation": fit_info["variation"],
-            "generator": {"sign_head_features": fit_info["generator"]},
+            "generator": {f"{tag}_features": fit_info["generator"]},
             "steps": fit_info.get("epochs"), "patches": fit_info["patches"], "patches_per_s": fit_info.get("patches_per_s"),
-            "device_name": "cpu", "lineage": lineage, "sign_head": fit_info}
+            "device_name": "cpu", "lineage": lineage, tag: fit_info}
+
+
+def build_checkpoint(base_ck: dict, head: nets.SignBranch, features: str, hidden: int, fit_info: dict) -> dict:
+    """A checkpoint whose network is base + sign branch (nets.build with kw.sign_branch)."""
+    return branch_checkpoint(base_ck, {"sign_branch": {"features": features, "hidden": hidden, "d_in": int(head.mu.shape[0])}},
+                             head, fit_info, "sign_head")
+
+
+def add_features_parser(sub, help: str, minutes: float, seed: int):
+    """The `features` subcommand's arguments (sign_head.py and mag_head.py)."""
+    fe = sub.add_parser("features", help=help)
+    fe.add_argument("--checkpoint", required=True)
+    fe.add_argument("--out", required=True)
+    fe.add_argument("--minutes", type=float, default=minutes)
+    fe.add_argument("--max-patches", type=int, default=20000)
+    fe.add_argument("--seed", type=int, default=seed)
+    fe.add_argument("--threads", type=int, default=1)
+    fe.add_argument("--data-root", default=None)
+    return fe
+
+
+def run_features(a, **generate_kw) -> None:
+    """`features`: the frozen network's features of generated patches of the 13 training images (never a held-out
+    source: asserted) -> a temp file, written atomically."""
+    from evaluate import load_checkpoint
+    model, _ck = load_checkpoint(a.checkpoint)
+    root = Path(a.data_root) if a.data_root else S.default_data_root()
+    sources = S.with_od(S.load_sources(root, {"train"}))
+    assert not {s.path for s in sources} & {p for p, *_r, split in S.SOURCES if split != "train"}
+    res = generate_features(model, sources, minutes=a.minutes, max_patches=a.max_patches, seed=a.seed,
+                            log=lambda s: print(s, flush=True), **generate_kw)
+    res["meta"]["checkpoint"] = a.checkpoint
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(res, a.out + ".tmp")
+    os.replace(a.out + ".tmp", a.out)
+    print(json.dumps({k: v for k, v in res["meta"].items() if k in ("patches", "optics_draws", "seconds", "cpu_seconds")}))
 
 
 # ---------------------------------------------------------------- CLI
@@ -293,14 +325,7 @@ def build_checkpoint(base_ck: dict, head: nets.SignBranch, features: str, hidden
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    fe = sub.add_parser("features", help="instrument-varied patches -> frozen features (a temp file, not the repo)")
-    fe.add_argument("--checkpoint", required=True)
-    fe.add_argument("--out", required=True)
-    fe.add_argument("--minutes", type=float, default=30.0)
-    fe.add_argument("--max-patches", type=int, default=20000)
-    fe.add_argument("--seed", type=int, default=1313)
-    fe.add_argument("--threads", type=int, default=1)
-    fe.add_argument("--data-root", default=None)
+    add_features_parser(sub, "instrument-varied patches -> frozen features (a temp file, not the repo)", 30.0, 1313)
     fi = sub.add_parser("fit", help="fit the sign head on cached features, write a checkpoint")
     fi.add_argument("--checkpoint", required=True, help="the network whose features were cached")
     fi.add_argument("--features", required=True)
@@ -340,18 +365,7 @@ def main(argv=None):
         print(f"chosen {fk}:{hidden} (scale {rep['temperature_scale']:.3f}) -> {a.out}")
         return
     if a.cmd == "features":
-        from evaluate import load_checkpoint
-        model, ck = load_checkpoint(a.checkpoint)
-        root = Path(a.data_root) if a.data_root else S.default_data_root()
-        sources = S.with_od(S.load_sources(root, {"train"}))
-        assert not {s.path for s in sources} & {p for p, *_r, split in S.SOURCES if split != "train"}
-        res = generate_features(model, sources, minutes=a.minutes, max_patches=a.max_patches, seed=a.seed,
-                                log=lambda s: print(s, flush=True))
-        res["meta"]["checkpoint"] = a.checkpoint
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(res, a.out + ".tmp")
-        os.replace(a.out + ".tmp", a.out)
-        print(json.dumps({k: v for k, v in res["meta"].items() if k in ("patches", "optics_draws", "seconds", "cpu_seconds")}))
+        run_features(a)
 
 
 if __name__ == "__main__":
