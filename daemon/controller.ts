@@ -94,8 +94,6 @@ interface Probe {
   key: LearnerKey;
   /** the probe's z step: |d0| / the learned magnitude gain. */
   step: number;
-  /** which way the probe moved the stage (+1 up; every probe goes up, the follow-up logic does not assume it). */
-  dir: 1 | -1;
 }
 
 /** A commanded re-acquisition waiting for its outcome (the stop-loss judges it). */
@@ -330,20 +328,19 @@ export class FocusController {
       const probe = st.probes.get(h.tile.index);
       if (probe && h.attempt > probe.attempt) {
         st.probes.delete(h.tile.index);
-        // the probe moved the stage by dir·|d0|: if that made it better, focus was that way (d0 = −dir·|d0|), else
-        // the other way. Which of the two images is nearer focus the tile's own sharpness says on any instrument;
-        // the scores only when there is no sharpness
+        // the probe went up by |d0|: if that made it better the stage was below focus (d0 < 0), else above. Which
+        // of the two images is nearer focus the tile's own sharpness says on any instrument; the scores only
+        // when there is no sharpness
         const pm = this.margin(rt, probe.unc0, unc);
         const cmp = nearer({ abs: probe.absD0, sharp: probe.sharp0 }, here, pm);
-        const better = cmp < 0 || (cmp === 0 && absD < probe.absD0);
-        const sign0: 1 | -1 = better ? (-probe.dir as 1 | -1) : probe.dir;
+        const sign0: 1 | -1 = cmp < 0 ? -1 : cmp > 0 ? 1 : absD < probe.absD0 ? -1 : 1;
         const d0 = sign0 * probe.absD0;
         const target = probe.z0 - sign0 * probe.step;
-        // an experiment: a probe that came back sharper beyond the scores' uncertainty proves which side focus was
-        // on. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
+        // an experiment: a probe that came back sharper beyond the scores' uncertainty proves the stage was below
+        // focus. One that came back blurrier does not prove the opposite (an overestimated |d| overshoots focus
         // too): the re-acquisition below (probe_result) settles it when it comes back sharper than the first
         if (probe.conf !== null && cmp < 0) {
-          this.learn(ctx, probe.key, probe.conf, probe.modelSign === -probe.dir, probe.absD0);
+          this.learn(ctx, probe.key, probe.conf, probe.modelSign === -1, probe.absD0);
         }
         st.surface.add(x, y, target);
         if (cmp !== 0) this.settle(st, h.tile.index, target);
@@ -353,13 +350,13 @@ export class FocusController {
           rec.sign = sign0;
           rec.src = 'probe';
         }
-        // the probe went toward focus: it already is the best estimate of focus (going on would trust an |d| that
-        // just proved to be off, and a probe that crossed focus also comes back sharper); away from it:
-        // re-acquire on the other side of z0. A probe its sharpness shows blurrier is out of focus whatever the
-        // model reads there (on optics it was not trained for it reads a probe 6 µm out as in focus)
-        if (sign0 === probe.dir && (oof || cmp > 0)) {
+        // below focus: the probe already is the best estimate of focus (going on up would trust an |d| that
+        // just proved to be off, and a probe that crossed focus also comes back sharper); above: re-acquire on
+        // the other side of z0. A probe its sharpness shows blurrier is out of focus whatever the model reads
+        // there (on optics it was not trained for it reads a probe 6 µm out as in focus)
+        if (sign0 > 0 && (oof || cmp > 0)) {
           this.reacquire(ctx, target, 'probe_result', false,
-            `probe at z ${r3(probe.z0)} ${probe.dir > 0 ? '+' : '−'} ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
+            `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
             { effSign: sign0, modelSign: probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 }, learnAbs: probe.absD0 });
         }
         this.checkDrift(ctx);
@@ -562,12 +559,12 @@ export class FocusController {
       return;
     }
     if (probe) {
-      // the probe lost the tissue: it went away from focus, which is on the other side of z0
+      // the probe went up and lost the tissue: the stage was above focus, focus is on the other side of z0
       st.probes.delete(h.tile.index);
-      const target = probe.z0 - probe.dir * probe.step;
+      const target = probe.z0 - probe.step;
       this.reacquire(c, target, 'probe_result', false,
-        `probe at z ${r3(probe.z0)} ${probe.dir > 0 ? '+' : '−'} ${r3(probe.step)} µm lost the tissue: stage was ${probe.dir > 0 ? 'above' : 'below'} focus, re-acquire at best focus ${r3(target)} µm`,
-        { effSign: probe.dir, modelSign: 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, sizedFrom: { z: probe.z0, d: probe.dir * probe.absD0 } });
+        `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm lost the tissue: stage was above focus, re-acquire at best focus ${r3(target)} µm`,
+        { effSign: 1, modelSign: 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, sizedFrom: { z: probe.z0, d: probe.absD0 } });
     }
   }
 
@@ -705,10 +702,9 @@ export class FocusController {
       // always up: a probe toward the side the unsure model or the instrument's outcomes lean to was measured and
       // not kept (virtual scanner, held-out tissue, seeds 1-3: `none` optics 1.36 -> 1.51 acquisitions per tile on
       // slide 2, no yield gained), as the model's sign is structured by |d| there and the lean follows the wrong part
-      const dir = 1 as const;
-      const ok = this.reacquire(c, h.stage_um.z + dir * step, 'probe', true,
+      const ok = this.reacquire(c, h.stage_um.z + step, 'probe', true,
         `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d|${sizedBy(c.gain.reacquire)} to learn the sign`);
-      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, sharp0: c.o.score.sharpness ?? null, modelSign: c.modelSign, conf, key: c.lkey, step, dir });
+      if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, sharp0: c.o.score.sharpness ?? null, modelSign: c.modelSign, conf, key: c.lkey, step });
     }
   }
 
