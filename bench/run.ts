@@ -330,7 +330,7 @@ async function main(): Promise<void> {
     await loopBench({
       instruments: args['loop-instruments']!,
       slides: Number(args['loop-slides']),
-      seeds: args['loop-seed']!.split(',').map((x) => Number(x.trim())),
+      seeds: args['loop-seed']!.split(',').map((x) => (x.trim() === '' ? Number.NaN : Number(x.trim()))),
       cols: cols!,
       rows: rows!,
       width: width!,
