@@ -45,7 +45,8 @@ function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: nu
     if (attempt === 0) run.first[i] = Math.abs(trueD);
     run.final[i] = Math.abs(trueD);
     const reported = opts.reads ? opts.reads(trueD) : sign(trueD, i, attempt) * Math.abs(trueD) * gain;
-    const sharp = opts.sharpness ? { sharp: 1 / (1 + trueD * trueD) } : {};
+    const sd = Math.min(Math.abs(trueD), opts.sharpnessFlatBeyondUm ?? Infinity);
+    const sharp = opts.sharpness ? { sharp: 1 / (1 + sd * sd) } : {};
     const d = ctl.onTile(outcome({ slide, seq: seq++, index: i, attempt, z, d: reported, conf, calibration, ...sharp }), 1_000_000 + seq * 1000, live);
     run.alerts.push(...d.alerts);
     for (const a of d.actions) {
@@ -67,6 +68,8 @@ function scanSlide(ctl: FocusController, slide: string, n: number, focal: (i: nu
 interface ScanOpts {
   /** the tile's sharpness is reported (a falling function of the true |defocus|, like a focus measure). */
   sharpness?: boolean;
+  /** the focus measure no longer changes beyond this |defocus| (µm): far from focus every image is as blurry. */
+  sharpnessFlatBeyondUm?: number;
   /** what the model reads at a true defocus (replaces sign × |d| × gain). */
   reads?: (trueD: number) => number;
   /** the focus drifts with every acquisition (retakes take time), µm. */
@@ -274,8 +277,11 @@ describe('judging moves by the tile\'s own sharpness', () => {
     // the score says the second image is in focus, its sharpness says it is far blurrier: it is further
     expect(nearer({ abs: 4.8, sharp: 0.1 }, { abs: 0.1, sharp: 0.02 }, 0.25)).toBe(1);
     expect(nearer({ abs: 0.1, sharp: 0.02 }, { abs: 4.8, sharp: 0.1 }, 0.25)).toBe(-1);
-    // within the sharpness ratio: cannot tell, whatever the scores say
+    // within the sharpness ratio the scores cannot make it nearer (a fooled model reads 9 µm out as in focus) ...
     expect(nearer({ abs: 3, sharp: 0.1 }, { abs: 0.2, sharp: 0.105 }, 0.25)).toBe(0);
+    // ... but can make it further: far from focus the focus measure flattens (4.4 -> 9.2 µm out, ratio ~1)
+    expect(nearer({ abs: 4.65, sharp: 0.1 }, { abs: 7.6, sharp: 0.095 }, 0.25)).toBe(1);
+    expect(nearer({ abs: 4.65, sharp: 0.1 }, { abs: 4.8, sharp: 0.095 }, 0.25)).toBe(0);
     expect(SHARPNESS_RATIO).toBeGreaterThan(1);
     // no sharpness: the scores
     expect(nearer({ abs: 3, sharp: null }, { abs: 0.2, sharp: null }, 0.25)).toBe(-1);
@@ -299,6 +305,19 @@ describe('judging moves by the tile\'s own sharpness', () => {
     // with sharpness no tile ends further from focus than its first acquisition, and the slide is not worse
     for (let i = 0; i < seeing.final.length; i++) expect(seeing.final[i]!, `tile ${i}`).toBeLessThanOrEqual(seeing.first[i]! + 1e-9);
     expect(yieldOf(seeing)).toBeGreaterThanOrEqual(noFeedbackYield(seeing));
+  });
+
+  it('a move between two images too blurry for the focus measure to tell apart is judged by the scores when they say it got worse', () => {
+    // the sign is right near focus and backwards beyond 3 µm (the shipped model on the matching optics beyond
+    // −3.5 µm); the focus measure is flat beyond 3 µm. A bump tile 4.4 µm out is moved the wrong way to 8.8 µm:
+    // the sharpness cannot tell, the score (8.8 vs 4.4) can. Before, the retry went on the same way (to 17 µm)
+    const backwardsFar = (t: number) => (Math.abs(t) > 3 ? -t : t);
+    const bumps44 = (i: number) => (i % 7 === 3 ? 4.4 : 0.2 * Math.sin(i));
+    const s = scanSlide(new FocusController(settings({ priorCalibrated: 20 })), 'S-flat', 40, bumps44, () => 1, { sign: 'model', fitted: true }, 0.99, true, 1, { reads: backwardsFar, sharpness: true, sharpnessFlatBeyondUm: 3 });
+    expect(s.wrongWay).toBeGreaterThan(0);
+    for (let i = 0; i < s.final.length; i++) expect(s.final[i]!, `tile ${i}: ${s.actions.filter((a) => a.tile.index === i).map((a) => a.reason).join(' | ')}`).toBeLessThanOrEqual(s.first[i]! + 1e-9);
+    // each wrong-way move was caught at once: no tile was moved the wrong way twice in a row
+    expect(s.wrongWay).toBeLessThanOrEqual(s.first.filter((v) => v > 4).length);
   });
 
   it('under the stop-loss the focus is still followed from probe-settled signs: a drift that grows with every acquisition does not run away', () => {
