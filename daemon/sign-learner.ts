@@ -11,11 +11,19 @@ import type { ModelInfo, SignBinCounts, SignBinState, SignEvidenceKey, SignLearn
 /** Sign-confidence bin edges: [0.5, 0.8), [0.8, 0.95), [0.95, 1]. */
 export const SIGN_BIN_EDGES = [0.5, 0.8, 0.95, 1] as const;
 /**
- * |defocus| bin edges (µm): [0, 2.5), [2.5, ∞). On an instrument whose aberrations differ from the training optics the
- * sign cues can point one way near focus and another far from it (the virtual scanner's mirrored instrument reads
- * −3 µm as +), so each magnitude range learns its own direction. Cell = magnitude bin × 3 + confidence bin.
+ * |defocus| bin edges (µm): [0, 2.5), [2.5, 3.5), [3.5, ∞). On an instrument whose aberrations differ from the
+ * training optics the sign cues can point one way near focus and another far from it (the virtual scanner's mirrored
+ * instrument reads −3 µm as +), so each magnitude range learns its own direction. Cell = magnitude bin × 3 +
+ * confidence bin. The last range was split off later (cells 6-8): evidence stored before files its ≥ 3.5 µm
+ * experiments under 2.5-3.5 µm, and the far cells start empty, which means probing there, the cautious side.
  */
-export const ABS_BIN_EDGES = [0, 2.5, Infinity] as const;
+export const ABS_BIN_EDGES = [0, 2.5, 3.5, Infinity] as const;
+/**
+ * First magnitude bin whose cells never borrow evidence from nearer ranges: beyond 3.5 µm the shipped model's sign
+ * flips even on the optics it was trained for (docs/scoring.md, below about −3.5 µm on the matching optics), so
+ * near-focus evidence says nothing there.
+ */
+const OWN_EVIDENCE_ONLY_FROM = 2;
 const NCONF = SIGN_BIN_EDGES.length - 1;
 const NCELLS = NCONF * (ABS_BIN_EDGES.length - 1);
 
@@ -113,7 +121,8 @@ export function confBinOf(conf: number): number {
 
 /** Cell (magnitude bin × confidence bin) of a tile's |defocus| and sign confidence. */
 export function binOf(conf: number, absUm = 0): number {
-  const m = absUm >= ABS_BIN_EDGES[1] ? 1 : 0;
+  let m = 0;
+  while (m < ABS_BIN_EDGES.length - 2 && absUm >= ABS_BIN_EDGES[m + 1]!) m++;
   return m * NCONF + confBinOf(conf);
 }
 
@@ -188,10 +197,12 @@ export class SignLearner {
     const bin = binOf(conf, absUm);
     const e = this.entry(key);
     const b = e.bins[bin]!;
-    // a cell with little evidence of its own borrows that of its magnitude range, then of all trusted-confidence cells
-    const range = this.pooledCounts(e, Math.floor(bin / NCONF));
+    // a cell with little evidence of its own borrows that of its magnitude range, then (near focus) of all
+    // trusted-confidence cells; far from focus only its own range's evidence counts (none yet: probe)
+    const m = Math.floor(bin / NCONF);
+    const range = this.pooledCounts(e, m);
     const all = this.pooledCounts(e);
-    const use = b.right + b.wrong >= MIN_BIN_EVIDENCE ? b : range.right + range.wrong >= MIN_BIN_EVIDENCE ? range : all;
+    const use = b.right + b.wrong >= MIN_BIN_EVIDENCE ? b : range.right + range.wrong >= MIN_BIN_EVIDENCE || m >= OWN_EVIDENCE_ONLY_FROM ? range : all;
     const { p, dir } = this.dirOf(key, use.right, use.wrong);
     if (conf < this.s.signConfidence || key.calibration_sign === 'unrecoverable') return { direction: 0, p_right: p, bin };
     return { direction: dir, p_right: p, bin };

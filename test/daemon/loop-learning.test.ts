@@ -110,7 +110,10 @@ describe('outcome learning on scripted instruments', () => {
     expect(z1.every((a) => a.z_offset_um < 0)).toBe(true);
     const s2 = scanSlide(ctl, 'S-2', 60, focal, mirrored);
     expect(s2.wrongWay).toBe(0);
-    expect(s2.actions.filter((a) => a.probe)).toHaveLength(0);
+    // probes only where the sign is learned apart (beyond 3.5 µm: the one 5 µm tile the first slide left unlearned)
+    const p2 = s2.actions.filter((a) => a.probe);
+    expect(p2.length).toBeLessThanOrEqual(1);
+    for (const a of p2) expect(s2.first[a.tile.index]!).toBeGreaterThanOrEqual(3.5);
     expect(yieldOf(s2)).toBe(1);
     expect(s2.acquisitions / 60).toBeLessThanOrEqual(1.25);
     expect(s2.alerts).toHaveLength(0);
@@ -121,8 +124,11 @@ describe('outcome learning on scripted instruments', () => {
     const ctl = new FocusController(settings());
     const s1 = scanSlide(ctl, 'S-1', 60, focal, (t) => (t >= 0 ? 1 : -1));
     expect(s1.wrongWay).toBe(0);
-    // sign probes (an audit of an in-focus verdict is a probe too, of another kind)
-    expect(s1.actions.filter((a) => a.probe && (a.why as { rule: string }).rule === 'probe').length).toBeLessThanOrEqual(3);
+    // sign probes (an audit of an in-focus verdict is a probe too, of another kind); those of tiles beyond 3.5 µm
+    // learn that range's sign apart
+    const probes = s1.actions.filter((a) => a.probe && (a.why as { rule: string }).rule === 'probe');
+    expect(probes.filter((a) => s1.first[a.tile.index]! < 3.5).length).toBeLessThanOrEqual(3);
+    expect(probes.filter((a) => s1.first[a.tile.index]! >= 3.5).length).toBeLessThanOrEqual(3);
     expect(yieldOf(s1)).toBe(1);
     expect(s1.alerts).toHaveLength(0);
     expect(ctl.learner.snapshot()[0]!.direction).toBe(1);
@@ -146,6 +152,29 @@ describe('outcome learning on scripted instruments', () => {
     expect(l.judge(key, 0.6).direction).toBe(0);
     expect(l.judge({ ...key, calibration_sign: 'unrecoverable' }, 0.99).direction).toBe(0);
     expect([binOf(0.5), binOf(0.85), binOf(0.97), binOf(1)]).toEqual([0, 1, 2, 2]);
+  });
+
+  it('beyond 3.5 µm the sign is learned from experiments there only: near-focus evidence does not make it trusted', () => {
+    const l = new SignLearner({ trust: 0.8, priorCalibrated: 4, signConfidence: 0.8 });
+    const key = { scanner: 's', objective: '20x', model_sha256: 'abc', calibration_sign: 'model' as const, calibrated: false };
+    expect([binOf(0.99, 1), binOf(0.99, 2.5), binOf(0.99, 3.49), binOf(0.99, 3.5), binOf(0.99, 40)]).toEqual([2, 5, 5, 8, 8]);
+    for (let k = 0; k < 10; k++) l.record(key, 0.99, true, k, 1);
+    expect(l.judge(key, 0.99, 1).direction).toBe(1);
+    // 2.5-3.5 µm with no evidence of its own still borrows the near-focus evidence (as before) ...
+    expect(l.judge(key, 0.99, 3).direction).toBe(1);
+    // ... 4 µm does not: it is probed until experiments at that range say which way the sign points there
+    expect(l.judge(key, 0.99, 4).direction).toBe(0);
+    l.record(key, 0.99, false, 20, 4.2);
+    l.record(key, 0.99, false, 21, 5);
+    expect(l.judge(key, 0.99, 4).direction).toBe(0);
+    l.record(key, 0.99, false, 22, 3.6);
+    expect(l.judge(key, 0.99, 4).direction).toBe(-1);
+    expect(l.judge(key, 0.99, 1).direction).toBe(1);
+    // status shows the range of every cell
+    const far = l.state(key).bins.filter((b) => b.abs_lo_um === 3.5);
+    expect(far).toHaveLength(3);
+    expect(far.every((b) => b.abs_hi_um === null)).toBe(true);
+    expect(far.reduce((a, b) => a + b.wrong, 0)).toBe(3);
   });
 });
 
