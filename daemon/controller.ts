@@ -358,6 +358,11 @@ export class FocusController {
           this.reacquire(ctx, target, 'probe_result', false,
             `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
             { effSign: sign0, modelSign: probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 }, learnAbs: probe.absD0 });
+        } else if (cmp < 0 && oof && signKnown) {
+          // the probe came back sharper but still out of focus (an over-read |d| overshot focus, an under-read one
+          // fell short): where the landing's own sign is trusted, that is an ordinary retry from the landing,
+          // judged like any move. Before, such tiles ended 1.0-1.4 µm out
+          this.reacquireOof(ctx, true, 'retry');
         }
         this.checkDrift(ctx);
         return out;

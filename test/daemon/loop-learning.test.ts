@@ -349,6 +349,26 @@ describe('judging moves by the tile\'s own sharpness', () => {
     expect(s.wrongWay).toBeLessThanOrEqual(s.first.filter((v) => v > 4).length);
   });
 
+  it('a probe that comes back sharper but still out of focus is followed by a retry when the landing\'s sign is trusted', () => {
+    // near focus the sign is learned from the first tiles; beyond 3.5 µm it is learned apart, so the bumps are
+    // probed. The model over-reads far from focus (2.8 µm reads 4.2): the probe overshoots to +1.4 µm, sharper
+    // than before but out of focus. Before, the tile ended there
+    const overReadFar = (t: number) => (Math.abs(t) > 2.5 ? 1.5 * t : t);
+    const f = (i: number) => (i % 8 === 5 ? -2.8 : i % 8 === 2 ? (i % 16 === 2 ? 1.5 : -1.5) : 0.2 * Math.sin(i));
+    const ctl = new FocusController(settings());
+    const s = scanSlide(ctl, 'S-over', 48, f, () => 1, UNCALIBRATED, 0.99, true, 1, { reads: overReadFar, sharpness: true });
+    const bumpTiles = [5, 13, 21, 29, 37, 45];
+    // (tile 5 comes before the near-focus sign is learned: its landing's sign is not trusted, and it stays where
+    // the probe left it; the probes of later bumps settle the far range's sign, after which they are moved at once)
+    const probed = bumpTiles.filter((i) => i > 5 && s.actions.some((a) => a.tile.index === i && a.probe));
+    expect(probed.length).toBeGreaterThan(0);
+    for (const i of probed) {
+      expect(s.actions.filter((a) => a.tile.index === i).map((a) => (a.why as { rule: string }).rule), `tile ${i}`).toContain('retry');
+      expect(s.final[i]!, `tile ${i}`).toBeLessThanOrEqual(1);
+    }
+    expect(s.wrongWay).toBe(0);
+  });
+
   it('under the stop-loss the focus is still followed from probe-settled signs: a drift that grows with every acquisition does not run away', () => {
     const random = randomSigns(11);
     const drift = 0.06;
