@@ -40,6 +40,8 @@ export interface TileSpec {
   verdict?: Verdict;
   /** the tile's relative sharpness (ScoreResult.sharpness); absent: not measured. */
   sharp?: number;
+  /** tissue fraction (default 0.6 with a score, 0.01 without). */
+  tissue?: number;
 }
 
 /** A scored tile as the pipeline emits it. */
@@ -67,7 +69,7 @@ export function outcome(t: TileSpec): TileOutcome {
       defocus_um: t.d,
       uncertainty_um: t.d === null ? null : 0.2,
       sign_confidence: t.d === null ? null : (t.conf === undefined ? 0.95 : t.conf),
-      tissue_fraction: t.d === null ? 0.01 : 0.6,
+      tissue_fraction: t.tissue ?? (t.d === null ? 0.01 : 0.6),
       patches: t.d === null ? 0 : 8,
       focus_map: t.d === null ? null : { rows: 2, cols: 2, defocus_um: [t.d, t.d, null, t.d] },
       // a bundle calibrated on this instrument's focus stack: its confident signs are trusted from the start
