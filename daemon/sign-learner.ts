@@ -19,13 +19,11 @@ export const SIGN_BIN_EDGES = [0.5, 0.8, 0.95, 1] as const;
  */
 export const ABS_BIN_EDGES = [0, 2.5, 3.5, Infinity] as const;
 /**
- * First magnitude bin whose cells never borrow evidence from other ranges: from 2.5 µm on, each range learns its
- * own sign. Beyond 3.5 µm the shipped model's sign flips even on the optics it was trained for (docs/scoring.md,
- * below about −3.5 µm on the matching optics), and on foreign optics it flips between the ranges, so near-focus
- * evidence says nothing there. (Held-out bench, seeds 1-6: only ≥ 3.5 µm on its own: wrong-way moves 19 + 14 on
- * slides 1 + 2; both far ranges on their own: 14 + 15, slide-1 yield 97.7 -> 98.0 %.)
+ * First magnitude bin whose cells never borrow evidence from nearer ranges: beyond 3.5 µm the shipped model's sign
+ * flips even on the optics it was trained for (docs/scoring.md, below about −3.5 µm on the matching optics), so
+ * near-focus evidence says nothing there.
  */
-const OWN_EVIDENCE_ONLY_FROM = 1;
+const OWN_EVIDENCE_ONLY_FROM = 2;
 const NCONF = SIGN_BIN_EDGES.length - 1;
 const NCELLS = NCONF * (ABS_BIN_EDGES.length - 1);
 
@@ -200,7 +198,7 @@ export class SignLearner {
     const e = this.entry(key);
     const b = e.bins[bin]!;
     // a cell with little evidence of its own borrows that of its magnitude range, then (near focus) of all
-    // trusted-confidence cells; from 2.5 µm on only its own range's evidence counts (none yet: probe)
+    // trusted-confidence cells; far from focus only its own range's evidence counts (none yet: probe)
     const m = Math.floor(bin / NCONF);
     const range = this.pooledCounts(e, m);
     const all = this.pooledCounts(e);

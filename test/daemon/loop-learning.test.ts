@@ -154,17 +154,15 @@ describe('outcome learning on scripted instruments', () => {
     expect([binOf(0.5), binOf(0.85), binOf(0.97), binOf(1)]).toEqual([0, 1, 2, 2]);
   });
 
-  it('from 2.5 µm on the sign is learned from experiments in its own range only: near-focus evidence does not make it trusted', () => {
+  it('beyond 3.5 µm the sign is learned from experiments there only: near-focus evidence does not make it trusted', () => {
     const l = new SignLearner({ trust: 0.8, priorCalibrated: 4, signConfidence: 0.8 });
     const key = { scanner: 's', objective: '20x', model_sha256: 'abc', calibration_sign: 'model' as const, calibrated: false };
     expect([binOf(0.99, 1), binOf(0.99, 2.5), binOf(0.99, 3.49), binOf(0.99, 3.5), binOf(0.99, 40)]).toEqual([2, 5, 5, 8, 8]);
     for (let k = 0; k < 10; k++) l.record(key, 0.99, true, k, 1);
     expect(l.judge(key, 0.99, 1).direction).toBe(1);
-    // 2.5-3.5 µm and beyond 3.5 µm are probed until experiments in that range say which way the sign points there
-    expect(l.judge(key, 0.99, 3).direction).toBe(0);
-    expect(l.judge(key, 0.99, 4).direction).toBe(0);
-    for (let k = 0; k < 3; k++) l.record(key, 0.99, true, 10 + k, 2.7);
+    // 2.5-3.5 µm with no evidence of its own still borrows the near-focus evidence (as before) ...
     expect(l.judge(key, 0.99, 3).direction).toBe(1);
+    // ... 4 µm does not: it is probed until experiments at that range say which way the sign points there
     expect(l.judge(key, 0.99, 4).direction).toBe(0);
     l.record(key, 0.99, false, 20, 4.2);
     l.record(key, 0.99, false, 21, 5);
