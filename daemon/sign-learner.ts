@@ -11,22 +11,12 @@ import type { ModelInfo, SignBinCounts, SignBinState, SignEvidenceKey, SignLearn
 /** Sign-confidence bin edges: [0.5, 0.8), [0.8, 0.95), [0.95, 1]. */
 export const SIGN_BIN_EDGES = [0.5, 0.8, 0.95, 1] as const;
 /**
- * |defocus| bin edges (µm): [0, 2.5), [2.5, 3.5), [3.5, ∞). On an instrument whose aberrations differ from the
- * training optics the sign cues can point one way near focus and another far from it (the virtual scanner's mirrored
- * instrument reads −3 µm as +), so each magnitude range learns its own direction. Cell = magnitude bin × 3 +
- * confidence bin. The last range was split off later (cells 6-8): evidence stored before files its ≥ 3.5 µm
- * experiments under 2.5-3.5 µm, and the far cells start empty, which means probing there, the cautious side.
+ * |defocus| bin edges (µm): [0, 2.5), [2.5, ∞). On an instrument whose aberrations differ from the training optics the
+ * sign cues can point one way near focus and another far from it (the virtual scanner's mirrored instrument reads
+ * −3 µm as +), so each magnitude range learns its own direction. Cell = magnitude bin × 3 + confidence bin.
  */
-export const ABS_BIN_EDGES = [0, 2.5, 3.5, Infinity] as const;
-/**
- * First magnitude bin whose cells never borrow evidence from nearer ranges: beyond 3.5 µm the shipped model's sign
- * flips even on the optics it was trained for (docs/scoring.md, below about −3.5 µm on the matching optics), so
- * near-focus evidence says nothing there.
- */
-// (The 2.5-3.5 µm range on its own too was measured and not kept: held-out bench, seeds 1-6, wrong-way moves on
-// slides 1 + 2 19 + 14 -> 14 + 15, but on procedural tiles, which the model over-reads about 2x into that range,
-// the forked closed-loop test's mirrored second slide went from 4 to 5 wrong-way moves.)
-const OWN_EVIDENCE_ONLY_FROM = 2;
+// (A third range beyond 3.5 µm that never borrows was measured and not kept: docs/controller.md, Outcome learning.)
+export const ABS_BIN_EDGES = [0, 2.5, Infinity] as const;
 const NCONF = SIGN_BIN_EDGES.length - 1;
 const NCELLS = NCONF * (ABS_BIN_EDGES.length - 1);
 
@@ -124,8 +114,7 @@ export function confBinOf(conf: number): number {
 
 /** Cell (magnitude bin × confidence bin) of a tile's |defocus| and sign confidence. */
 export function binOf(conf: number, absUm = 0): number {
-  let m = 0;
-  while (m < ABS_BIN_EDGES.length - 2 && absUm >= ABS_BIN_EDGES[m + 1]!) m++;
+  const m = absUm >= ABS_BIN_EDGES[1] ? 1 : 0;
   return m * NCONF + confBinOf(conf);
 }
 
@@ -200,12 +189,10 @@ export class SignLearner {
     const bin = binOf(conf, absUm);
     const e = this.entry(key);
     const b = e.bins[bin]!;
-    // a cell with little evidence of its own borrows that of its magnitude range, then (near focus) of all
-    // trusted-confidence cells; far from focus only its own range's evidence counts (none yet: probe)
-    const m = Math.floor(bin / NCONF);
-    const range = this.pooledCounts(e, m);
+    // a cell with little evidence of its own borrows that of its magnitude range, then of all trusted-confidence cells
+    const range = this.pooledCounts(e, Math.floor(bin / NCONF));
     const all = this.pooledCounts(e);
-    const use = b.right + b.wrong >= MIN_BIN_EVIDENCE ? b : range.right + range.wrong >= MIN_BIN_EVIDENCE || m >= OWN_EVIDENCE_ONLY_FROM ? range : all;
+    const use = b.right + b.wrong >= MIN_BIN_EVIDENCE ? b : range.right + range.wrong >= MIN_BIN_EVIDENCE ? range : all;
     const { p, dir } = this.dirOf(key, use.right, use.wrong);
     if (conf < this.s.signConfidence || key.calibration_sign === 'unrecoverable') return { direction: 0, p_right: p, bin };
     return { direction: dir, p_right: p, bin };
