@@ -264,7 +264,7 @@ export class FocusController {
   readonly learner: SignLearner;
 
   /**
-   * `minTissueFraction`: scoring's tissue.minFraction, below which a tile is no_tissue. A tile that had barely more
+   * `minTissueFraction`: the config's `tissue.minFraction`, below which a tile is no_tissue. A tile that had barely more
    * (under twice that) and comes back without tissue after a move may simply have none (a speck that blur spread
    * over the threshold): that is not proof the move went the wrong way.
    */
