@@ -49,6 +49,7 @@ const { values: args } = parseArgs({
     'loop-tile': { type: 'string', default: '640x320' },
     'loop-merge': { type: 'string', default: '' },
     'loop-tissue': { type: 'string', default: 'procedural' },
+    'loop-calibrate': { type: 'boolean', default: false },
     scorer: { type: 'string', default: 'cnn' },
   },
 });
@@ -337,6 +338,7 @@ async function main(): Promise<void> {
       height: height!,
       scorer: args.scorer!,
       tissue: args['loop-tissue']!,
+      calibrate: args['loop-calibrate']!,
       out: args.out!,
     });
     return;
