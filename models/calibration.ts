@@ -268,7 +268,7 @@ export interface BoundaryCheck {
   /** true z at which the prediction crosses +tolerance / −tolerance (null when a side has too few held-out slices). */
   positive_um: number | null;
   negative_um: number | null;
-  /** largest distance of the two crossings from ±tolerance. */
+  /** largest distance of the two crossings from ±tolerance (a crossing beyond the held-out slices' z is put at their edge: then a lower bound). */
   error_um: number | null;
 }
 
@@ -357,7 +357,9 @@ export function boundaryOf(z: number[], pred: number[], tol: number, unsigned: b
     if (new Set(zs).size < 2) return null;
     const { slope, intercept } = ols(zs, ps);
     if (!(slope > 0)) return null;
-    return (sgn * tol - intercept) / slope;
+    // a crossing beyond the slices is what the line says, not what was seen (a nearly flat line "crosses" at 200
+    // µm): it is reported at the edge of the slices' z, so the error is then a lower bound
+    return Math.min(Math.max((sgn * tol - intercept) / slope, Math.min(...zs)), Math.max(...zs));
   };
   const positive = side(1);
   const negative = unsigned ? null : side(-1);

@@ -103,6 +103,18 @@ describe('calibration.magnitude abs', () => {
     expect(boundaryOf(fresh.map((x) => x.z_rel_um), ps, 1, false).error_um!).toBeGreaterThan(0.3);
   });
 
+  it('a prediction that hardly changes with z has its crossing at the edge of the slices, not hundreds of µm out', () => {
+    // predictions ~0.3 µm whatever z (a model blind on this side): the fitted line is nearly flat
+    const z = grid(0.2, 2.8, 0.2);
+    const pred = z.map((v, i) => 0.3 + 0.002 * v + (i % 2 ? 0.01 : -0.01));
+    const b = boundaryOf(z, pred, 1, false);
+    expect(b.positive_um).toBeCloseTo(Math.max(...z), 9);
+    expect(b.error_um).toBeCloseTo(Math.max(...z) - 1, 9);
+    // a line that crosses inside the slices is untouched
+    const good = boundaryOf(z, z.map((v) => 1.2 * v), 1, false);
+    expect(good.positive_um).toBeCloseTo(1 / 1.2, 9);
+  });
+
   it('a clean signed line (shifted focus, scale error) keeps the signed form', () => {
     const f = fitCalibration(manifest, linearStack(3, grid(-5, 5, 0.25), 11));
     expect(f.calibration.magnitude).toBe('signed');
