@@ -1,7 +1,7 @@
 // The loop benchmark's pooling over seeds (bench/loop.ts): yields and ratios from summed counts, wrong-way moves
 // kept per run, the targets judged on the pool.
 import { describe, expect, it } from 'vitest';
-import { pool, pooledOf, targets } from '../../bench/loop.js';
+import { loopBench, pool, pooledOf, targets } from '../../bench/loop.js';
 import type { SimulationReport } from '../../sim/run.js';
 
 const counts = (tissue: number, inTol: number, tiles: number, acq: number, ww: number) => ({ tiles, tissue_tiles: tissue, in_tolerance: inTol, acquisitions: acq, wrong_way_moves: ww, yield: inTol / tissue, acquisitions_per_tile: acq / tiles });
@@ -41,6 +41,12 @@ describe('loop bench pooling', () => {
     expect(t[4]).toMatch(/^NOT MET: later slides 0 wrong-way moves \(1 over 2 runs: 0, 1\)/);
     // uncalibrated runs are not judged by the calibrated target
     expect(t.some((l) => l.includes('after calibration'))).toBe(false);
+  });
+
+  it('refuses --loop-calibrate with the classical scorer before doing anything (there is no bundle to calibrate)', async () => {
+    const o = { instruments: 'matching', slides: 1, seeds: [1], cols: 2, rows: 2, width: 640, height: 320, out: '/nonexistent/focusd-bench' };
+    await expect(loopBench({ ...o, scorer: 'classical', calibrate: true })).rejects.toThrow(/--loop-calibrate calibrates a model bundle; the scorer is classical/);
+    await expect(loopBench({ ...o, scorer: 'cnn', instruments: 'matching,hubble' })).rejects.toThrow(/--loop-instruments: hubble not among/);
   });
 
   it('judges calibrated runs by "≥ 98 % from the first slide" on the first slide and on all slides pooled', () => {
