@@ -136,7 +136,7 @@ export function calibrationLines(c: SimCalibration): string[] {
   const cal = c.calibration;
   return [
     `  calibrated bundle (stack: ${c.stack.positions} positions of ${c.stack.tissue} tissue, z ${c.stack.z_um[0]}..${c.stack.z_um[1]} µm in ${c.stack.step_um}, fit |z| <= ${c.fit_range_um} µm, ${c.time_s} s): ` +
-      `sign ${cal.sign} (${c.sign.n} slices, ${(c.sign.agreement * 100).toFixed(0)} % agree), magnitude ${c.magnitude.applied ? c.magnitude.form : 'identity'}, slope ${n(cal.slope)}, intercept ${n(cal.intercept)}`,
+      `sign ${cal.sign} (${c.sign.n} slices, ${(c.sign.agreement * 100).toFixed(0)} % agree), magnitude ${c.magnitude.applied ? c.magnitude.form : 'identity'}, slope ${n(cal.slope)}, intercept ${n(cal.intercept)}, guard band ${n(cal.guard_um ?? 0)} µm`,
     `    model sign agrees with z by |z|: ${c.sign_by_abs_z.map((b) => `${b.from_um}–${b.to_um} µm ${b.agreement === null ? '–' : `${Math.round(b.agreement * 100)} %`}`).join(', ')}`,
     `    held-out (${c.magnitude.forms.signed?.method ?? '–'}): ${form('signed')}; ${form('abs')}; chosen: ${c.magnitude.choice}`,
   ];

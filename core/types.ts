@@ -59,7 +59,12 @@ export interface ModelInfo {
    * the controller's prior for "the model's sign is right" (docs/controller.md, outcome learning). Absent for
    * scorers without a sign (classical).
    */
-  calibration?: { sign: 'model' | 'inverted' | 'unrecoverable'; fitted: boolean };
+  calibration?: {
+    sign: 'model' | 'inverted' | 'unrecoverable';
+    fitted: boolean;
+    /** the bundle's guard band (µm): in focus only when |defocus| ≤ tolerance − guard_um (0: none). */
+    guard_um: number;
+  };
 }
 
 /** Coarse per-patch focus map of one tile: row-major, null where a cell holds no tissue patch. */

@@ -2,6 +2,7 @@ import type { Component } from '../core/lifecycle.js';
 import type { Context } from '../core/context.js';
 import { tileMeta } from '../core/logger.js';
 import type { Scorer } from '../models/scorer.js';
+import { GUARD_MAX_SHARE } from '../models/calibration.js';
 import { pixelSizeProblem } from '../protocol/header.js';
 import type {
   DecodedTile,
@@ -27,10 +28,15 @@ export interface PipelineDeps {
   decode: DecodeFn;
 }
 
-/** The verdict rule: the one place tolerance is applied. */
+/**
+ * The verdict rule: the one place tolerance is applied. A calibrated bundle's guard band moves the decision inside
+ * the tolerance (models/calibration.ts guardBandOf): its unbiased reading would pass tiles just beyond it.
+ */
 export function decide(score: ScoreResult, toleranceUm: number): Verdict {
   if (score.defocus_um === null) return 'no_tissue';
-  return Math.abs(score.defocus_um) <= toleranceUm ? 'in_focus' : 'out_of_focus';
+  // at most GUARD_MAX_SHARE of the tolerance in force (set_tolerance may lower it below the one the band was measured at)
+  const guard = Math.min(score.model.calibration?.guard_um ?? 0, GUARD_MAX_SHARE * toleranceUm);
+  return Math.abs(score.defocus_um) <= toleranceUm - guard ? 'in_focus' : 'out_of_focus';
 }
 
 /** Counting semaphore; waiters are served in order. */

@@ -282,6 +282,8 @@ export interface MagnitudeValidation {
   heldout: {
     mae_um: { identity: number | null; fit: number | null };
     boundary: { identity: BoundaryCheck; fit: BoundaryCheck };
+    /** how the held-out readings scatter at the tolerance, and the guard band that follows (guardBandOf). */
+    guard: { identity: GuardBand; fit: GuardBand };
     samples: number;
   };
   applied: boolean;
@@ -292,6 +294,39 @@ export interface MagnitudeValidation {
 
 /** Largest shift of the in/out boundary a calibration may make on held-out data (µm). */
 export const MAX_BOUNDARY_SHIFT_UM = 0.1;
+
+/**
+ * The guard band of a calibrated bundle: how far inside the tolerance its in/out decision sits. A calibrated
+ * reading is unbiased at the tolerance, so a tile just beyond it is called in focus as often as not (on the virtual
+ * scanner's matching optics, real held-out tissue: slide yield 99.6 % uncalibrated, whose 1.12× over-read happened
+ * to act as a margin, 96-97 % calibrated). From the held-out slices near the tolerance (| |z| − tol | ≤ 0.5 µm):
+ * residual r = |prediction| − |z|, guard = max(0, sd(r) − mean(r)), so a tile at the tolerance is read beyond
+ * tol − guard about 84 % of the time (one sd); an under-read (mean < 0) widens it, an over-read narrows it.
+ * At most GUARD_MAX_SHARE of the tolerance; 0 with fewer than GUARD_MIN_SLICES such slices. (A cap of half the
+ * tolerance was measured: on the optics that under-read near focus, sa-reversed and colour-reversed, bands of
+ * 0.35-0.5 µm made near-focus tiles out of focus, and moving those on a sign that is a coin toss there cost up to
+ * 7 wrong-way moves on a first slide and 1.7 acquisitions per tile.)
+ */
+export interface GuardBand {
+  guard_um: number;
+  /** sd and mean of |prediction| − |z| on the held-out slices near the tolerance; null: too few slices. */
+  sd_um: number | null;
+  bias_um: number | null;
+  slices: number;
+}
+export const GUARD_MAX_SHARE = 0.25;
+/** held-out slices this close to ±tolerance count (a wider window measures the line's misfit, not the scatter). */
+export const GUARD_WINDOW_UM = 0.25;
+export const GUARD_MIN_SLICES = 6;
+
+export function guardBandOf(z: number[], pred: number[], tol: number): GuardBand {
+  const r = z.map((v, i) => ({ v, p: pred[i]! })).filter(({ v, p }) => v !== 0 && Math.abs(Math.abs(v) - tol) <= GUARD_WINDOW_UM && Number.isFinite(p)).map(({ v, p }) => Math.abs(p) - Math.abs(v));
+  if (r.length < GUARD_MIN_SLICES) return { guard_um: 0, sd_um: null, bias_um: null, slices: r.length };
+  const mean = r.reduce((a, b) => a + b, 0) / r.length;
+  const sd = Math.sqrt(r.reduce((a, b) => a + (b - mean) ** 2, 0) / (r.length - 1));
+  const k = (v: number) => Math.round(v * 1000) / 1000;
+  return { guard_um: k(Math.min(GUARD_MAX_SHARE * tol, Math.max(0, sd - mean))), sd_um: k(sd), bias_um: k(mean), slices: r.length };
+}
 
 export interface CalibrationFit {
   calibration: ModelManifest['calibration'];
@@ -401,7 +436,7 @@ export function validateMagnitude(
     form,
     method,
     folds: folds.length,
-    heldout: { mae_um: { identity: null, fit: null }, boundary: { identity: boundaryOf([], [], 1, false), fit: boundaryOf([], [], 1, false) }, samples: 0 },
+    heldout: { mae_um: { identity: null, fit: null }, boundary: { identity: boundaryOf([], [], 1, false), fit: boundaryOf([], [], 1, false) }, guard: { identity: guardBandOf([], [], 1), fit: guardBandOf([], [], 1) }, samples: 0 },
     applied: false,
     reason,
     fitted,
@@ -437,7 +472,8 @@ export function validateMagnitude(
   const bId = boundaryOf(z, pId, opts.toleranceUm, unsigned);
   const bFit = pFit.some((v) => !Number.isFinite(v)) ? boundaryOf([], [], 1, false) : boundaryOf(z, pFit, opts.toleranceUm, unsigned);
   const r3 = (v: number) => Math.round(v * 1000) / 1000;
-  const heldout = { mae_um: { identity: r3(maeId), fit: Number.isFinite(maeFit) ? r3(maeFit) : null }, boundary: { identity: bId, fit: bFit }, samples: z.length };
+  const guard = { identity: guardBandOf(z, pId, opts.toleranceUm), fit: pFit.some((v) => !Number.isFinite(v)) ? guardBandOf([], [], 1) : guardBandOf(z, pFit, opts.toleranceUm) };
+  const heldout = { mae_um: { identity: r3(maeId), fit: Number.isFinite(maeFit) ? r3(maeFit) : null }, boundary: { identity: bId, fit: bFit }, guard, samples: z.length };
   let applied = false;
   let reason: string;
   if (!(all.slope > 0)) reason = `the fit's slope ${r3(all.slope)} is not positive`;
@@ -509,14 +545,17 @@ export function fitCalibration(
   const magnitude = chosen ?? signed;
   const line = chosen === null ? null : chosen.form === 'abs' ? fitAbs! : fit;
   const others = [signed, abs].filter((v): v is MagnitudeValidation => v !== null && v !== magnitude).map((v) => `; ${v.form} form: ${v.reason}`);
+  // the guard band of the magnitude the bundle will use, measured on the same held-out slices
+  const guard = chosen ? chosen.heldout.guard.fit : magnitude.heldout.guard.identity;
   const calibration: ModelManifest['calibration'] = {
     slope: line ? line.slope : 1,
     intercept: line ? line.intercept : 0,
     sign: sign.decision,
     magnitude: chosen?.form ?? 'signed',
+    guard_um: guard.guard_um,
     source:
       `${opts.source ?? 'focus stack'}; magnitude ${chosen ? `fit applied (${chosen.form} form)` : 'identity'}: ${magnitude.reason}` +
-      `${others.join('')}; chosen: ${why}`,
+      `${others.join('')}; chosen: ${why}; ${guardText(guard, toleranceUm)}`,
     fitted_at: (opts.now ?? new Date()).toISOString(),
   };
   const identity: ModelManifest['calibration'] = { slope: 1, intercept: 0, sign: 'model', source: 'identity' };
@@ -538,6 +577,11 @@ export function fitCalibration(
     mae_um_after: after.mae,
     n: samples.length,
   };
+}
+
+function guardText(g: GuardBand, tol: number): string {
+  if (g.sd_um === null) return `guard band 0 µm (${g.slices} held-out slices within ${GUARD_WINDOW_UM} µm of ±${tol} µm; needs ${GUARD_MIN_SLICES})`;
+  return `guard band ${g.guard_um} µm: in focus up to ${Math.round((tol - g.guard_um) * 1000) / 1000} µm (held-out readings near ±${tol} µm: sd ${g.sd_um} µm, bias ${(g.bias_um ?? 0) >= 0 ? '+' : ''}${g.bias_um} µm, ${g.slices} slices)`;
 }
 
 /**

@@ -69,7 +69,7 @@ export class CnnScorer implements Scorer {
       engine: engine.info.engine,
       pixel_size_um: m.input.pixel_size_um,
       // the controller's prior for the sign on a new instrument (outcome learning, docs/controller.md)
-      calibration: { sign: m.calibration.sign, fitted: typeof m.calibration.fitted_at === 'string' },
+      calibration: { sign: m.calibration.sign, fitted: typeof m.calibration.fitted_at === 'string', guard_um: m.calibration.guard_um ?? 0 },
     };
     this.ctx.logger.info(`scorer: cnn ${m.name} ${m.version} (${m.architecture}) on ${engine.info.engine}`, { sha256: this._info.sha256 });
   }

@@ -50,6 +50,11 @@ export interface ModelManifest {
     intercept: number;
     sign: 'model' | 'inverted' | 'unrecoverable';
     magnitude?: CalibrationMagnitude;
+    /**
+     * guard band (µm, default 0): a tile is in focus only when |defocus| ≤ tolerance − guard_um. Set by
+     * `focusd calibrate` from the held-out readings' scatter at the tolerance (models/calibration.ts guardBandOf).
+     */
+    guard_um?: number;
     source: string;
     fitted_at?: string;
   };

@@ -35,7 +35,7 @@ export interface TileSpec {
   d: number | null;
   conf?: number | null;
   /** the bundle's calibration as the scorer reports it; default: fitted on a focus stack, sign as the model says. */
-  calibration?: { sign: 'model' | 'inverted' | 'unrecoverable'; fitted: boolean };
+  calibration?: { sign: 'model' | 'inverted' | 'unrecoverable'; fitted: boolean; guard_um?: number };
   tol?: number;
   verdict?: Verdict;
   /** the tile's relative sharpness (ScoreResult.sharpness); absent: not measured. */
@@ -73,7 +73,7 @@ export function outcome(t: TileSpec): TileOutcome {
       patches: t.d === null ? 0 : 8,
       focus_map: t.d === null ? null : { rows: 2, cols: 2, defocus_um: [t.d, t.d, null, t.d] },
       // a bundle calibrated on this instrument's focus stack: its confident signs are trusted from the start
-      model: { name: 'test-model', version: '1.0.0', sha256: 'abc', engine: 'classical', pixel_size_um: 0.22, calibration: t.calibration ?? { sign: 'model', fitted: true } },
+      model: { name: 'test-model', version: '1.0.0', sha256: 'abc', engine: 'classical', pixel_size_um: 0.22, calibration: { guard_um: 0, ...(t.calibration ?? { sign: 'model', fitted: true }) } },
       ...(t.sharp === undefined ? {} : { sharpness: t.sharp }),
     },
     latency_ms: 12.5,

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { aggregate, type PatchEstimate } from '../../models/aggregate.js';
 import type { ModelInfo } from '../../core/types.js';
 
-const model: ModelInfo = { name: 't', version: '0', sha256: 'x', engine: 'onnxruntime/cpu', pixel_size_um: 0.22, calibration: { sign: 'model', fitted: false } };
+const model: ModelInfo = { name: 't', version: '0', sha256: 'x', engine: 'onnxruntime/cpu', pixel_size_um: 0.22, calibration: { sign: 'model', fitted: false, guard_um: 0 } };
 const plan = { rows: 2, cols: 3 };
 const est = (vals: Array<[number, number]>): PatchEstimate[] =>
   vals.map(([d, c], i) => ({ row: Math.floor(i / 3), col: i % 3, defocus_um: d, sign_confidence: c, sigma_um: null }));

@@ -52,7 +52,7 @@ describe('CnnScorer', () => {
       expect(r.focus_map).toMatchObject({ rows: 6, cols: 8 });
       expect(r.focus_map!.defocus_um.filter((v) => v !== null)).toHaveLength(r.patches);
       const sha = createHash('sha256').update(readFileSync(join(dir, 'onnx', 'model.onnx'))).digest('hex');
-      expect(r.model).toEqual({ name: 'tiny-laplacian', version: '0.0.1-test', sha256: sha, engine: 'onnxruntime/cpu', pixel_size_um: TINY_PIXEL_UM, calibration: { sign: 'model', fitted: false } });
+      expect(r.model).toEqual({ name: 'tiny-laplacian', version: '0.0.1-test', sha256: sha, engine: 'onnxruntime/cpu', pixel_size_um: TINY_PIXEL_UM, calibration: { sign: 'model', fitted: false, guard_um: 0 } });
     } finally {
       await s.stop();
     }
