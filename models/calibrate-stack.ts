@@ -127,7 +127,7 @@ export function magnitudeSummary(r: { magnitude_forms: { signed: MagnitudeValida
     line(r.magnitude_forms.signed),
     r.magnitude_forms.abs ? line(r.magnitude_forms.abs) : '  abs    – (sign unrecoverable: the signed form is a line in |d| already)',
     `applied: sign ${c.sign}, magnitude ${c.magnitude ?? 'signed'}, slope ${n(c.slope)}, intercept ${n(c.intercept)} (${r.magnitude_choice})`,
-    `guard band: ${n(c.guard_um ?? 0)} µm (${c.source.split('; ').find((x) => x.startsWith('guard band')) ?? 'none'})`,
+    c.source.split('; ').find((x) => x.startsWith('guard band')) ?? `guard band ${n(c.guard_um ?? 0)} µm`,
   ].join('\n');
 }
 

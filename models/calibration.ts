@@ -580,7 +580,7 @@ export function fitCalibration(
 }
 
 function guardText(g: GuardBand, tol: number): string {
-  if (g.sd_um === null) return `guard band 0 µm (${g.slices} held-out slices within ${GUARD_WINDOW_UM} µm of ±${tol} µm; needs ${GUARD_MIN_SLICES})`;
+  if (g.sd_um === null) return `guard band 0 µm (${g.slices} held-out slices within ${GUARD_WINDOW_UM} µm of ±${tol} µm, needs ${GUARD_MIN_SLICES})`;
   return `guard band ${g.guard_um} µm: in focus up to ${Math.round((tol - g.guard_um) * 1000) / 1000} µm (held-out readings near ±${tol} µm: sd ${g.sd_um} µm, bias ${(g.bias_um ?? 0) >= 0 ? '+' : ''}${g.bias_um} µm, ${g.slices} slices)`;
 }
 

@@ -88,20 +88,27 @@ describe('focusd calibrate on a procedural bad stack', () => {
     }
     const out = join(dir, 'out');
     const writes: string[] = [];
+    const errs: string[] = [];
     const orig = process.stdout.write.bind(process.stdout);
+    const origErr = process.stderr.write.bind(process.stderr);
     process.stdout.write = ((s: string) => (writes.push(String(s)), true)) as typeof process.stdout.write;
+    process.stderr.write = ((s: string) => (errs.push(String(s)), true)) as typeof process.stderr.write;
     let code: number;
     try {
       code = await calibrateMain([st, '--out', out, '--pixel-size', '0.22', '--patches', '1']);
     } finally {
       process.stdout.write = orig;
+      process.stderr.write = origErr;
     }
+    // no held-out slices at ±1 µm were checked: no guard band, and the summary says why
+    expect(errs.join('')).toMatch(/\nguard band 0 µm \(0 held-out slices within 0.25 µm of ±1 µm, needs 6\)/);
     expect(code).toBe(0);
     const report = JSON.parse(writes.join('')) as { magnitude: { applied: boolean; reason: string; fitted: { slope: number } }; calibration: { slope: number; intercept: number; source: string } };
     expect(report.magnitude.applied).toBe(false);
     expect(report.magnitude.reason).toMatch(/too few slices/);
-    expect(report.calibration).toMatchObject({ slope: 1, intercept: 0 });
+    expect(report.calibration).toMatchObject({ slope: 1, intercept: 0, guard_um: 0 });
     const b = await loadBundle(out);
+    expect(b.manifest.calibration.guard_um).toBe(0);
     expect(b.manifest.calibration.source).toMatch(/magnitude identity: too few slices/);
     expect((b.manifest.metrics as { calibration: { magnitude: { applied: boolean } } }).calibration.magnitude.applied).toBe(false);
   });
