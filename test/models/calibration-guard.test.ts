@@ -5,7 +5,7 @@ import { resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { ModelInfo, ScoreResult } from '../../core/types.js';
 import { decide } from '../../daemon/pipeline.js';
-import { loadBundle } from '../../models/bundle.js';
+import { loadBundle, validateManifest } from '../../models/bundle.js';
 import { fitCalibration, GUARD_MAX_SHARE, GUARD_MIN_SLICES, guardBandOf } from '../../models/calibration.js';
 import type { ModelManifest } from '../../models/manifest.js';
 import { linearStack } from '../helpers/calibration-samples.js';
@@ -68,6 +68,13 @@ describe('calibration guard band', () => {
     // the random draw does not matter much: another seed gives a band within 0.1 µm
     const other = fitCalibration(manifest, linearStack(3, grid(-5, 5, 0.25), 12, 0.59, 1.157, 0.3));
     expect(Math.abs(other.calibration.guard_um! - f.calibration.guard_um!)).toBeLessThan(0.1);
+  });
+
+  it('a manifest with a negative or absurd guard band is refused, naming the field', async () => {
+    await expect(validateManifest({ ...manifest, calibration: { ...manifest.calibration, guard_um: -0.1 } }, 'x')).rejects.toThrow(/guard_um/);
+    await expect(validateManifest({ ...manifest, calibration: { ...manifest.calibration, guard_um: 1e9 } }, 'x')).rejects.toThrow(/guard_um/);
+    await expect(validateManifest({ ...manifest, calibration: { ...manifest.calibration, guard_um: '0.2' as unknown as number } }, 'x')).rejects.toThrow(/guard_um/);
+    expect((await validateManifest({ ...manifest, calibration: { ...manifest.calibration, guard_um: 0.2 } }, 'x')).calibration.guard_um).toBe(0.2);
   });
 
   it('the verdict rule applies the bundle guard band: in focus only up to tolerance − guard', () => {
