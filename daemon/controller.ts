@@ -831,7 +831,10 @@ export class FocusController {
     let correction = (-sgn * mag) / c.gain.zOffset;
     if (rule === 'tilt' && c.pred) correction = -c.pred.defocus_um;
     const tilt = rule === 'tilt' ? this.tiltOf(c) : null;
-    const needed = st.lastZSign !== 0 && Math.sign(correction) !== st.lastZSign ? tol + hysteresisUm : tol;
+    // only a reversal needs more than the run's tiles being out of focus (which their verdicts already say; with a
+    // calibrated bundle's guard band that can be below the tolerance)
+    const reversing = st.lastZSign !== 0 && Math.sign(correction) !== st.lastZSign;
+    const needed = reversing ? tol + hysteresisUm : 0;
     const tiles = run.map((r) => ({ seq: r.seq, index: r.index, attempt: r.attempt, defocus_um: r3(r.d), sign_confidence: r.conf, stage_z_um: r.z }));
     if (mag <= needed) {
       this.refuse(c, 'z_offset', 'hysteresis', `median |defocus| ${r3(mag)} µm ≤ ${r3(needed)} µm needed to reverse the previous correction`);

@@ -37,7 +37,7 @@ class ScriptedScanner {
     private readonly rt: RuntimeView,
     /** true signed defocus of tile i at z offset 0 */
     private readonly focalError: (i: number) => number,
-    private readonly opts: { latency?: number; conf?: number; followReacquire?: boolean; now?: () => number } = {},
+    private readonly opts: { latency?: number; conf?: number; followReacquire?: boolean; now?: () => number; guardUm?: number } = {},
   ) {}
 
   run(n: number): void {
@@ -52,7 +52,8 @@ class ScriptedScanner {
   }
 
   private feed(t: TileSpec, i: number): void {
-    const d = this.ctl.onTile(outcome({ ...t, tol: this.rt.toleranceUm }), this.opts.now?.() ?? 1_000_000 + this.seq * 200, this.rt);
+    const cal = this.opts.guardUm === undefined ? {} : { calibration: { sign: 'model' as const, fitted: true, guard_um: this.opts.guardUm } };
+    const d = this.ctl.onTile(outcome({ ...t, ...cal, tol: this.rt.toleranceUm }), this.opts.now?.() ?? 1_000_000 + this.seq * 200, this.rt);
     this.decisions.push(d);
     for (const a of d.actions) {
       this.actions.push(a);
@@ -106,6 +107,17 @@ describe('controller decisions (scripted tile streams)', () => {
     expect(re.length).toBeLessThanOrEqual(base.drift.consecutive + 3 + 1);
     expect(new Set(re.map((a) => a.tile.index)).size).toBe(re.length);
     expect(ctl.cumulative('scanner-a', 'slide-1')).toBeCloseTo(z[0]!.z_offset_um, 6);
+  });
+
+  it('with a calibrated guard band a drift just inside the tolerance is still a drift (no hysteresis refusal)', () => {
+    const ctl = new FocusController(settings());
+    // focus steps 0.9 µm at tile 10: out of focus under a 0.2 µm guard band (in focus only up to 0.8 µm)
+    const sc = new ScriptedScanner(ctl, live, (i) => (i >= 10 ? 0.9 : 0) + noise(i, 0.04), { latency: 2, guardUm: 0.2 });
+    sc.run(40);
+    const z = sc.of('z_offset');
+    expect(z).toHaveLength(1);
+    expect(z[0]!.z_offset_um).toBeCloseTo(-0.9, 1);
+    expect(sc.decisions.flatMap((d) => d.refused).filter((r) => r.limit === 'hysteresis')).toHaveLength(0);
   });
 
   it('a slow ramp is corrected step by step, never twice within the cooldown', () => {

@@ -48,7 +48,8 @@ export interface TileSpec {
 export function outcome(t: TileSpec): TileOutcome {
   const tol = t.tol ?? 1;
   const index = t.index ?? t.seq;
-  const verdict: Verdict = t.verdict ?? (t.d === null ? 'no_tissue' : Math.abs(t.d) > tol ? 'out_of_focus' : 'in_focus');
+  // as daemon/pipeline.ts decides: a calibrated bundle's guard band moves the boundary inside the tolerance
+  const verdict: Verdict = t.verdict ?? (t.d === null ? 'no_tissue' : Math.abs(t.d) > tol - (t.calibration?.guard_um ?? 0) ? 'out_of_focus' : 'in_focus');
   return {
     header: {
       v: 1,
