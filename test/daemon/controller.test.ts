@@ -109,15 +109,22 @@ describe('controller decisions (scripted tile streams)', () => {
     expect(ctl.cumulative('scanner-a', 'slide-1')).toBeCloseTo(z[0]!.z_offset_um, 6);
   });
 
-  it('with a calibrated guard band a drift just inside the tolerance is still a drift (no hysteresis refusal)', () => {
+  it('with a calibrated guard band a drift just inside the tolerance re-acquires its tiles but moves no plan, and says why', () => {
     const ctl = new FocusController(settings());
     // focus steps 0.9 µm at tile 10: out of focus under a 0.2 µm guard band (in focus only up to 0.8 µm)
     const sc = new ScriptedScanner(ctl, live, (i) => (i >= 10 ? 0.9 : 0) + noise(i, 0.04), { latency: 2, guardUm: 0.2 });
     sc.run(40);
-    const z = sc.of('z_offset');
-    expect(z).toHaveLength(1);
-    expect(z[0]!.z_offset_um).toBeCloseTo(-0.9, 1);
-    expect(sc.decisions.flatMap((d) => d.refused).filter((r) => r.limit === 'hysteresis')).toHaveLength(0);
+    expect(sc.of('z_offset')).toHaveLength(0);
+    expect(new Set(sc.of('reacquire').map((a) => a.tile.index))).toContain(10);
+    const refused = sc.decisions.flatMap((d) => d.refused).filter((r) => r.type === 'z_offset');
+    expect(refused.length).toBeGreaterThan(0);
+    expect(refused[0]).toMatchObject({ limit: 'hysteresis' });
+    expect(refused[0]!.detail).toMatch(/within ±1 µm \(out of focus only by the bundle's guard band\): tiles are re-acquired, the plan is not moved/);
+    // beyond the tolerance it is a drift as before
+    const ctl2 = new FocusController(settings());
+    const sc2 = new ScriptedScanner(ctl2, live, (i) => (i >= 10 ? 1.6 : 0) + noise(i, 0.04), { latency: 2, guardUm: 0.2 });
+    sc2.run(40);
+    expect(sc2.of('z_offset')).toHaveLength(1);
   });
 
   it('a slow ramp is corrected step by step, never twice within the cooldown', () => {
