@@ -299,7 +299,7 @@ export const MAX_BOUNDARY_SHIFT_UM = 0.1;
  * The guard band of a calibrated bundle: how far inside the tolerance its in/out decision sits. A calibrated
  * reading is unbiased at the tolerance, so a tile just beyond it is called in focus as often as not (on the virtual
  * scanner's matching optics, real held-out tissue: slide yield 99.6 % uncalibrated, whose 1.12× over-read happened
- * to act as a margin, 96-97 % calibrated). From the held-out slices near the tolerance (| |z| − tol | ≤ 0.5 µm):
+ * to act as a margin, 96-97 % calibrated). From the held-out slices near the tolerance (| |z| − tol | ≤ GUARD_WINDOW_UM):
  * residual r = |prediction| − |z|, guard = max(0, sd(r) − mean(r)), so a tile at the tolerance is read beyond
  * tol − guard about 84 % of the time (one sd); an under-read (mean < 0) widens it, an over-read narrows it.
  * At most GUARD_MAX_SHARE of the tolerance; 0 with fewer than GUARD_MIN_SLICES such slices. (A cap of half the
