@@ -18,14 +18,14 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { calibrateOnSimulatedStack, calibrationLines } from '../cli/sim-calibrate.js';
+import { calibrateOnSimulatedStack, calibrationLines, SIM_CALIBRATION_FIT_RANGE_UM } from '../cli/sim-calibrate.js';
 import { inProcessDaemons } from '../cli/simulate.js';
-import { loadConfig } from '../config/load.js';
+import { DEFAULT_MODEL_DIR } from '../config/load.js';
 import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instruments.js';
 import { markdownTable, slideLine } from '../sim/report.js';
 import { runSimulation, type SimulationReport } from '../sim/run.js';
 import type { ScanCounts } from '../sim/scanner.js';
-import { cropScene, imageSceneSource, loadTissueImages, resolveTissueSpec } from '../sim/tissue-images.js';
+import { imageSceneSource, loadTissueImages, resolveTissueSpec, stackSceneSource } from '../sim/tissue-images.js';
 
 export interface LoopBenchOptions {
   instruments: string;
@@ -137,12 +137,11 @@ export async function loopBench(o: LoopBenchOptions): Promise<void> {
   const tissue = o.tissue ?? 'procedural';
   const images = tissue === 'procedural' ? undefined : await loadTissueImages(resolveTissueSpec(tissue));
   const scenes = images ? imageSceneSource(images, { width: o.width, height: o.height }) : undefined;
-  const modelDir = loadConfig({ file: null, args: [], env: {}, overrides: { 'scanner.id': 'bench' } }).resolved.modelDir;
   const calRoot = o.calibrate ? mkdtempSync(join(tmpdir(), 'focusd-bench-cal-')) : null;
   const started = new Date();
   const reports: SimulationReport[] = [];
   try {
-    for (const name of names as InstrumentName[]) for (const seed of o.seeds) reports.push(await loopRun(o, name, seed, scenes, images, modelDir, calRoot));
+    for (const name of names as InstrumentName[]) for (const seed of o.seeds) reports.push(await loopRun(o, name, seed, scenes, images, calRoot));
   } finally {
     if (calRoot) rmSync(calRoot, { recursive: true, force: true });
   }
@@ -156,7 +155,6 @@ async function loopRun(
   seed: number,
   scenes: ReturnType<typeof imageSceneSource> | undefined,
   images: Awaited<ReturnType<typeof loadTissueImages>> | undefined,
-  modelDir: string,
   calRoot: string | null,
 ): Promise<SimulationReport> {
   const tissue = tissueOf(o);
@@ -165,10 +163,11 @@ async function loopRun(
     ? await calibrateOnSimulatedStack({
         instrument: name,
         dir: join(calRoot, `${name}-${seed}`),
-        modelDir,
+        // the bench's daemons run the shipped bundle (no scoring.model override): that is the one calibrated
+        modelDir: DEFAULT_MODEL_DIR,
         seed,
-        fitRangeUm: 3,
-        ...(images ? { scene: (s: number, w: number, h: number, px: number) => cropScene(images, { seed: s, kind: 'tissue' }, w, h, px), tissue } : {}),
+        fitRangeUm: SIM_CALIBRATION_FIT_RANGE_UM,
+        ...(images ? { scene: stackSceneSource(images), tissue } : {}),
       })
     : undefined;
   if (calibration) for (const l of calibrationLines(calibration)) console.log(l);
@@ -242,7 +241,7 @@ Machine: ${result.machine.cpus} CPU (${result.machine.cpu_model}), Node ${result
 Virtual scanner (sim/, \`focusd simulate\`): ${o.slides} slides in a row per instrument on one daemon (in-process, embedded broker, router),
 ${o.cols}x${o.rows} tiles of ${o.width}x${o.height} px (0.22 µm/px), seed${seeds.length > 1 ? 's' : ''} ${seeds.join(', ')}; the same slides without feedback (commands received and ignored).
 Tissue tiles: ${tissueOf(o) === 'procedural' ? 'procedural (sim/procedural.ts)' : `cropped from real in-focus images (\`--loop-tissue ${tissueOf(o)}\`${tissueOf(o) === 'heldout' ? ': the training code\'s held-out sources and stains, never seen by the model' : ''}), blurred by each instrument's optics`}.
-${o.calibrate ? "Calibrated first: for each instrument and seed, a focus stack of other tissue than the slides' (8 positions, z −6..+6 µm in 0.5 µm) is taken on the instrument and the bundle is calibrated on it as `focusd calibrate --fit-range 3` does (`focusd simulate --calibrate`); both runs scan with the calibrated bundle.\n" : ''}Yield: tissue tiles whose final acquisition is within ±1 µm of the true focus. Wrong-way: a re-acquisition (not a probe) or z_offset
+${o.calibrate ? "Calibrated first: for each instrument and seed, a focus stack of other tissue than the slides' (8 positions, z −6..+6 µm in 0.5 µm) is taken on the instrument and the bundle is calibrated on it as `focusd calibrate --fit-range " + SIM_CALIBRATION_FIT_RANGE_UM + "` does (`focusd simulate --calibrate`); both runs scan with the calibrated bundle.\n" : ''}Yield: tissue tiles whose final acquisition is within ±1 µm of the true focus. Wrong-way: a re-acquisition (not a probe) or z_offset
 that left the tile further from focus than before. Total ${result.time_s} s${mergedFrom ? ` (${mergedFrom.length} invocations, merged)` : ''}.
 
 ${seeds.length > 1 ? `## Pooled over seeds ${seeds.join(', ')}\n\nYield and acquisitions per tile from the summed counts; wrong-way moves per run, in seed order.\n\n${pooledTable(byInstrument)}\n\n## Per seed\n\n` : ''}${markdownTable(seeds.length > 1 ? reports.map((r) => ({ ...r, instrument: `${r.instrument}, seed ${r.seed}` as InstrumentName })) : reports)}

@@ -29,6 +29,12 @@ export interface SimCalibrationOptions {
   tissue?: string;
 }
 
+/**
+ * `--fit-range` of the simulated stack's calibration unless told otherwise (focusd simulate
+ * --calibration-fit-range, the loop bench): the in/out boundary's neighbourhood.
+ */
+export const SIM_CALIBRATION_FIT_RANGE_UM = 3;
+
 /** What a simulation report says about the calibrated bundle it scanned with. */
 export interface SimCalibration {
   bundle: string;

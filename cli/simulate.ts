@@ -9,11 +9,11 @@ import { Daemon } from '../daemon/daemon.js';
 import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instruments.js';
 import { textTable, slideLine } from '../sim/report.js';
 import type { SceneSource } from '../sim/render.js';
-import { cropScene, imageSceneSource, loadTissueImages, resolveTissueSpec, type TissueImage } from '../sim/tissue-images.js';
+import { imageSceneSource, loadTissueImages, resolveTissueSpec, stackSceneSource, type TissueImage } from '../sim/tissue-images.js';
 import { runSimulation, type DaemonFactory, type DaemonHandle, type SimulationReport } from '../sim/run.js';
 import type { ScanEvent } from '../sim/scanner.js';
 import { splitConfigArgs } from './args.js';
-import { calibrateOnSimulatedStack, calibrationLines, type SimCalibration } from './sim-calibrate.js';
+import { calibrateOnSimulatedStack, calibrationLines, SIM_CALIBRATION_FIT_RANGE_UM, type SimCalibration } from './sim-calibrate.js';
 
 const USAGE = `usage: focusd simulate [options]
 
@@ -179,7 +179,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
         verbose: { type: 'boolean', default: false },
         'restart-between-slides': { type: 'boolean', default: false },
         calibrate: { type: 'boolean', default: false },
-        'calibration-fit-range': { type: 'string', default: '3' },
+        'calibration-fit-range': { type: 'string', default: String(SIM_CALIBRATION_FIT_RANGE_UM) },
         'calibration-dir': { type: 'string' },
         help: { type: 'boolean', default: false },
       },
@@ -264,7 +264,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
           seed: ints.seed!,
           fitRangeUm: fitRange,
           // with --tissue the stack is crops of the same images at other offsets and orientations (other seeds)
-          ...(tissueImages ? { scene: (seed: number, w: number, h: number, px: number) => cropScene(tissueImages!, { seed, kind: 'tissue' }, w, h, px), tissue: values.tissue } : {}),
+          ...(tissueImages ? { scene: stackSceneSource(tissueImages), tissue: values.tissue } : {}),
         });
         for (const l of calibrationLines(calibration)) out(l);
       }

@@ -142,6 +142,11 @@ export function cropScene(images: TissueImage[], tile: Pick<SimTile, 'seed' | 'k
   return { width, height, seed: tile.seed, kind: tile.kind, pixelSizeUm, trans, truthTissueFraction: tissue / n };
 }
 
+/** The scenes of a focus stack's positions from the images (crops by the position's seed): sim-calibrate's `scene`. */
+export function stackSceneSource(images: TissueImage[]): (seed: number, width: number, height: number, pixelSizeUm: number) => SynthScene {
+  return (seed, width, height, pixelSizeUm) => cropScene(images, { seed, kind: 'tissue' }, width, height, pixelSizeUm);
+}
+
 /**
  * A scene source for TileRenderer: tissue tiles from the images, glass and dust stay procedural. With the tile size,
  * images too small for a tile are refused here, before a scan starts (a crop may be rotated: both sides must fit).
