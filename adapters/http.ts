@@ -85,12 +85,13 @@ export class HttpStatus implements Component {
       lines.push(`# HELP focusd_${name} ${help}`, `# TYPE focusd_${name} ${type}`);
       for (const [labels, v] of samples) lines.push(`focusd_${name}${labels} ${v}`);
     };
-    metric('tiles_received_total', 'counter', 'Tiles received over ZeroMQ.', [['', m.received]]);
+    metric('tiles_received_total', 'counter', 'Tiles received over ZeroMQ with a valid header (messages rejected at ingest are counted only in focusd_rejected_total).', [['', m.received]]);
     metric('tiles_scored_total', 'counter', 'Tiles scored, by verdict.', Object.entries(m.verdicts).map(([k, v]) => [`{verdict="${k}"}`, v]));
     metric('tiles_skipped_total', 'counter', 'Tiles not scored (overload or paused).', [['', m.skipped]]);
     metric('messages_rejected_total', 'counter', 'Rejected messages, by reason.', [...m.rejected].map(([k, v]) => [`{reason="${k}"}`, v]));
     metric('actions_total', 'counter', 'Actions decided by the controller.', [['', m.actions]]);
     metric('publish_failures_total', 'counter', 'MQTT publishes that failed.', [['', m.publishFailures]]);
+    metric('error_messages_suppressed_total', 'counter', 'Rejections counted but not published one by one on the error topic (mqtt.maxErrorBacklog).', [['', m.errorMessagesSuppressed]]);
     metric('control_requests_total', 'counter', 'MQTT control requests received.', [['', m.controlRequests]]);
     metric('control_rejected_total', 'counter', 'MQTT control requests refused (answered ok: false), by reason.', [...m.controlRejected].map(([k, v]) => [`{reason="${k}"}`, v]));
     metric('store_write_failures_total', 'counter', 'SQLite writes (history, outbox) that failed.', [['', m.storeWriteFailures]]);

@@ -135,6 +135,10 @@ export class MqttAdapter implements Component, ActionPublisher {
   private statsTimer: NodeJS.Timeout | null = null;
   private validateRequest: ValidateFunction | null = null;
   private offlineQueued = 0;
+  /** rejection messages published and not yet acknowledged (or failed). */
+  private rejectionBacklog = 0;
+  /** rejections not published while the backlog was full, by reason, until the summary goes out. */
+  private readonly suppressedRejections = new Map<string, number>();
   private wasConnected = false;
   private lastConnectError = '';
   private readonly failureLog = new LogThrottle(FAILURE_LOG_INTERVAL_MS);
@@ -386,14 +390,46 @@ export class MqttAdapter implements Component, ActionPublisher {
     void this.fire('tile', this.topics.tile, tileMessage(o, this.ctx.runtime.toleranceUm, predicted));
   }
 
+  /**
+   * One `error` message per rejected tile or message. Rejections come at the rate a sender can send, not the rate
+   * focusd can score, so they are bounded twice: the received header is echoed only up to ERROR_HEADER_ECHO_BYTES
+   * (else its correlation fields), and at most mqtt.maxErrorBacklog of them wait for the broker at once. Beyond
+   * that they are counted (stats.rejected_by_reason has every one; focusd_error_messages_suppressed_total) and
+   * one `rejections_suppressed` message says how many and why once the backlog has drained. Measured before: a
+   * flood of 20 000 rejections with 60 KB headers took the daemon to 2.9 GB and its MQTT link down (ENOBUFS).
+   */
   private publishRejection(r: Rejection): void {
+    if (this.rejectionBacklog >= this.ctx.config.mqtt.maxErrorBacklog) {
+      this.suppressedRejections.set(r.reason, (this.suppressedRejections.get(r.reason) ?? 0) + 1);
+      this.ctx.metrics.errorMessagesSuppressed++;
+      return;
+    }
+    this.rejectionBacklog++;
     void this.fire('error', this.topics.error, {
       schema: SCHEMA_IDS.error,
       scanner: this.ctx.config.scanner.id,
       at: new Date().toISOString(),
       reason: r.reason,
       detail: r.detail,
-      received: r.received,
+      received: echoReceived(r.received),
+    }).finally(() => {
+      this.rejectionBacklog--;
+      if (this.rejectionBacklog === 0 && this.suppressedRejections.size > 0) this.publishSuppressed();
+    });
+  }
+
+  private publishSuppressed(): void {
+    const byReason = Object.fromEntries(this.suppressedRejections);
+    const total = [...this.suppressedRejections.values()].reduce((a, b) => a + b, 0);
+    this.suppressedRejections.clear();
+    this.ctx.logger.warn(`${total} rejections were not published on the error topic (mqtt.maxErrorBacklog ${this.ctx.config.mqtt.maxErrorBacklog} awaiting the broker)`, { by_reason: byReason });
+    void this.fire('error', this.topics.error, {
+      schema: SCHEMA_IDS.error,
+      scanner: this.ctx.config.scanner.id,
+      at: new Date().toISOString(),
+      reason: 'rejections_suppressed',
+      detail: `${total} rejected messages were not published here one by one: ${this.ctx.config.mqtt.maxErrorBacklog} error messages were already awaiting the broker (mqtt.maxErrorBacklog). Every rejection is counted in stats.rejected_by_reason and /metrics`,
+      suppressed: { total, by_reason: byReason },
     });
   }
 
@@ -611,4 +647,26 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
       t = setTimeout(() => rej(new Error(`timed out after ${ms} ms`)), ms);
     }),
   ]).finally(() => clearTimeout(t));
+}
+
+/** A received header up to this JSON size is echoed whole on `error`; a larger one by its correlation fields. */
+export const ERROR_HEADER_ECHO_BYTES = 2048;
+const HEADER_ID_FIELDS = ['v', 'scanner', 'scan', 'slide', 'seq', 'tile', 'attempt'] as const;
+
+/** `received` of an error message: the header whole when it is small, else its correlation fields and its size. */
+export function echoReceived(r: Rejection['received']): Record<string, unknown> {
+  const { header, frames, bytes } = r;
+  if (header === undefined) return { frames, bytes };
+  const size = bytes[0] !== undefined && bytes[0] >= 0 ? bytes[0] : Buffer.byteLength(JSON.stringify(header) ?? '');
+  if (size <= ERROR_HEADER_ECHO_BYTES) return { header, frames, bytes };
+  const ids: Record<string, unknown> = {};
+  if (header !== null && typeof header === 'object' && !Array.isArray(header)) {
+    const h = header as Record<string, unknown>;
+    for (const k of HEADER_ID_FIELDS) {
+      const v = h[k];
+      // scalars and small objects (tile: {index, row, col}); anything bigger is what made the header too large
+      if (v !== undefined && (JSON.stringify(v)?.length ?? Infinity) <= 256) ids[k] = v;
+    }
+  }
+  return { header: ids, header_truncated: size, frames, bytes };
 }

@@ -36,6 +36,8 @@ export class Metrics {
   skipped = 0;
   published = 0;
   publishFailures = 0;
+  /** rejections counted but not published one by one on `error` (mqtt.maxErrorBacklog; see adapters/mqtt.ts). */
+  errorMessagesSuppressed = 0;
   actions = 0;
   /** control requests received on <base>/control/request, whatever became of them. */
   controlRequests = 0;
@@ -94,6 +96,7 @@ export class Metrics {
       actions: this.actions,
       published: this.published,
       publish_failures: this.publishFailures,
+      error_messages_suppressed: this.errorMessagesSuppressed,
       control_requests: this.controlRequests,
       control_rejected_by_reason: Object.fromEntries(this.controlRejected),
       store_write_failures: this.storeWriteFailures,

@@ -35,6 +35,8 @@ export interface IncomingTile {
   payload: Buffer;
   /** performance.now() when the first frame was received; latency is measured from here. */
   receivedAt: number;
+  /** size of the header frame in bytes (reported with a rejection decided after ingest); absent: unknown. */
+  headerBytes?: number;
 }
 
 /** A decoded tile: 8-bit sRGB, interleaved RGB, tightly packed (width*3 bytes per row). */

@@ -1,5 +1,6 @@
 import type { Component } from '../core/lifecycle.js';
 import type { Context } from '../core/context.js';
+import { LogThrottle } from '../core/log-throttle.js';
 import { tileMeta } from '../core/logger.js';
 import type { Scorer } from '../models/scorer.js';
 import { GUARD_MAX_SHARE } from '../models/calibration.js';
@@ -15,6 +16,9 @@ import type {
   TileSink,
   Verdict,
 } from '../core/types.js';
+
+/** One log line per rejection reason per this interval (the rest are counted and published, docs/protocol.md). */
+export const REJECT_LOG_INTERVAL_MS = 10_000;
 
 export type DecodeFn = (tile: IncomingTile, opts: { maxPixels: number }) => Promise<DecodedTile>;
 
@@ -81,6 +85,9 @@ export class Pipeline implements Component, TileSink {
   private spaceWaiters: Array<() => void> = [];
   private idleWaiters: Array<() => void> = [];
 
+  /** rejections are logged once per reason per REJECT_LOG_INTERVAL_MS (each is counted and published). */
+  private readonly rejectLog = new LogThrottle(REJECT_LOG_INTERVAL_MS);
+
   constructor(private readonly ctx: Context, private readonly deps: PipelineDeps) {}
 
   async start(): Promise<void> {
@@ -126,8 +133,12 @@ export class Pipeline implements Component, TileSink {
     const { metrics, logger, events } = this.ctx;
     if (rejection.reason === 'skipped_overload' || rejection.reason === 'paused') metrics.skipped++;
     else metrics.reject(rejection.reason);
-    const h = (rejection.received.header ?? {}) as Record<string, unknown>;
-    logger.warn(`tile rejected: ${rejection.reason}: ${rejection.detail}`, { ...tileMeta(h), reason: rejection.reason });
+    // counted and published one by one; logged once per reason per interval (a sender can send 10^4 bad messages a second)
+    const t = this.rejectLog.take(rejection.reason);
+    if (t) {
+      const h = (rejection.received.header ?? {}) as Record<string, unknown>;
+      logger.warn(`tile rejected: ${rejection.reason}: ${rejection.detail}${t.suppressed ? ` (${t.suppressed} more ${rejection.reason} since the last line)` : ''}`, { ...tileMeta(h), reason: rejection.reason, suppressed: t.suppressed });
+    }
     events.emit('tile:rejected', rejection);
   }
 
@@ -136,7 +147,7 @@ export class Pipeline implements Component, TileSink {
     metrics.received++;
     this.ctx.events.emit('tile:received', tile);
     const refuse = (reason: RejectReason, detail: string): TileReply => {
-      const r: Rejection = { reason, detail, received: { header: tile.header, frames: 2, bytes: [-1, tile.payload.length] } };
+      const r: Rejection = { reason, detail, received: { header: tile.header, frames: 2, bytes: [tile.headerBytes ?? -1, tile.payload.length] } };
       this.reject(r);
       return { ok: false, ...r };
     };
@@ -186,6 +197,9 @@ export class Pipeline implements Component, TileSink {
     try {
       score = await this.deps.scorer.score(decoded);
     } catch (err) {
+      // a tile the scorer cannot take (smaller than one model patch) is the sender's to fix, not an internal error
+      const coded = (err as CodedError).reason;
+      if (coded) return refuse(coded, (err as Error).message);
       ctx.logger.error('scoring failed', { ...tileMeta(tile.header), error: (err as Error).stack ?? String(err) });
       return refuse('scoring_failed', (err as Error).message);
     } finally {

@@ -42,6 +42,8 @@ parentPort!.on('message', (msg: { id: number; rgb: ArrayBuffer; width: number; h
     };
     parentPort!.postMessage({ id: msg.id, ok: true, result });
   } catch (err) {
-    parentPort!.postMessage({ id: msg.id, ok: false, error: (err as Error).stack ?? String(err) });
+    // a coded error (TileTooSmallError) is the sender's to fix: its reason and plain message cross the thread
+    const reason = (err as { reason?: string }).reason;
+    parentPort!.postMessage({ id: msg.id, ok: false, error: reason ? (err as Error).message : (err as Error).stack ?? String(err), reason });
   }
 });

@@ -180,12 +180,12 @@ export class ClassicalScorer implements Scorer {
     const cfg = this.ctx.config;
     const w = startModuleWorker(import.meta.url, 'classical-worker', { cal, tissue: cfg.tissue, patches: cfg.scoring.patches });
     this.worker = w;
-    w.on('message', (m: { id: number; ok: boolean; result?: ClassicalWorkResult; error?: string }) => {
+    w.on('message', (m: { id: number; ok: boolean; result?: ClassicalWorkResult; error?: string; reason?: string }) => {
       const p = this.pending.get(m.id);
       if (!p) return;
       this.pending.delete(m.id);
       if (m.ok) p.resolve(m.result!);
-      else p.reject(new Error(`classical worker: ${m.error}`));
+      else p.reject(m.reason ? Object.assign(new Error(m.error), { reason: m.reason }) : new Error(`classical worker: ${m.error}`));
     });
     const failAll = (err: Error) => {
       for (const p of this.pending.values()) p.reject(err);

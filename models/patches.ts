@@ -81,6 +81,14 @@ export function axisPositions(len: number, t: number): number[] {
   return out;
 }
 
+/**
+ * A tile with tissue smaller than one model patch: the sender's to fix (rejected as invalid_header with this message,
+ * docs/protocol.md), not a scorer failure. `reason` survives the classical worker's message (classical-worker.ts).
+ */
+export class TileTooSmallError extends Error {
+  readonly reason = 'invalid_header' as const;
+}
+
 /** Whether a tile is at least one patch wide and high (a smaller tile cannot be scored at the model's scale). */
 export function tileFitsPatch(width: number, height: number, tilePixelUm: number, input: ModelInput): boolean {
   const { tw, th } = patchFootprint(tilePixelUm, input);
@@ -99,8 +107,8 @@ export function tileFitsPatch(width: number, height: number, tilePixelUm: number
 export function planPatches(width: number, height: number, tilePixelUm: number, input: ModelInput, tissue: TissueMap, opts: PatchOptions): PatchPlan {
   const { tw, th, scale } = patchFootprint(tilePixelUm, input);
   if (!tileFitsPatch(width, height, tilePixelUm, input))
-    throw new Error(
-      `tile ${width}x${height} px is smaller than one model patch (${fmt(tw)}x${fmt(th)} tile px = ${input.size[1]}x${input.size[0]} px at ${input.pixel_size_um} µm/px, tile ${tilePixelUm} µm/px): cannot be scored at the model's scale`,
+    throw new TileTooSmallError(
+      `tile ${width}x${height} px is smaller than one model patch (${fmt(tw)}x${fmt(th)} tile px = ${input.size[1]}x${input.size[0]} px at ${input.pixel_size_um} µm/px, tile ${tilePixelUm} µm/px): cannot be scored at the model's scale; send tiles of at least ${Math.ceil(tw - 1e-6)}x${Math.ceil(th - 1e-6)} px at this pixel size`,
     );
   const nx = Math.ceil(width / tw - 1e-6);
   const ny = Math.ceil(height / th - 1e-6);
@@ -142,8 +150,8 @@ export interface TilePlan {
 /**
  * The sampling rule of both scorers: tissue map, the tissue.minFraction decision, the patch plan.
  * A tile with enough tissue always gets at least one patch (planPatches' fallback), so a blurred tile with
- * scattered tissue cannot pass as no_tissue. A tile with tissue that is smaller than one patch throws (the
- * pipeline refuses it as scoring_failed with this message) rather than being passed unscored.
+ * scattered tissue cannot pass as no_tissue. A tile with tissue that is smaller than one patch throws TileTooSmallError (the
+ * pipeline refuses it as invalid_header with this message) rather than being passed unscored.
  */
 export function planTile(
   tile: { rgb: Buffer | Uint8Array; width: number; height: number; pixelSizeUm: number },

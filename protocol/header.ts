@@ -143,7 +143,7 @@ export function parseMessage(frames: Buffer[], limits: MessageLimits, receivedAt
   } else if (header.significant_bits !== undefined) {
     return reject('invalid_header', '/significant_bits is only meaningful for raw 16-bit pixel types');
   }
-  return { ok: true, tile: { header, payload, receivedAt } };
+  return { ok: true, tile: { header, payload, receivedAt, headerBytes: frames[0]!.length } };
 }
 
 type JsonResult = { ok: true; value: unknown } | { ok: false; error: string; tooDeep?: boolean };

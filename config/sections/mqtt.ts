@@ -93,6 +93,11 @@ export const mqtt = {
       format: 'positive-int',
       default: 1000,
     },
+    maxErrorBacklog: {
+      doc: 'Most rejection messages (error topic) awaiting the broker at once. Rejections arrive as fast as a sender can send; beyond this many unacknowledged, further ones are counted (stats.rejected_by_reason, error_messages_suppressed) but not published one by one, and a rejections_suppressed message with the counts follows once the backlog has drained.',
+      format: 'positive-int',
+      default: 1000,
+    },
     keepaliveS: { doc: 'MQTT keepalive in seconds.', format: 'positive-int', default: 30 },
     reconnectMs: { doc: 'Delay between reconnect attempts.', format: 'positive-int', default: 2000 },
     statsIntervalS: { doc: 'Seconds between stats messages; 0 disables them.', format: 'nat', default: 10, env: 'FOCUSD_STATS_INTERVAL_S' },

@@ -52,6 +52,32 @@ async function start(overrides: Record<string, unknown>) {
   return { d: daemon, sub, base: `focusd/${id}` };
 }
 
+describe('tiles the model cannot take', () => {
+  // the classical scorer's patch is 192 px (CLASSICAL_PATCH), the CNN's 320 px (both at 0.22 µm/px)
+  it.each([['classical', 150, 192], ['cnn', 200, 320]] as const)('%s: a tissue tile smaller than one model patch is invalid_header naming the size to send (not scoring_failed); a blank one is no_tissue; bytes are what arrived', async (scorer, px, patch) => {
+    const { d, sub, base } = await start({ 'ingest.pattern': 'router', 'scoring.scorer': scorer });
+    const sender = new TileSender({ endpoint: d.ingestEndpoint, pattern: 'req', timeoutMs: 30_000 });
+    sender.connect();
+    try {
+      const small = synthTile({ width: px, height: px, seed: 6, kind: 'tissue', defocusUm: 0 }).rgb;
+      const h = { ...header(1), width: px, height: px };
+      const reply = (await sender.send(h, small)) as { ok: boolean; reason: string; detail: string; received: { bytes: number[] } };
+      expect(reply).toMatchObject({ ok: false, reason: 'invalid_header' });
+      expect(reply.detail).toMatch(new RegExp(`smaller than one model patch.*send tiles of at least ${patch}x${patch} px`));
+      expect(reply.received.bytes).toEqual([Buffer.byteLength(JSON.stringify(h)), small.length]);
+      const blank = (await sender.send({ ...h, seq: 2, tile: { index: 2, row: 0, col: 2 } }, Buffer.alloc(px * px * 3, 235))) as { ok: boolean; verdict?: string };
+      expect(blank).toMatchObject({ ok: true, verdict: 'no_tissue' });
+      expect(d.ctx.metrics.rejected.get('scoring_failed')).toBeUndefined();
+      const err = await sub.wait((m) => m.topic === `${base}/error`, 10_000, 'the error message');
+      assertSchema('error', err.json);
+      expect(err.json).toMatchObject({ reason: 'invalid_header' });
+    } finally {
+      await sender.close();
+      await sub.close();
+    }
+  }, 60_000);
+});
+
 describe('pipeline overflow policy', () => {
   it('backpressure (default): a burst larger than the queue is slowed down at the sender, nothing is lost', async () => {
     const { d, sub, base } = await start({ 'pipeline.queueSize': 1, 'ingest.highWaterMark': 1 });
