@@ -30,8 +30,32 @@ import { PatchBytes, planPatches } from '../models/patches.js';
 import { freePort } from '../core/net.js';
 import { TileSender } from '../sim/replay.js';
 
-const { values: args } = parseArgs({
-  options: {
+const BENCH_USAGE = `usage: npm run bench -- [options]          (results: bench/results/<timestamp>.json and latest.md)
+
+throughput (default): the forked daemon fed over ZeroMQ, against bare decode and bare inference on the same tiles
+  --tiles N (240) --distinct N (8) --rate TILES_PER_S (13) --fixed-seconds S (20) --window N (12)
+  --model DIR (models/default) --threads N (0: onnxruntime's default) --soak MINUTES (0) --out DIR (bench/results)
+closed loop (--loop): the virtual scanner's instrument matrix, with and without feedback (bench/loop.ts)
+  --loop-instruments all|NAME,... --loop-slides N (3) --loop-seed N|N,N,... (1) --loop-grid COLSxROWS (8x6)
+  --loop-tile WxH (640x320) --loop-tissue procedural|heldout|PATHS --loop-calibrate --loop-merge A.json,B.json
+  --scorer cnn|classical (cnn)
+`;
+
+let parsed;
+try {
+  parsed = parseArgs({ options: { ...benchOptions(), help: { type: 'boolean', short: 'h' } } });
+} catch (err) {
+  process.stderr.write(`bench: ${(err as Error).message}\n${BENCH_USAGE}`);
+  process.exit(64);
+}
+if (parsed.values.help) {
+  process.stdout.write(BENCH_USAGE);
+  process.exit(0);
+}
+const args = parsed.values;
+
+function benchOptions() {
+  return {
     tiles: { type: 'string', default: '240' },
     distinct: { type: 'string', default: '8' },
     rate: { type: 'string', default: '13' },
@@ -51,8 +75,8 @@ const { values: args } = parseArgs({
     'loop-tissue': { type: 'string', default: 'procedural' },
     'loop-calibrate': { type: 'boolean', default: false },
     scorer: { type: 'string', default: 'cnn' },
-  },
-});
+  } as const;
+}
 const N = Number(args.tiles);
 const DISTINCT = Number(args.distinct);
 const RATE = Number(args.rate);

@@ -4,6 +4,8 @@ import { redactConfig } from '../core/redact.js';
 import { BundleError, loadBundle } from '../models/bundle.js';
 import { splitConfigArgs } from './args.js';
 
+const CHECK_CONFIG_USAGE = 'usage: focusd check-config [--config FILE] [--print] [--schema]\n';
+
 /** Exit codes: 0 valid, 78 (EX_CONFIG) invalid, 64 usage. */
 export async function checkConfigMain(argv: string[]): Promise<number> {
   let split;
@@ -13,13 +15,21 @@ export async function checkConfigMain(argv: string[]): Promise<number> {
     process.stderr.write(`focusd check-config: ${(err as Error).message}\n`);
     return 64;
   }
-  const { values } = parseArgs({
-    args: split.rest,
-    options: { print: { type: 'boolean', default: false }, schema: { type: 'boolean', default: false }, help: { type: 'boolean' } },
-    strict: true,
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: split.rest,
+      options: { print: { type: 'boolean', default: false }, schema: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+    }));
+  } catch (err) {
+    const positional = split.rest.find((a) => !a.startsWith('-'));
+    const hint = positional && /\.(ya?ml|json)$/i.test(positional) ? ` (to check ${positional}: focusd check-config --config ${positional})` : '';
+    process.stderr.write(`focusd check-config: ${(err as Error).message}${hint}\n${CHECK_CONFIG_USAGE}`);
+    return 64;
+  }
   if (values.help) {
-    process.stdout.write('usage: focusd check-config [--config FILE] [--print] [--schema]\n');
+    process.stdout.write(CHECK_CONFIG_USAGE);
     return 0;
   }
   if (values.schema) {

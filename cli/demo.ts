@@ -11,6 +11,21 @@ import { eventLine, inProcessDaemons } from './simulate.js';
  * come back over the embedded MQTT broker and are obeyed; then the yield with focusd is set against the same scan
  * with its commands ignored. `focusd simulate` is the same with every option.
  */
+const DEMO_USAGE = `usage: focusd demo [options]   (npm run demo -- [options])
+
+The closed loop in one command: daemon + embedded MQTT broker + a virtual scanner that obeys its commands, then
+the yield with and without focusd.
+
+  --scorer cnn|classical   scorer (default cnn, the shipped model)
+  --instrument NAME        ${INSTRUMENTS.join('|')} (default matching)
+  --slides N               slides in a row (default 1)
+  --seed N                 slides and tissue are drawn from it (default 1)
+  --cols N --rows N        tiles per slide (default 8 x 6)
+  --width N --height N     tile size in pixels (default 640 x 320)
+  --quiet                  only the summary, not every acquisition and command
+More options (other ZeroMQ patterns, real tissue, calibration, JSON output): focusd simulate --help
+`;
+
 export async function demoMain(argv: string[]): Promise<number> {
   let values;
   try {
@@ -27,11 +42,16 @@ export async function demoMain(argv: string[]): Promise<number> {
         width: { type: 'string', default: '640' },
         height: { type: 'string', default: '320' },
         quiet: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h' },
       },
     }));
   } catch (err) {
-    process.stderr.write(`focusd demo: ${(err as Error).message}\n`);
+    process.stderr.write(`focusd demo: ${(err as Error).message}\n${DEMO_USAGE}`);
     return 64;
+  }
+  if (values.help) {
+    process.stdout.write(DEMO_USAGE);
+    return 0;
   }
   const out = (s: string) => process.stdout.write(s + '\n');
   const n: Record<string, number> = {};

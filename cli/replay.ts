@@ -132,6 +132,7 @@ export async function replayMain(argv: string[]): Promise<number> {
     const replies = Object.entries(summary.replies).map(([k, n]) => `${k} ${n}`).join(', ') || (summary.pattern === 'push' ? 'none (push)' : 'none');
     out(`sent ${summary.sent} tiles to ${summary.endpoint} (${summary.pattern}) in ${summary.elapsed_s} s, ${summary.tiles_per_s} tiles/s`);
     out(`replies: ${replies}; errors: ${summary.errors}`);
+    if (summary.undelivered) process.stderr.write(`focusd replay: nothing delivered: ${summary.undelivered}\n`);
   }
   const failed = summary.errors > 0 || Object.keys(summary.replies).some((k) => !['in_focus', 'out_of_focus', 'no_tissue'].includes(k));
   return failed ? 1 : 0;

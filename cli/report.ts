@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Store } from '../adapters/store.js';
 import { createContext } from '../core/context.js';
@@ -6,7 +7,10 @@ import { produceReport } from '../daemon/report-run.js';
 import { renderDriftMarkdown } from '../daemon/reports.js';
 import { loadCommandConfig, splitConfigArgs } from './args.js';
 
-/** `focusd report`: the drift report of the history on demand (the daemon writes one nightly on its own). */
+/**
+ * `focusd report`: the drift report of the history on demand (the daemon writes one nightly on its own).
+ * Exit codes: 0 written, 64 usage, 66 (EX_NOINPUT) no history where the configuration points, 78 bad config.
+ */
 export async function reportMain(argv: string[]): Promise<number> {
   let split, values;
   try {
@@ -40,6 +44,15 @@ export async function reportMain(argv: string[]): Promise<number> {
   }
   const ctx = createContext(config, createLogger({ level: 'warn', format: 'pretty', stream: process.stderr }));
   const store = new Store(ctx);
+  // a report reads the daemon's history: never create an empty one (a wrong or missing --config would report
+  // "nothing happened" from a new file in the current directory)
+  if (!existsSync(store.file)) {
+    process.stderr.write(
+      `focusd report: no tile history at ${store.file} (store.dir${config.store.dir ? '' : ' unset: $STATE_DIRECTORY, else ./var'}); ` +
+        `pass the daemon's configuration (--config /etc/focusd/focusd.yaml) or FOCUSD_STATE_DIR (systemd: /var/lib/focusd)\n`,
+    );
+    return 66;
+  }
   await store.start(new AbortController().signal);
   try {
     const { report: r, files } = await produceReport(ctx, store, from, to, { dir: values.out ?? config.resolved.reportDir, html: values.html });

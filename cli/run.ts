@@ -1,4 +1,4 @@
-import { ConfigError, loadConfig } from '../config/load.js';
+import { ConfigError, loadConfig, STOP_TEARDOWN_MS } from '../config/load.js';
 import { Daemon } from '../daemon/daemon.js';
 import { createLogger } from '../core/logger.js';
 import { splitConfigArgs } from './args.js';
@@ -8,7 +8,18 @@ import { splitConfigArgs } from './args.js';
  * shutdown.drainTimeoutMs, which is below systemd's TimeoutStopSec). Second signal: exit at once.
  * A signal during startup cancels it. Exit codes: 0 clean stop, 1 failure, 78 bad config.
  */
+const RUN_USAGE = `usage: focusd run [--config FILE] [--<key> VALUE ...]
+
+Runs the daemon until SIGTERM/SIGINT (systemd: Type=notify, systemd/focusd.service). Every setting can come from
+the file, the environment (FOCUSD_*) or an option; \`focusd check-config --schema\` lists them with their defaults,
+\`focusd check-config --config FILE\` validates a file. Exit codes: 0 clean stop, 1 failure, 64 usage, 78 bad config.
+`;
+
 export async function runMain(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(RUN_USAGE);
+    return 0;
+  }
   let config;
   try {
     const split = splitConfigArgs(argv);
@@ -67,7 +78,7 @@ export async function runMain(argv: string[]): Promise<number> {
   const hard = setTimeout(() => {
     logger.error('stop did not finish within the deadline; exiting');
     process.exit(1);
-  }, config.shutdown.drainTimeoutMs + 5000);
+  }, config.shutdown.drainTimeoutMs + STOP_TEARDOWN_MS);
   hard.unref();
   const report = await daemon.stop(reason);
   clearTimeout(hard);

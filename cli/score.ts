@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createContext } from '../core/context.js';
@@ -46,17 +46,18 @@ export async function scoreMain(argv: string[]): Promise<number> {
     process.stderr.write(`focusd score: --format must be jsonl or csv, not ${values.format}\n`);
     return 64;
   }
+  // usage errors before the scorer starts (its worker would keep the process alive on an early return)
+  const pixelSize = values['pixel-size'] !== undefined ? Number(values['pixel-size']) : null;
+  if (pixelSize !== null && !(pixelSize > 0 && Number.isFinite(pixelSize))) {
+    process.stderr.write(`focusd score: --pixel-size must be a positive number (µm per pixel), not ${JSON.stringify(values['pixel-size'])}\n`);
+    return 64;
+  }
   const config = loadCommandConfig('score', split);
   if (typeof config === 'number') return config;
   // logs go to stderr so stdout stays machine-readable
   const ctx = createContext(config, createLogger({ level: config.log.level === 'info' ? 'warn' : config.log.level, format: 'pretty', stream: process.stderr }));
   const scorer = createScorer(ctx);
   await scorer.start(new AbortController().signal);
-  const pixelSize = values['pixel-size'] ? Number(values['pixel-size']) : null;
-  if (pixelSize !== null && !(pixelSize > 0)) {
-    process.stderr.write('focusd score: --pixel-size must be a positive number (µm per pixel)\n');
-    return 64;
-  }
   const out = process.stdout;
   if (values.format === 'csv') out.write(CSV_COLUMNS.join(',') + '\n');
   let failed = 0;
@@ -65,7 +66,10 @@ export async function scoreMain(argv: string[]): Promise<number> {
       let row: Record<string, unknown>;
       try {
         const format = FORMATS[extname(file).toLowerCase()];
-        if (!format) throw new Error(`unsupported file type "${extname(file)}" (png, jpeg, tiff)`);
+        if (!format) {
+          if ((await stat(file).catch(() => null))?.isDirectory()) throw new Error('is a directory: name the image files (e.g. DIR/*.png)');
+          throw new Error(`unsupported file type "${extname(file)}" (png, jpeg, tiff)`);
+        }
         const payload = await readFile(file);
         const header: TileHeader = {
           v: 1, scanner: 'offline', slide: 'offline', scan: 'offline', seq: i,

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
 import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import convict from 'convict';
@@ -140,9 +140,20 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
   } catch (err) {
     for (const line of (err as Error).message.split('\n')) if (line.trim()) problems.push(line.trim());
   }
-  if (problems.length > 0) throw new ConfigError(problems);
-
   const p = c.getProperties() as Props;
+  if (problems.length > 0) {
+    // every problem at once: the cross-field and range checks still judge the keys the schema accepted (a check that
+    // trips over a value of the wrong type has nothing to add to the schema's own message for it)
+    const reported = new Set(problems.map(keyOf));
+    let more: string[] = [];
+    try {
+      more = [...crossFieldProblems(p), ...rangeProblems(p)];
+    } catch {
+      more = [];
+    }
+    problems.push(...more.filter((m) => !reported.has(keyOf(m))));
+    throw new ConfigError(problems);
+  }
   problems.push(...crossFieldProblems(p), ...rangeProblems(p));
   const stateDir = p.store.dir || env.STATE_DIRECTORY?.split(':')[0] || resolve(process.cwd(), 'var');
   const modelDir = p.scoring.model ? resolve(p.scoring.model) : DEFAULT_MODEL_DIR;
@@ -152,7 +163,8 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
     (env.CREDENTIALS_DIRECTORY && existsSync(resolve(env.CREDENTIALS_DIRECTORY, 'mqtt-password'))
       ? resolve(env.CREDENTIALS_DIRECTORY, 'mqtt-password')
       : '');
-  if (pwFile) {
+  // a missing passwordFile is reported once, by crossFieldProblems
+  if (pwFile && existsSync(pwFile)) {
     try {
       mqttPassword = readFileSync(pwFile, 'utf8').split(/\r?\n/)[0] ?? '';
     } catch (err) {
@@ -179,6 +191,20 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
   }) as FocusdConfig;
 }
 
+/** The key a problem line names ("decision.toleranceUm: must be ..." -> "decision.toleranceUm"). */
+function keyOf(problem: string): string {
+  return problem.split(/[:\s]/, 1)[0] ?? problem;
+}
+
+function readable(file: string): boolean {
+  try {
+    accessSync(file, fsConstants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function crossFieldProblems(p: Props): string[] {
   const out: string[] = [];
   const bt = p.mqtt.baseTopic;
@@ -186,8 +212,12 @@ function crossFieldProblems(p: Props): string[] {
   if (bt && (bt.startsWith('/') || bt.includes('//'))) out.push(`mqtt.baseTopic: "${bt}" must not start with / or contain empty levels`);
   const tls = p.mqtt.tls;
   if ((tls.cert && !tls.key) || (!tls.cert && tls.key)) out.push('mqtt.tls.cert / mqtt.tls.key: a client certificate needs both cert and key');
-  for (const [k, f] of Object.entries({ 'mqtt.tls.ca': tls.ca, 'mqtt.tls.cert': tls.cert, 'mqtt.tls.key': tls.key, 'mqtt.passwordFile': p.mqtt.passwordFile }))
-    if (f && !existsSync(f)) out.push(`${k}: file not found: ${f}`);
+  for (const [k, f] of Object.entries({ 'mqtt.tls.ca': tls.ca, 'mqtt.tls.cert': tls.cert, 'mqtt.tls.key': tls.key, 'mqtt.passwordFile': p.mqtt.passwordFile })) {
+    if (!f) continue;
+    if (!existsSync(f)) out.push(`${k}: file not found: ${f}`);
+    else if (!readable(f))
+      out.push(`${k}: ${f} exists but this user (uid ${process.getuid?.() ?? '?'}) cannot read it; the daemon reads it as the service user (systemd/focusd.service: User=focusd), so check the file's owner and mode as that user`);
+  }
   const secure = /^(mqtts|wss):/.test(p.mqtt.url);
   if ((tls.ca || tls.cert) && !secure) out.push(`mqtt.url: TLS files are set (mqtt.tls.*) but the URL "${p.mqtt.url}" is not mqtts:// or wss://`);
   if (p.mqtt.url === 'embedded' && (p.mqtt.username || p.mqtt.passwordFile || tls.cert))
@@ -275,6 +305,12 @@ export function topicProblem(topic: string, maxBytes = MAX_BASE_TOPIC_BYTES): st
   return null;
 }
 
+/**
+ * After the drain, the rest of the stop (outbox, MQTT offline status, store) gets this long before `focusd run` exits
+ * hard; drain + this must end before systemd's TimeoutStopSec.
+ */
+export const STOP_TEARDOWN_MS = 5000;
+
 /** TimeoutStopSec of the shipped systemd unit, in ms (null when the unit is not there or does not set it). */
 export function unitTimeoutStopMs(unit = resolve(PACKAGE_ROOT, 'systemd/focusd.service')): number | null {
   if (!existsSync(unit)) return null;
@@ -311,8 +347,10 @@ function rangeProblems(p: Props): string[] {
   ];
   for (const [k, ms] of timers) if (ms > MAX_TIMER_MS) out.push(`${k}: ${ms} ms is longer than a timer can wait (${MAX_TIMER_MS} ms, about 24.8 days)`);
   const stopMs = unitTimeoutStopMs();
-  if (stopMs !== null && p.shutdown.drainTimeoutMs >= stopMs && p.shutdown.drainTimeoutMs <= MAX_TIMER_MS)
-    out.push(`shutdown.drainTimeoutMs: ${p.shutdown.drainTimeoutMs} ms is not below TimeoutStopSec of systemd/focusd.service (${stopMs} ms): systemd would kill focusd mid-drain`);
+  if (stopMs !== null && p.shutdown.drainTimeoutMs + STOP_TEARDOWN_MS >= stopMs && p.shutdown.drainTimeoutMs <= MAX_TIMER_MS)
+    out.push(
+      `shutdown.drainTimeoutMs: ${p.shutdown.drainTimeoutMs} ms plus ${STOP_TEARDOWN_MS} ms to stop the rest is not below TimeoutStopSec of systemd/focusd.service (${stopMs} ms): systemd would kill focusd mid-stop; at most ${stopMs - STOP_TEARDOWN_MS - 1} ms`,
+    );
   if (p.mqtt.keepaliveS > 65535) out.push(`mqtt.keepaliveS: ${p.mqtt.keepaliveS} is above the MQTT maximum of 65535 s`);
   if (!(p.controller.limits.deadBandUm >= 0)) out.push(`controller.limits.deadBandUm: must be >= 0, got ${p.controller.limits.deadBandUm}`);
   if (!(p.controller.limits.maxTiltUmPerMm >= 0)) out.push(`controller.limits.maxTiltUmPerMm: must be >= 0, got ${p.controller.limits.maxTiltUmPerMm}`);

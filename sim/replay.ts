@@ -48,8 +48,24 @@ export class TileSender {
   private reqChain: Promise<unknown> = Promise.resolve();
   private sendChain: Promise<unknown> = Promise.resolve();
   private reader: Promise<void> | null = null;
+  /** set once the ZMTP handshake with the daemon completed (push: the only sign that anything can be delivered). */
+  private handshake: { ok: boolean; why: string } | null = null;
+  private readonly handshakeWaiters: Array<() => void> = [];
 
   constructor(private readonly opts: TileSenderOptions) {}
+
+  /**
+   * Whether a peer took the connection within timeoutMs. A push socket queues messages without one and send()
+   * resolves anyway, so a wrong endpoint or a daemon in router mode would otherwise look like "sent".
+   */
+  async peerReady(timeoutMs: number): Promise<{ ok: boolean; why: string }> {
+    if (!this.handshake) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([new Promise<void>((r) => this.handshakeWaiters.push(r)), new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+      clearTimeout(timer);
+    }
+    return this.handshake ?? { ok: false, why: `no ZeroMQ peer answered at ${this.opts.endpoint} within ${timeoutMs} ms (is focusd running and bound there?)` };
+  }
 
   get inFlight(): number {
     return this.pending.length;
@@ -66,6 +82,21 @@ export class TileSender {
     // relaxed + correlate: after a timed-out request the socket can send the next one and ignores the late reply
     else if (pattern === 'req') this.socket = new zmq.Request({ ...common, receiveTimeout: timeoutMs, relaxed: true, correlate: true });
     else this.socket = new zmq.Dealer(common);
+    const settle = (h: { ok: boolean; why: string }) => {
+      // a failed handshake is retried by libzmq; the first success wins
+      if (this.handshake?.ok) return;
+      this.handshake = h;
+      if (h.ok) for (const w of this.handshakeWaiters.splice(0)) w();
+    };
+    this.socket.events.on('handshake', () => settle({ ok: true, why: '' }));
+    // a peer that rejects the socket type (a ROUTER daemon for a PUSH sender) just closes the connection mid-handshake
+    const refused = () =>
+      settle({ ok: false, why: `the peer at ${endpoint} closed the connection during the ZeroMQ handshake: it does not take a ${pattern} socket (for a daemon with ingest.pattern router use --pattern req or dealer, for pull use push) or it requires CURVE keys` });
+    this.socket.events.on('handshake:error:protocol', refused);
+    this.socket.events.on('disconnect', () => {
+      if (!this.handshake?.ok) refused();
+    });
+    this.socket.events.on('handshake:error:other', () => settle({ ok: false, why: `the ZeroMQ handshake with ${endpoint} failed (wrong socket type, or CURVE keys)` }));
     this.socket.connect(endpoint);
     if (pattern === 'dealer') this.reader = this.readReplies(this.socket as zmq.Dealer);
   }
@@ -118,7 +149,9 @@ export class TileSender {
   }
 
   /** Closes the socket (queued messages get lingerMs to leave) and fails requests still waiting for replies. */
-  async close(): Promise<void> {
+  async close(opts: { dropQueued?: boolean } = {}): Promise<void> {
+    // messages that cannot be delivered must not hold the process for the linger time
+    if (opts.dropQueued && this.socket) this.socket.linger = 0;
     for (const p of this.pending.splice(0)) {
       clearTimeout(p.timer);
       p.reject(new Error('sender closed'));
@@ -224,6 +257,8 @@ export interface ReplaySummary {
   errors: number;
   elapsed_s: number;
   tiles_per_s: number;
+  /** push only: why nothing can have been delivered (no handshake with a peer); every tile is then an error. */
+  undelivered?: string;
 }
 
 interface Item {
@@ -300,6 +335,7 @@ export async function replay(opts: ReplayOptions): Promise<ReplaySummary> {
   sender.connect();
   const summary: ReplaySummary = { endpoint: opts.endpoint, pattern: opts.pattern, sent: 0, replies: {}, errors: 0, elapsed_s: 0, tiles_per_s: 0 };
   const inFlight = new Set<Promise<void>>();
+  let queued = 0;
   const t0 = performance.now();
   try {
     for (let i = 0; i < items.length; i++) {
@@ -345,6 +381,7 @@ export async function replay(opts: ReplayOptions): Promise<ReplaySummary> {
       const sentAt = performance.now();
       const done = sender.send(header, payload).then(
         (reply) => {
+          queued++;
           if (reply) {
             const k = reply.ok ? reply.verdict : reply.reason;
             summary.replies[k] = (summary.replies[k] ?? 0) + 1;
@@ -367,8 +404,17 @@ export async function replay(opts: ReplayOptions): Promise<ReplaySummary> {
       }
     }
     await Promise.all(inFlight);
+    if (opts.pattern === 'push' && summary.sent > 0) {
+      // push never hears back: without a completed handshake nothing left this process
+      const peer = await sender.peerReady(opts.timeoutMs);
+      if (!peer.ok) {
+        // the tiles whose send failed are counted already
+        summary.errors += queued;
+        summary.undelivered = peer.why;
+      }
+    }
   } finally {
-    await sender.close();
+    await sender.close({ dropQueued: summary.undelivered !== undefined });
   }
   summary.elapsed_s = round2((performance.now() - t0) / 1000);
   summary.tiles_per_s = summary.elapsed_s > 0 ? round2(summary.sent / summary.elapsed_s) : 0;

@@ -40,7 +40,7 @@ export const core = {
   },
   shutdown: {
     drainTimeoutMs: {
-      doc: 'On SIGTERM, how long to wait for queued tiles to be scored and published before stopping anyway. Must be below TimeoutStopSec of systemd/focusd.service (30 s; check-config refuses more) and below 2^31 - 1 ms (the longest Node.js timer), like every other timer setting (mqtt.connectTimeoutMs, reconnectMs, statsIntervalS, controller.actionTtlS).',
+      doc: 'On SIGTERM, how long to wait for queued tiles to be scored and published before stopping anyway. Must end, with 5 s for stopping the rest (STOP_TEARDOWN_MS), before TimeoutStopSec of systemd/focusd.service (30 s, so at most 24 999 ms; check-config refuses more) and below 2^31 - 1 ms (the longest Node.js timer), like every other timer setting (mqtt.connectTimeoutMs, reconnectMs, statsIntervalS, controller.actionTtlS).',
       format: 'positive-int',
       default: 20000,
       env: 'FOCUSD_DRAIN_TIMEOUT_MS',

@@ -54,6 +54,34 @@ describe('focusd score', () => {
     expect((await runFocusd(['score'])).code).toBe(64);
     expect((await runFocusd(['score', '--format', 'xml', files.sharp])).code).toBe(64);
     expect((await runFocusd(['nonsense'])).code).toBe(64);
+    // checked before the scorer starts: this used to print the message and then hang on the scorer's worker
+    for (const px of ['abc', '0', '-1', 'Infinity']) {
+      const r = await runFocusd(['score', '--pixel-size', px, files.sharp]);
+      expect(r.code, px).toBe(64);
+      expect(r.stderr).toContain('--pixel-size');
+    }
+  });
+
+  it('a directory gets an error line that says so', async () => {
+    const r = await runFocusd(['score', '--scorer', 'classical', join(files.sharp, '..')]);
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout.trim()).error).toMatch(/is a directory/);
+  });
+});
+
+describe('usage of every command', () => {
+  it('--help prints usage and exits 0; an unknown option or a stray argument is a short message and exit 64, never a stack trace', async () => {
+    for (const cmd of [['run'], ['demo'], ['check-config'], ['score'], ['replay'], ['simulate'], ['calibrate'], ['report']]) {
+      const help = await runFocusd([...cmd, '--help']);
+      expect(help.code, cmd.join(' ')).toBe(0);
+      expect(help.stdout, cmd.join(' ')).toMatch(/^usage: focusd /);
+    }
+    for (const args of [['check-config', '--bogus'], ['check-config', 'config/development.yaml'], ['demo', '--bogus']]) {
+      const r = await runFocusd(args);
+      expect(r.code, args.join(' ')).toBe(64);
+      expect(r.stderr, args.join(' ')).not.toMatch(/\n\s+at /);
+    }
+    expect((await runFocusd(['check-config', 'config/development.yaml'])).stderr).toContain('focusd check-config --config config/development.yaml');
   });
 });
 

@@ -112,6 +112,14 @@ describe('nightly drift report', () => {
     expect(ok.stderr).not.toMatch(/no tiles of scanner/);
   });
 
+  it('focusd report where there is no history (a missing --config, a typo in store.dir) says where it looked and exits 66, creating nothing', async () => {
+    const dir = join(tempDir('focusd-report-'), 'typo');
+    const r = await runFocusd(['report'], { FOCUSD_STATE_DIR: dir, FOCUSD_SCORER: 'classical' });
+    expect(r.code).toBe(66);
+    expect(r.stderr).toMatch(/no tile history at .*typo\/focusd\.sqlite .*--config \/etc\/focusd\/focusd\.yaml/);
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('slide ids with newline, |, ESC, NUL and <script> are escaped in Markdown and stripped on the terminal; other scanners are reported (issue 10, defect 7)', async () => {
     const dir = tempDir('focusd-report-');
     const now = Date.now();

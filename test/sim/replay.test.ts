@@ -135,6 +135,22 @@ describe('replay', () => {
     });
   });
 
+  it('push that reaches no pull socket is an error, not "sent": a router daemon (protocol error) and an endpoint nobody binds', async () => {
+    await withIngest('router', async (endpoint, sink) => {
+      const summary = await replay(base(endpoint, { pattern: 'push', limit: 2, timeoutMs: 3000 }));
+      // each tile is an error once: queued and never delivered, or (the pipe gone) refused by send itself
+      expect(summary).toMatchObject({ sent: 2, errors: 2 });
+      expect(summary.undelivered).toMatch(/closed the connection during the ZeroMQ handshake: it does not take a push socket.*--pattern req or dealer/);
+      expect(sink.tiles).toHaveLength(0);
+    });
+    const t0 = performance.now();
+    const none = await replay(base(`tcp://127.0.0.1:${await freePort()}`, { pattern: 'push', limit: 1, timeoutMs: 1500 }));
+    expect(none).toMatchObject({ sent: 1, errors: 1 });
+    expect(none.undelivered).toMatch(/no ZeroMQ peer answered .* within 1500 ms/);
+    // the queued tile is dropped, not lingered on for another timeout
+    expect(performance.now() - t0).toBeLessThan(2900);
+  });
+
   it('a JSON-lines manifest sets header fields per tile; a bad line is reported', async () => {
     const manifest = join(dir, 'scan.jsonl');
     writeFileSync(
