@@ -18,7 +18,8 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { calibrateOnSimulatedStack, calibrationLines, SIM_CALIBRATION_FIT_RANGE_UM } from '../cli/sim-calibrate.js';
+import { calibrateOnSimulatedStack, calibrationLines } from '../cli/sim-calibrate.js';
+import { DEFAULT_FIT_RANGE_UM } from '../models/calibrate-stack.js';
 import { inProcessDaemons } from '../cli/simulate.js';
 import { DEFAULT_MODEL_DIR } from '../config/load.js';
 import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instruments.js';
@@ -166,7 +167,7 @@ async function loopRun(
         // the bench's daemons run the shipped bundle (no scoring.model override): that is the one calibrated
         modelDir: DEFAULT_MODEL_DIR,
         seed,
-        fitRangeUm: SIM_CALIBRATION_FIT_RANGE_UM,
+        fitRangeUm: DEFAULT_FIT_RANGE_UM,
         ...(images ? { scene: stackSceneSource(images), tissue } : {}),
       })
     : undefined;
@@ -241,7 +242,7 @@ Machine: ${result.machine.cpus} CPU (${result.machine.cpu_model}), Node ${result
 Virtual scanner (sim/, \`focusd simulate\`): ${o.slides} slides in a row per instrument on one daemon (in-process, embedded broker, router),
 ${o.cols}x${o.rows} tiles of ${o.width}x${o.height} px (0.22 µm/px), seed${seeds.length > 1 ? 's' : ''} ${seeds.join(', ')}; the same slides without feedback (commands received and ignored).
 Tissue tiles: ${tissueOf(o) === 'procedural' ? 'procedural (sim/procedural.ts)' : `cropped from real in-focus images (\`--loop-tissue ${tissueOf(o)}\`${tissueOf(o) === 'heldout' ? ': the training code\'s held-out sources and stains, never seen by the model' : ''}), blurred by each instrument's optics`}.
-${o.calibrate ? "Calibrated first: for each instrument and seed, a focus stack of other tissue than the slides' (8 positions, z −6..+6 µm in 0.5 µm) is taken on the instrument and the bundle is calibrated on it as `focusd calibrate --fit-range " + SIM_CALIBRATION_FIT_RANGE_UM + "` does (`focusd simulate --calibrate`); both runs scan with the calibrated bundle.\n" : ''}Yield: tissue tiles whose final acquisition is within ±1 µm of the true focus. Wrong-way: a re-acquisition (not a probe) or z_offset
+${o.calibrate ? "Calibrated first: for each instrument and seed, a focus stack of other tissue than the slides' (8 positions, z −6..+6 µm in 0.5 µm) is taken on the instrument and the bundle is calibrated on it as `focusd calibrate --fit-range " + DEFAULT_FIT_RANGE_UM + "` does (`focusd simulate --calibrate`); both runs scan with the calibrated bundle.\n" : ''}Yield: tissue tiles whose final acquisition is within ±1 µm of the true focus. Wrong-way: a re-acquisition (not a probe) or z_offset
 that left the tile further from focus than before. Total ${result.time_s} s${mergedFrom ? ` (${mergedFrom.length} invocations, merged)` : ''}.
 
 ${seeds.length > 1 ? `## Pooled over seeds ${seeds.join(', ')}\n\nYield and acquisitions per tile from the summed counts; wrong-way moves per run, in seed order.\n\n${pooledTable(byInstrument)}\n\n## Per seed\n\n` : ''}${markdownTable(seeds.length > 1 ? reports.map((r) => ({ ...r, instrument: `${r.instrument}, seed ${r.seed}` as InstrumentName })) : reports)}

@@ -21,7 +21,7 @@ export interface SimCalibrationOptions {
   zFromUm?: number;
   zToUm?: number;
   stepUm?: number;
-  /** `focusd calibrate --fit-range` (null: the model's trained range). */
+  /** `focusd calibrate --fit-range` (null: its default, DEFAULT_FIT_RANGE_UM). */
   fitRangeUm?: number | null;
   robust?: boolean;
   /** the positions' scenes from their seeds (default procedural tissue), and what they are. */
@@ -29,11 +29,6 @@ export interface SimCalibrationOptions {
   tissue?: string;
 }
 
-/**
- * `--fit-range` of the simulated stack's calibration unless told otherwise (focusd simulate
- * --calibration-fit-range, the loop bench): the in/out boundary's neighbourhood.
- */
-export const SIM_CALIBRATION_FIT_RANGE_UM = 3;
 
 /** What a simulation report says about the calibrated bundle it scanned with. */
 export interface SimCalibration {

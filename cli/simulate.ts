@@ -13,7 +13,8 @@ import { imageSceneSource, loadTissueImages, resolveTissueSpec, stackSceneSource
 import { runSimulation, type DaemonFactory, type DaemonHandle, type SimulationReport } from '../sim/run.js';
 import type { ScanEvent } from '../sim/scanner.js';
 import { splitConfigArgs } from './args.js';
-import { calibrateOnSimulatedStack, calibrationLines, SIM_CALIBRATION_FIT_RANGE_UM, type SimCalibration } from './sim-calibrate.js';
+import { DEFAULT_FIT_RANGE_UM } from '../models/calibrate-stack.js';
+import { calibrateOnSimulatedStack, calibrationLines, type SimCalibration } from './sim-calibrate.js';
 
 const USAGE = `usage: focusd simulate [options]
 
@@ -179,7 +180,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
         verbose: { type: 'boolean', default: false },
         'restart-between-slides': { type: 'boolean', default: false },
         calibrate: { type: 'boolean', default: false },
-        'calibration-fit-range': { type: 'string', default: String(SIM_CALIBRATION_FIT_RANGE_UM) },
+        'calibration-fit-range': { type: 'string', default: String(DEFAULT_FIT_RANGE_UM) },
         'calibration-dir': { type: 'string' },
         help: { type: 'boolean', default: false },
       },
