@@ -1,10 +1,11 @@
-import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import convict from 'convict';
 import cron from 'node-cron';
 import YAML from 'yaml';
 import { schema } from './schema.js';
+import { redactUrl } from './secrets.js';
 
 /** Repository root (works from source and from dist/). */
 export const PACKAGE_ROOT = (() => {
@@ -19,13 +20,36 @@ export const PACKAGE_ROOT = (() => {
 
 export const DEFAULT_MODEL_DIR = resolve(PACKAGE_ROOT, 'models/default');
 
+/** A number as people write it in a file, a variable or an option (no hex, no trailing text). */
+const DECIMAL = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+
+/** Largest configuration file read: a real one is a few KiB; YAML's duplicate-key check is quadratic in keys. */
+export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
+/** Keys that are never configuration (they would reach Object.prototype in a careless merge). */
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+/** The parsed file must be a mapping without prototype keys at any depth; else the error names where. */
+function checkParsedConfig(v: unknown): unknown {
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    throw new Error(`the file must hold a mapping of settings (e.g. "scanner:" / {"scanner": ...}), not ${Array.isArray(v) ? 'a list' : v === null ? 'nothing' : `a ${typeof v}`}`);
+  const walk = (x: unknown, path: string) => {
+    if (x === null || typeof x !== 'object') return;
+    for (const k of Object.keys(x)) {
+      if (FORBIDDEN_KEYS.has(k)) throw new Error(`${path ? path + '.' : ''}${k}: not a setting (refused)`);
+      walk((x as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
+    }
+  };
+  walk(v, '');
+  return v;
+}
+
 let formatsAdded = false;
 function addFormats(): void {
   if (formatsAdded) return;
   formatsAdded = true;
   convict.addParser([
-    { extension: 'json', parse: JSON.parse },
-    { extension: ['yml', 'yaml'], parse: YAML.parse },
+    { extension: 'json', parse: (t: string) => checkParsedConfig(JSON.parse(t)) },
+    { extension: ['yml', 'yaml'], parse: (t: string) => checkParsedConfig(YAML.parse(t)) },
   ]);
   const check = (name: string, ok: (v: unknown) => boolean, msg: string, coerce?: (v: unknown) => unknown) =>
     convict.addFormat({
@@ -35,7 +59,13 @@ function addFormats(): void {
       },
       ...(coerce ? { coerce } : {}),
     });
-  const num = (v: unknown) => (typeof v === 'string' && v.trim() !== '' ? Number(v) : v);
+  // numbers from the environment or the command line: decimal notation only. convict's own parseInt/parseFloat took
+  // "8080abc" as 8080, "0x1f90" as 0 and "2.9" as 2 for an integer; Number() takes "0x10" as 16
+  const num = (v: unknown) => (typeof v === 'string' && DECIMAL.test(v.trim()) ? Number(v) : v);
+  check('port', (v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535, 'must be a port number 0..65535', num);
+  check('nat', (v) => Number.isInteger(v) && (v as number) >= 0, 'must be an integer >= 0', num);
+  check('int', (v) => Number.isInteger(v), 'must be an integer', num);
+  check('number', (v) => typeof v === 'number' && Number.isFinite(v), 'must be a finite number', num);
   // convict's Boolean takes any string but "false" as true ("flase", "no" and "0" included); only true/false here,
   // and from the environment or the command line the strings "true"/"false"
   check('bool', (v) => typeof v === 'boolean', 'must be true or false', (v) => {
@@ -63,9 +93,29 @@ function addFormats(): void {
   );
   check(
     'mqtt-url',
-    (v) => typeof v === 'string' && (v === 'embedded' || /^(mqtts?|wss?):\/\/[^/]+/.test(v)),
-    'must be "embedded" or a broker URL such as mqtt://127.0.0.1:1883 or mqtts://broker:8883',
+    (v) => typeof v === 'string' && (v === 'embedded' || brokerUrlOk(v)),
+    'must be "embedded" or a broker URL with a host, such as mqtt://127.0.0.1:1883 or mqtts://broker:8883 (a user name or password holding @ / ? # : must be percent-encoded: %40 %2F %3F %23 %3A)',
   );
+}
+
+/** A broker URL the client will read as written: known scheme, a host, and userinfo that parses whole. */
+function brokerUrlOk(v: string): boolean {
+  if (!/^(mqtts?|wss?):\/\//.test(v)) return false;
+  let u: URL;
+  try {
+    // a numeric port out of range is rangeProblems' to name ("port 70000 is not 1..65535"), not a parse failure here
+    u = new URL(v.replace(/:(\d{6,}|[7-9]\d{4}|6[6-9]\d{3}|65[6-9]\d{2}|655[4-9]\d|6553[6-9])(?=[/?#]|$)/, ':1'));
+  } catch {
+    return false;
+  }
+  if (!u.hostname) return false;
+  // an unencoded @ in the password: the parser splits at the last @, the host part then holds no @; but a / ? or #
+  // in the userinfo ends the authority early and leaves a "host" with the user name in it: the text before the host
+  // must be exactly the userinfo the parser saw
+  const authority = v.slice(v.indexOf('//') + 2).split(/[/?#]/, 1)[0]!;
+  const at = authority.lastIndexOf('@');
+  const userinfo = at >= 0 ? authority.slice(0, at) : '';
+  return userinfo === (u.username || u.password ? `${u.username}${u.password ? ':' + u.password : ''}` : '') && !v.slice(v.indexOf('//') + 2 + authority.length).includes('@');
 }
 
 function buildConvict() {
@@ -118,12 +168,17 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
   const file = opts.file ?? env.FOCUSD_CONFIG ?? null;
   if (file) {
     if (!existsSync(file)) throw new ConfigError([`--config: file not found: ${file}`]);
+    const st = statSync(file);
+    if (st.isDirectory()) throw new ConfigError([`--config: ${file} is a directory; name the configuration file in it`]);
     const ext = extname(file).toLowerCase();
     if (!['.json', '.yaml', '.yml'].includes(ext)) throw new ConfigError([`--config: ${file}: must end in .json, .yaml or .yml`]);
+    if (st.size > MAX_CONFIG_FILE_BYTES) throw new ConfigError([`--config: ${file} is ${st.size} bytes; a configuration is at most ${MAX_CONFIG_FILE_BYTES} bytes`]);
     try {
       c.loadFile(file);
     } catch (err) {
-      throw new ConfigError([`--config: ${file}: ${(err as Error).message}`]);
+      // the parser's message, without the code frame it quotes from the file (that line may hold a password)
+      const msg = redactUrl((err as Error).message.split('\n')[0]!.trim());
+      throw new ConfigError([`--config: ${file}: ${msg}`]);
     }
   }
   if (opts.overrides) {
@@ -138,7 +193,8 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
   try {
     c.validate({ allowed: 'strict' });
   } catch (err) {
-    for (const line of (err as Error).message.split('\n')) if (line.trim()) problems.push(line.trim());
+    // convict repeats the value ("value was ..."): no URL userinfo, and not a 50 MB string
+    for (const line of (err as Error).message.split('\n')) if (line.trim()) problems.push(clip(redactUrl(line.trim()), 400));
   }
   const p = c.getProperties() as Props;
   if (problems.length > 0) {
@@ -189,6 +245,10 @@ export function loadConfig(opts: LoadOptions = {}): FocusdConfig {
       reportDir: p.reports.dir ? resolve(p.reports.dir) : resolve(stateDir, 'reports'),
     },
   }) as FocusdConfig;
+}
+
+function clip(s: string, n: number): string {
+  return s.length <= n ? s : `${s.slice(0, n)}… (${s.length} characters)`;
 }
 
 /** The key a problem line names ("decision.toleranceUm: must be ..." -> "decision.toleranceUm"). */
@@ -351,6 +411,38 @@ function rangeProblems(p: Props): string[] {
     out.push(
       `shutdown.drainTimeoutMs: ${p.shutdown.drainTimeoutMs} ms plus ${STOP_TEARDOWN_MS} ms to stop the rest is not below TimeoutStopSec of systemd/focusd.service (${stopMs} ms): systemd would kill focusd mid-stop; at most ${stopMs - STOP_TEARDOWN_MS - 1} ms`,
     );
+  // sizes that are memory: a typo (an extra zero, 1e300) must not become a daemon that can be made to hold gigabytes
+  const ceilings: Array<[string, number, number, string]> = [
+    ['ingest.maxMessageBytes', p.ingest.maxMessageBytes, 1024 ** 3, '1 GiB'],
+    ['ingest.maxPixels', p.ingest.maxPixels, 400_000_000, '400 Mpx'],
+    ['ingest.highWaterMark', p.ingest.highWaterMark, 10_000, '10 000 messages'],
+    ['pipeline.queueSize', p.pipeline.queueSize, 4096, '4096 tiles'],
+    ['pipeline.scoreConcurrency', p.pipeline.scoreConcurrency, 64, '64'],
+    ['pipeline.decodeConcurrency', p.pipeline.decodeConcurrency, 64, '64'],
+    ['mqtt.maxOfflineQueue', p.mqtt.maxOfflineQueue, 1_000_000, '1 000 000'],
+    ['mqtt.maxErrorBacklog', p.mqtt.maxErrorBacklog, 1_000_000, '1 000 000'],
+    ['mqtt.embedded.maxPacketBytes', p.mqtt.embedded.maxPacketBytes, 256 * 1024 ** 2, '256 MiB'],
+  ];
+  if (p.mqtt.url === 'embedded' && p.mqtt.embedded.maxPacketBytes < p.mqtt.control.maxRequestBytes + 1024)
+    out.push(`mqtt.embedded.maxPacketBytes: ${p.mqtt.embedded.maxPacketBytes} leaves no room for a control request of mqtt.control.maxRequestBytes (${p.mqtt.control.maxRequestBytes}) and its topic`);
+  for (const [k, v, max, what] of ceilings) if (v > max) out.push(`${k}: ${v} is more than ${what}; memory is held in proportion`);
+  // procfs and sysfs are not storage (a recursive mkdir there never returns)
+  const dir = p.store.dir ? resolve(p.store.dir) : '';
+  if (/^\/(proc|sys|dev)(\/|$)/.test(dir)) out.push(`store.dir: ${dir} is under /proc, /sys or /dev, not a place for the history`);
+  if (p.mqtt.embedded.controlPasswordFile && existsSync(p.mqtt.embedded.controlPasswordFile) && !statSync(p.mqtt.embedded.controlPasswordFile).isFile())
+    out.push(`mqtt.embedded.controlPasswordFile: ${p.mqtt.embedded.controlPasswordFile} is not a file`);
+  // one port, one listener: name both keys here instead of an EADDRINUSE at start
+  const ports: Array<[string, string, number]> = [];
+  if (p.http.port > 0) ports.push(['http.port', p.http.host, p.http.port]);
+  if (p.mqtt.url === 'embedded' && p.mqtt.embedded.port > 0) ports.push(['mqtt.embedded.port', p.mqtt.embedded.host, p.mqtt.embedded.port]);
+  if (tcp && Number(tcp[2]) > 0) ports.push(['ingest.endpoint', tcp[1]!, Number(tcp[2])]);
+  const any = (h: string) => ['0.0.0.0', '::', '*', '[::]', ''].includes(h);
+  for (let i = 0; i < ports.length; i++)
+    for (let j = i + 1; j < ports.length; j++) {
+      const [ka, ha, pa] = ports[i]!;
+      const [kb, hb, pb] = ports[j]!;
+      if (pa === pb && (ha === hb || any(ha) || any(hb))) out.push(`${kb}: port ${pb} on ${hb} is also ${ka}'s; each listener needs its own`);
+    }
   if (p.mqtt.keepaliveS > 65535) out.push(`mqtt.keepaliveS: ${p.mqtt.keepaliveS} is above the MQTT maximum of 65535 s`);
   if (!(p.controller.limits.deadBandUm >= 0)) out.push(`controller.limits.deadBandUm: must be >= 0, got ${p.controller.limits.deadBandUm}`);
   if (!(p.controller.limits.maxTiltUmPerMm >= 0)) out.push(`controller.limits.maxTiltUmPerMm: must be >= 0, got ${p.controller.limits.maxTiltUmPerMm}`);
@@ -370,7 +462,8 @@ export function describeSchema(): Array<{ key: string; doc: string; default: unk
         out.push({
           key,
           doc: String(o.doc),
-          default: o.sensitive ? '(secret)' : o.default,
+          // mqtt.url is sensitive (it may carry a password) but its default is not a secret
+          default: o.sensitive && /pass|secret|token/i.test(k) ? '(secret)' : o.default,
           ...(o.env ? { env: String(o.env) } : {}),
           ...(o.arg ? { arg: `--${String(o.arg)}` } : {}),
           format: Array.isArray(fmt) ? fmt.join(' | ') : typeof fmt === 'function' ? fmt.name.toLowerCase() : String(fmt),

@@ -10,6 +10,8 @@ export const mqtt = {
       doc: 'Broker URL (mqtt://, mqtts://, ws://, wss://) or "embedded" to run an in-process broker on mqtt.embedded.port.',
       format: 'mqtt-url',
       default: 'embedded',
+      // may hold a password: convict's messages do not repeat its value
+      sensitive: true,
       env: 'FOCUSD_MQTT_URL',
       arg: 'mqtt-url',
     },
@@ -26,6 +28,11 @@ export const mqtt = {
         format: 'bool',
         default: false,
         env: 'FOCUSD_MQTT_EMBEDDED_OPEN',
+      },
+      maxPacketBytes: {
+        doc: 'Largest MQTT packet the embedded broker takes from any client (focusd itself included); a client announcing a larger one is disconnected before its body is read. focusd\'s own messages are a few KiB, control requests at most mqtt.control.maxRequestBytes.',
+        format: 'positive-int',
+        default: 1024 * 1024,
       },
       controlUsername: {
         doc: 'User name control clients give the embedded broker to publish control requests.',

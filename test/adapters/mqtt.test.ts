@@ -462,7 +462,8 @@ describe('embedded broker access control (aedes)', () => {
     expect(sub.on(adapter.topics.action)).toEqual([]);
     expect(sub.on(adapter.topics.response)).toEqual([]);
     expect(sub.on(adapter.topics.status).every((m) => m.json.state === 'online')).toBe(true);
-    expect(ctx.logLines().filter((l) => l.includes('publish refused'))).toHaveLength(3);
+    // one line per reason per interval (control requests need the control user; only focusd publishes under its base)
+    expect(ctx.logLines().filter((l) => l.includes('publish refused'))).toHaveLength(2);
 
     // the wrong password, or focusd's own client id, never connects
     await expect(mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, username: 'control', password: 'guess' })).rejects.toThrow(/Bad username or password|Not authorized/i);
@@ -475,6 +476,48 @@ describe('embedded broker access control (aedes)', () => {
     await ctl.client.publishAsync(adapter.topics.request, JSON.stringify({ command: 'set_tolerance', tolerance_um: 2, correlation_id: 'ok-1' }), { qos: 1 });
     expect((await sub.wait((m) => m.json.correlation_id === 'ok-1', 5000, 'answer')).json).toMatchObject({ ok: true });
     expect(ctx.runtime.toleranceUm).toBe(2);
+    ctx.events.emit('tile:scored', outcome({ seq: 0, d: 0.3 }));
+    await sub.wait((m) => m.topic === adapter.topics.tile, 5000, 'tile');
+  });
+
+  it('a packet larger than mqtt.embedded.maxPacketBytes closes that connection before its body is read; refusals with ever new client ids and topics are a few log lines; focusd keeps working', async () => {
+    const port = await freePort();
+    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.embedded.maxPacketBytes': 64 * 1024, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': uniqueId('c') });
+    const broker = new EmbeddedBroker(ctx);
+    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
+    await broker.start(new AbortController().signal);
+    running.push(broker);
+    await adapter.start(new AbortController().signal);
+    running.push(adapter);
+    const url = `mqtt://127.0.0.1:${port}`;
+    const sub = await Collector.connect(url, [adapter.topics.tile, 'lab/#'], { protocolVersion: 4 });
+    collectors.push(sub);
+
+    // 200 KB to a topic anyone may use: the connection is closed, nothing is delivered
+    const big = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0 });
+    const closed = new Promise<void>((res) => big.once('close', () => res()));
+    big.publish('lab/big', Buffer.alloc(200 * 1024, 1), { qos: 0 });
+    await closed;
+    big.end(true);
+    // a message under the limit still goes through
+    const small = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0 });
+    await small.publishAsync('lab/small', 'ok', { qos: 1 });
+    await sub.wait((m) => m.topic === 'lab/small', 5000, 'the small message');
+    await small.endAsync();
+    expect(sub.messages.some((m) => m.topic === 'lab/big')).toBe(false);
+    expect(ctx.logLines().filter((l) => l.includes('connection closed: MQTT packet of') && l.includes('more than mqtt.embedded.maxPacketBytes'))).toHaveLength(1);
+
+    // 30 refused publishes with new long client ids and topics: one line per reason, client ids clipped
+    for (let i = 0; i < 30; i++) {
+      const c = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, clientId: `x${i}-${'y'.repeat(3000)}` });
+      const gone = new Promise<void>((res) => c.once('close', () => res()));
+      c.publish(`${adapter.topics.action}/${i}`, '{}', { qos: 1 });
+      await gone;
+      c.end(true);
+    }
+    const refused = ctx.logLines().filter((l) => l.includes('publish refused'));
+    expect(refused).toHaveLength(1);
+    expect(refused[0]!.length).toBeLessThan(1000);
     ctx.events.emit('tile:scored', outcome({ seq: 0, d: 0.3 }));
     await sub.wait((m) => m.topic === adapter.topics.tile, 5000, 'tile');
   });

@@ -124,6 +124,47 @@ describe('configuration', () => {
     expect(loadConfig({ env: {}, overrides: { 'ingest.endpoint': 'tcp://127.0.0.1:65535', 'mqtt.baseTopic': 'lab/é/focusd', 'controller.limits.deadBandUm': 0 } }).resolved.baseTopic).toBe('lab/é/focusd');
   });
 
+  it('hostile configurations found by attack fail at load, naming the key, without repeating a secret', () => {
+    const cases: Array<[Record<string, string>, RegExp]> = [
+      // a password with an unencoded @ / ? # connected or went elsewhere; a URL without a host went to localhost:1883
+      [{ FOCUSD_MQTT_URL: 'mqtt://atuser:p@ssXw0rd@127.0.0.1:18885' }, /^mqtt\.url: must be .* percent-encoded/],
+      [{ FOCUSD_MQTT_URL: 'mqtt://slashuser:pa/ss#wo?rd@127.0.0.1:18885' }, /^mqtt\.url: must be .* percent-encoded/],
+      [{ FOCUSD_MQTT_URL: 'mqtt://revuser:NoHostSecret5@' }, /^mqtt\.url: must be /],
+      [{ FOCUSD_MQTT_URL: 'ftp://revuser:SchemeSecret7@h:1' }, /^mqtt\.url: must be /],
+      // convict's parseInt took these as 0, 8080, 5; Number took 0x10 as 16
+      [{ FOCUSD_HTTP_PORT: '0x1f90' }, /^http\.port: must be a port number/],
+      [{ FOCUSD_HTTP_PORT: '8080abc' }, /^http\.port: must be a port number/],
+      [{ FOCUSD_STATS_INTERVAL_S: '5xyz' }, /^mqtt\.statsIntervalS: must be an integer >= 0/],
+      [{ FOCUSD_STATS_INTERVAL_S: '2.9' }, /^mqtt\.statsIntervalS: must be an integer >= 0/],
+      [{ FOCUSD_TOLERANCE_UM: '0x10' }, /^decision\.toleranceUm: must be a positive number/],
+      [{ FOCUSD_STATE_DIR: '/proc/focusd' }, /^store\.dir: \/proc\/focusd is under \/proc/],
+      [{ FOCUSD_HTTP_PORT: '1884' }, /^mqtt\.embedded\.port: port 1884 on 127\.0\.0\.1 is also http\.port's/],
+    ];
+    for (const [env, re] of cases) {
+      const p = problems(() => loadConfig({ env }));
+      expect(p.some((l) => re.test(l)), `${JSON.stringify(env)}: ${p.join(' | ')}`).toBe(true);
+      expect(p.join(' '), JSON.stringify(env)).not.toMatch(/ssXw0rd|NoHostSecret5|SchemeSecret7|wo\?rd/);
+    }
+    const sizes = problems(() => loadConfig({ env: {}, overrides: { 'pipeline.queueSize': 1e9, 'ingest.maxMessageBytes': 1e12 } }));
+    expect(sizes.join('\n')).toMatch(/pipeline\.queueSize: 1000000000 is more than 4096 tiles/);
+    expect(sizes.join('\n')).toMatch(/ingest\.maxMessageBytes: .* is more than 1 GiB/);
+    // a file that is not a mapping, prototype keys, a syntax error that quotes a password, a huge file
+    for (const [name, text, re] of [
+      ['n.yaml', '42\n', /must hold a mapping of settings/],
+      ['p.json', '{"__proto__": {"polluted": 1}}', /__proto__: not a setting/],
+      ['c.yaml', 'scanner:\n  constructor: 1\n', /scanner\.constructor: not a setting/],
+      ['s.yaml', 'mqtt:\n  url: "mqtt://u:QuoteSecret3@h:1\n', /^--config: .*s\.yaml: Missing closing "quote/],
+      ['big.yaml', `# ${'x'.repeat(2 * 1024 * 1024)}\n`, /is \d+ bytes; a configuration is at most 1048576 bytes/],
+    ] as const) {
+      const p = problems(() => loadConfig({ env: {}, file: file(name, text) }));
+      expect(p.some((l) => re.test(l)), `${name}: ${p.join(' | ')}`).toBe(true);
+      expect(p.join(' ')).not.toContain('QuoteSecret3');
+    }
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    // still fine: a percent-encoded password, a decimal number
+    expect(loadConfig({ env: { FOCUSD_MQTT_URL: 'mqtt://u:p%40ss%2Fw@broker:1883', FOCUSD_HTTP_PORT: '8080' } }).http.port).toBe(8080);
+  });
+
   it('check-config verifies the model bundle sha256 (issue 10, defect 6)', async () => {
     const bundle = mkdtempSync(join(tmpdir(), 'focusd-bundle-'));
     copyFileSync(join(DEFAULT_MODEL_DIR, 'manifest.json'), join(bundle, 'manifest.json'));
