@@ -284,7 +284,10 @@ export class MqttAdapter implements Component, ActionPublisher {
     const client = this.client;
     this.client = null;
     if (!client) return;
-    const bound = this.ctx.config.mqtt.connectTimeoutMs;
+    // both steps fit in the stop's teardown allowance (STOP_TEARDOWN_MS, 5 s) with the rest: against a hung broker
+    // two connectTimeoutMs (10 s each) made a stop take 23 s. If the offline status does not get through, the
+    // broker's last will says offline when it notices the connection gone
+    const bound = Math.min(this.ctx.config.mqtt.connectTimeoutMs, MQTT_STOP_STEP_MS);
     if (client.connected) {
       // a graceful stop replaces the retained online status with offline; the broker then drops the will
       await withTimeout(this.send(client, 'status', this.topics.status, this.statusPayload('offline', 'stopped')), bound).catch(() => undefined);
@@ -611,6 +614,9 @@ export class MqttAdapter implements Component, ActionPublisher {
     // a configured prefix must still never reach focusd's own topics
     const own = Object.entries(this.topics).filter(([k]) => k !== 'response').map(([, v]) => v);
     if (own.some((o) => t === o || t.startsWith(`${o}/`))) return `${shown} is one of focusd's own topics`;
+    // nor another daemon's: a wide prefix ("focusd/") would let a request write onto focusd/<other scanner>/action,
+    // its status, or its control requests (found by attack)
+    if (FOCUSD_TOPIC_TAIL.test(t)) return `${shown} ends like a focusd topic (status, action, tile, error, stats, report, control/request) of some scanner`;
     return null;
   }
 
@@ -623,6 +629,10 @@ export class MqttAdapter implements Component, ActionPublisher {
 export type ControlErrorReason = 'bad_json' | 'invalid_request' | 'invalid_response_topic' | 'too_large' | 'not_found' | 'failed';
 
 const CONTROL_COMMANDS = new Set(['pause', 'resume', 'set_tolerance', 'set_dry_run', 'get_config', 'get_slide_summary', 'get_status']);
+/** How long each of the two stop steps (offline status, DISCONNECT) may wait for the broker. */
+const MQTT_STOP_STEP_MS = 2000;
+/** The last level(s) of every topic a focusd daemon reads or publishes (topicsFor), under any base topic. */
+const FOCUSD_TOPIC_TAIL = /\/(status|action|tile|error|stats|report|control\/request)$/;
 /** Longest response topic accepted (bytes of UTF-8); MQTT allows 65 535, brokers and clients choke well before. */
 export const MAX_RESPONSE_TOPIC_BYTES = 256;
 /** Longest correlation data / correlation_id echoed. */

@@ -8,13 +8,13 @@ const USAGE = `usage: focusd <command> [options]
 
 commands:
   run           run the daemon (systemd: Type=notify)         focusd run --config /etc/focusd/focusd.yaml
-  check-config  validate a configuration, name every problem  focusd check-config --config FILE [--print] [--schema]
+  check-config  validate a configuration, name every problem  focusd check-config [--config FILE] [--print] [--schema]
   score         score image files offline, one JSON line each focusd score [--format jsonl|csv] PATH...
-  replay        send tiles to a daemon as a scanner would     focusd replay --help
+  replay        send tiles to a daemon as a scanner would     focusd replay -c FILE DIR (or --endpoint URL --pattern P)
   demo          daemon + embedded broker + a closed-loop scan focusd demo
   simulate      virtual scanner obeying the daemon's commands focusd simulate --help
   calibrate     fit the model to this instrument's focus stack focusd calibrate STACK_DIR --out DIR
-  report        drift report of the tile history on demand    focusd report [--from ISO] [--to ISO] [--out DIR]
+  report        drift report of the tile history on demand    focusd report [--from ISO] [--to ISO] [--html] [--out DIR]
 
 Configuration: --config FILE (JSON or YAML) or FOCUSD_CONFIG, environment FOCUSD_*, and the options named in
 \`focusd check-config --schema\`. See README.md.`;

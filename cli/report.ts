@@ -36,10 +36,12 @@ export async function reportMain(argv: string[]): Promise<number> {
   }
   const config = loadCommandConfig('report', split);
   if (typeof config === 'number') return config;
-  const to = values.to ? Date.parse(values.to) : Date.now();
-  const from = values.from ? Date.parse(values.from) : to - config.reports.windowHours * 3_600_000;
+  // ISO-8601 dates only: Date.parse reads "0" as the year 2000 and "5" as May
+  const iso = (s: string) => (/^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(s.trim()) ? Date.parse(s) : Number.NaN);
+  const to = values.to ? iso(values.to) : Date.now();
+  const from = values.from ? iso(values.from) : to - config.reports.windowHours * 3_600_000;
   if (!Number.isFinite(from) || !Number.isFinite(to) || from >= to) {
-    process.stderr.write('focusd report: --from and --to must be ISO-8601 times with --from before --to\n');
+    process.stderr.write('focusd report: --from and --to must be ISO-8601 dates or times (2026-12-01, 2026-12-01T06:00Z) with --from before --to\n');
     return 64;
   }
   const ctx = createContext(config, createLogger({ level: 'warn', format: 'pretty', stream: process.stderr }));

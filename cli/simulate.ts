@@ -300,6 +300,10 @@ export async function simulateMain(argv: string[]): Promise<number> {
   if (calRoot && !values['calibration-dir']) rmSync(calRoot, { recursive: true, force: true });
   out('');
   out(textTable(reports));
+  // a daemon in dry-run mode publishes its commands marked dry_run; the scanner does not execute them
+  const dry = reports.reduce((a, r) => a + (r.with_feedback?.total.dry_run_actions ?? 0), 0);
+  if (dry > 0)
+    process.stderr.write(`focusd simulate: the daemon is in dry-run mode (controller.dryRun or set_dry_run): its ${dry} commands were not executed, so "with feedback" is the scan without it\n`);
   if (values.json) {
     writeFileSync(values.json, JSON.stringify({ schema: 'focusd/simulation-runs/1', argv, runs: reports }, null, 2) + '\n');
     out(`\nwrote ${values.json}`);

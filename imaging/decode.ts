@@ -76,7 +76,9 @@ async function decodeEncoded(payload: Buffer, format: Exclude<TileFormat, 'raw'>
     return { width: info.width, height: info.height, rgb: data };
   } catch (err) {
     if (err instanceof DecodeError) throw err;
-    const msg = String((err as Error).message ?? err).split('\n')[0]!.trim();
+    // libvips' first line; "Input buffer has corrupt header:" ends in a colon with its reason cut off, and
+    // "unsupported image format" for a truncated file reads as the wrong format: say what it usually is
+    const msg = String((err as Error).message ?? err).split('\n')[0]!.trim().replace(/:$/, '').replace(/^Input buffer contains unsupported image format$/, 'not a readable image (truncated or corrupt, or another format than declared)');
     // sharp's wording for limitInputPixels (checked from the image header, before the pixels are inflated)
     if (/exceeds pixel limit/i.test(msg)) throw new DecodeError('too_many_pixels', `${format} image exceeds ${maxPixels} pixels (ingest.maxPixels): ${msg}`);
     throw new DecodeError('decode_failed', `${format} payload could not be decoded: ${msg}`);

@@ -162,6 +162,10 @@ describe('MQTT adapter (real Mosquitto)', () => {
     expect(s.ctx.runtime.toleranceUm).toBe(1.5);
     expect(await ask({ command: 'get_slide_summary', slide: 'never-seen' })).toMatchObject({ ok: false, error: { reason: 'not_found' } });
     expect(await ask([1, 2])).toMatchObject({ ok: false, error: { reason: 'invalid_request' } });
+    // no command: the answer says that, not what three other commands would need
+    const none = (await ask({ tolerance_um: 2 })) as { error: { detail: string } };
+    expect(none.error.detail).toMatch(/command/);
+    expect(none.error.detail).not.toMatch(/dry_run|slide/);
   });
 
   it('MQTT 3.1.1 callers put response_topic and correlation_id in the body; no response topic → control/response', async () => {
@@ -303,6 +307,16 @@ describe('control requests cannot mute, crash or redirect focusd (issue 10)', ()
     const act = await sub.wait((m) => m.topic === s.topics.action && m.json.slide === slide, 5000, `action of ${slide}`);
     assertSchema('action', act.json);
   }
+
+  it('a wide mqtt.control.responsePrefix ("focusd/") still never reaches another daemon\'s action, status or control request topic', () => {
+    const ctx = makeCtx({ 'mqtt.control.responsePrefix': 'focusd/', 'mqtt.baseTopic': 'focusd/me' });
+    const a = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }) });
+    for (const t of ['focusd/other/action', 'focusd/other/status', 'focusd/other/control/request', 'focusd/other/tile', 'focusd/x/y/error'])
+      expect(a.responseTopicProblem(t), t).toMatch(/ends like a focusd topic/);
+    expect(a.responseTopicProblem('focusd/me/action')).toMatch(/own topics/);
+    expect(a.responseTopicProblem('focusd/lims/answers')).toBeNull();
+    expect(a.responseTopicProblem('focusd/other/control/response/lims')).toBeNull();
+  });
 
   it('refuses response topics with NUL, wildcards, over 256 bytes, focusd’s own or another scanner’s topics; answers on the default topic; output keeps flowing', async () => {
     const s = await side();
