@@ -49,9 +49,10 @@ export class HttpStatus implements Component {
       }
     });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      // name the settings: "EADDRINUSE" or "getaddrinfo ENOTFOUND" alone does not say which listener
+      server.once('error', (err) => reject(new Error(`http status server cannot listen on ${host}:${port} (http.host, http.port): ${err.message}`)));
       server.listen(port, host, () => {
-        server.off('error', reject);
+        server.removeAllListeners('error');
         resolve();
       });
     });

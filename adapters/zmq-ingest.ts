@@ -116,7 +116,11 @@ export class ZmqIngest implements Component {
     this.stopping = false;
     this.stopSignal = new AbortController();
     this.watchConnections(sock);
-    await sock.bind(cfg.endpoint);
+    try {
+      await sock.bind(cfg.endpoint);
+    } catch (err) {
+      throw new Error(`cannot bind ingest.endpoint ${cfg.endpoint}: ${(err as Error).message}`);
+    }
     this.endpoint = sock.lastEndpoint;
     signal.throwIfAborted();
     this.ctx.logger.info(`ingest bound ${this.boundEndpoint} (${cfg.pattern})`, {

@@ -44,6 +44,19 @@ async function serve(overrides: Record<string, unknown> = {}) {
   return { port, dir, ctx };
 }
 
+describe('status server start', () => {
+  it('a port in use or a host that does not resolve fails naming http.host and http.port', async () => {
+    const { port } = await serve();
+    for (const [host, p, re] of [['127.0.0.1', port, /EADDRINUSE/], ['no-such-host.invalid', await freePort(), /ENOTFOUND|EAI_AGAIN/]] as const) {
+      const ctx = makeCtx({ 'http.port': p, 'http.host': host });
+      const s = new HttpStatus(ctx, { status: () => ({}), ready: () => true, health: () => ({ ok: true, reasons: [] }) });
+      const err = await s.start().then(() => null, (e: Error) => e);
+      expect(err?.message).toMatch(new RegExp(`cannot listen on ${host}:${p} \\(http\\.host, http\\.port\\)`));
+      expect(err?.message).toMatch(re);
+    }
+  });
+});
+
 describe('status server /reports/', () => {
   it('lists the reports (index first, then newest first) and serves them read-only with their content types', async () => {
     const { port } = await serve();

@@ -494,7 +494,8 @@ describe('ingest behaviour', () => {
     expect(a.boundEndpoint).not.toBe('tcp://127.0.0.1:0');
     const ctx2 = { ...ctx, config: { ...ctx.config, ingest: { ...ctx.config.ingest, endpoint: a.boundEndpoint! } } } as Context;
     const b = new ZmqIngest(ctx2, new DecodingSink(ctx2));
-    await expect(b.start(new AbortController().signal)).rejects.toThrow(/in use/i);
+    // the error names the setting and the address, not only "Address already in use"
+    await expect(b.start(new AbortController().signal)).rejects.toThrow(new RegExp(`cannot bind ingest.endpoint ${a.boundEndpoint}: .*in use`, "i"));
     await b.stop();
   });
 });
