@@ -321,7 +321,12 @@ export class ZmqIngest implements Component {
     };
 
     const parsed = parseMessage(body, { maxMessageBytes: config.ingest.maxMessageBytes, maxPixels: config.ingest.maxPixels }, receivedAt);
-    if (!parsed.ok) return rejected(parsed.rejection);
+    if (!parsed.ok) {
+      // an empty frame right after the routing id is read as REQ's delimiter: say so when that left one frame
+      if (router && parsed.rejection.reason === 'bad_frames' && envelope.length > 1 && envelope.at(-1)!.length === 0)
+        parsed.rejection.detail += ` after the envelope (an empty frame after the routing id is taken as the REQ delimiter; a header frame is never empty)`;
+      return rejected(parsed.rejection);
+    }
     if (this.stopping) {
       return rejected({
         reason: 'shutting_down',

@@ -335,6 +335,12 @@ describe('ingest behaviour', () => {
       expect(reply[0]!.length).toBe(0);
       const r = JSON.parse(reply[1]!.toString()) as TileReply;
       expect(r.ok && r.header).toEqual(h);
+      // a bare DEALER whose header frame is empty: the empty frame reads as the delimiter, and the answer says so
+      await d.send(['', frames[1]!]);
+      const bad = await d.receive();
+      const b = JSON.parse(bad.at(-1)!.toString()) as { reason: string; detail: string };
+      expect(b.reason).toBe('bad_frames');
+      expect(b.detail).toMatch(/got 1 after the envelope .*taken as the REQ delimiter/);
     } finally {
       d.close();
     }
