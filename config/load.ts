@@ -32,14 +32,21 @@ const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 function checkParsedConfig(v: unknown): unknown {
   if (v === null || typeof v !== 'object' || Array.isArray(v))
     throw new Error(`the file must hold a mapping of settings (e.g. "scanner:" / {"scanner": ...}), not ${Array.isArray(v) ? 'a list' : v === null ? 'nothing' : `a ${typeof v}`}`);
-  const walk = (x: unknown, path: string) => {
+  // node: the schema at this path (a section holds settings, a setting has doc and default)
+  const walk = (x: unknown, path: string, node: Record<string, unknown> | null) => {
     if (x === null || typeof x !== 'object') return;
     for (const k of Object.keys(x)) {
-      if (FORBIDDEN_KEYS.has(k)) throw new Error(`${path ? path + '.' : ''}${k}: not a setting (refused)`);
-      walk((x as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
+      const key = path ? `${path}.${k}` : k;
+      if (FORBIDDEN_KEYS.has(k)) throw new Error(`${key}: not a setting (refused)`);
+      const child = node && Object.hasOwn(node, k) ? (node[k] as Record<string, unknown>) : null;
+      const value = (x as Record<string, unknown>)[k];
+      // convict says "scanner.id missing from config, did you override its parent?" for `scanner: 5`
+      if (child && !('doc' in child && 'default' in child) && (value === null || typeof value !== 'object' || Array.isArray(value)))
+        throw new Error(`${key}: is a section (${Object.keys(child).map((c) => `${key}.${c}`).slice(0, 4).join(', ')}${Object.keys(child).length > 4 ? ', …' : ''}), not a single value`);
+      walk(value, key, child && !('doc' in child) ? child : null);
     }
   };
-  walk(v, '');
+  walk(v, '', schema as unknown as Record<string, unknown>);
   return v;
 }
 

@@ -153,6 +153,7 @@ describe('configuration', () => {
       ['n.yaml', '42\n', /must hold a mapping of settings/],
       ['p.json', '{"__proto__": {"polluted": 1}}', /__proto__: not a setting/],
       ['c.yaml', 'scanner:\n  constructor: 1\n', /scanner\.constructor: not a setting/],
+      ['s5.yaml', 'scanner: 5\n', /scanner: is a section \(scanner\.id\), not a single value/],
       ['s.yaml', 'mqtt:\n  url: "mqtt://u:QuoteSecret3@h:1\n', /^--config: .*s\.yaml: Missing closing "quote/],
       ['big.yaml', `# ${'x'.repeat(2 * 1024 * 1024)}\n`, /is \d+ bytes; a configuration is at most 1048576 bytes/],
     ] as const) {
