@@ -441,20 +441,25 @@ describe('control requests cannot mute, crash or redirect focusd (issue 10)', ()
   });
 });
 
+/** An embedded broker on `port` with focusd's MQTT adapter logged in to it (both stopped after the test). */
+async function embedded(port: number, overrides: Record<string, unknown>) {
+  const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': uniqueId('c'), ...overrides });
+  const broker = new EmbeddedBroker(ctx);
+  const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
+  await broker.start(new AbortController().signal);
+  running.push(broker);
+  await adapter.start(new AbortController().signal);
+  running.push(adapter);
+  return { ctx, adapter, url: `mqtt://127.0.0.1:${port}` };
+}
+
 describe('embedded broker access control (aedes)', () => {
   it('only focusd publishes under its base topic; control requests need the control user; nobody takes focusd’s client id', async () => {
     const port = await freePort();
     const pwFile = join(tempDir(), 'control-pw');
     writeFileSync(pwFile, 'ctl-secret\n');
     const clientId = uniqueId('c');
-    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.embedded.controlPasswordFile': pwFile, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': clientId });
-    const broker = new EmbeddedBroker(ctx);
-    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
-    await broker.start(new AbortController().signal);
-    running.push(broker);
-    await adapter.start(new AbortController().signal);
-    running.push(adapter);
-    const url = `mqtt://127.0.0.1:${port}`;
+    const { ctx, adapter, url } = await embedded(port, { 'mqtt.embedded.controlPasswordFile': pwFile, 'mqtt.clientId': clientId });
     // anyone may read
     const sub = await Collector.connect(url, [`${adapter.topics.status}`, adapter.topics.action, adapter.topics.tile, adapter.topics.response], { protocolVersion: 4 });
     collectors.push(sub);
@@ -496,14 +501,7 @@ describe('embedded broker access control (aedes)', () => {
 
   it('a packet larger than mqtt.embedded.maxPacketBytes closes that connection before its body is read; refusals with ever new client ids and topics are a few log lines; focusd keeps working', async () => {
     const port = await freePort();
-    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.embedded.maxPacketBytes': 64 * 1024, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': uniqueId('c') });
-    const broker = new EmbeddedBroker(ctx);
-    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
-    await broker.start(new AbortController().signal);
-    running.push(broker);
-    await adapter.start(new AbortController().signal);
-    running.push(adapter);
-    const url = `mqtt://127.0.0.1:${port}`;
+    const { ctx, adapter, url } = await embedded(port, { 'mqtt.embedded.maxPacketBytes': 64 * 1024 });
     const sub = await Collector.connect(url, [adapter.topics.tile, 'lab/#'], { protocolVersion: 4 });
     collectors.push(sub);
 
