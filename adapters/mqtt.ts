@@ -534,10 +534,10 @@ export class MqttAdapter implements Component, ActionPublisher {
       if (t) this.ctx.logger.warn('MQTT control request refused', { reason, detail, command, requester, suppressed: t.suppressed });
       answer({ ok: false, error: { reason, detail } });
     };
-    if (correlationData && correlationData.length > MAX_CORRELATION_BYTES) {
-      correlationData = undefined;
-      return fail('invalid_request', `correlation data of ${props.correlationData!.length} bytes (at most ${MAX_CORRELATION_BYTES})`);
-    }
+    // correlation data too long to echo is dropped at once, but refused only after the response topic is checked:
+    // the refusal then reaches the requester's own (valid) topic instead of the default one
+    const correlationTooLong = correlationData !== undefined && correlationData.length > MAX_CORRELATION_BYTES;
+    if (correlationTooLong) correlationData = undefined;
     const check = (wanted: unknown): boolean => {
       const problem = this.responseTopicProblem(wanted);
       if (problem) fail('invalid_response_topic', `response topic refused, answered on ${this.topics.response} instead: ${problem}`);
@@ -545,6 +545,7 @@ export class MqttAdapter implements Component, ActionPublisher {
       return !problem;
     };
     if (props.responseTopic !== undefined && !check(props.responseTopic)) return;
+    if (correlationTooLong) return fail('invalid_request', `correlation data of ${props.correlationData!.length} bytes (at most ${MAX_CORRELATION_BYTES})`);
     if (payload.length > limits.maxRequestBytes)
       return fail('too_large', `request of ${payload.length} bytes; at most ${limits.maxRequestBytes} (mqtt.control.maxRequestBytes)`);
     let req: Record<string, unknown>;

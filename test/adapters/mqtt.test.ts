@@ -363,6 +363,12 @@ describe('control requests cannot mute, crash or redirect focusd (issue 10)', ()
     await v5.client.subscribeAsync(`${s.topics.response}/me`, { qos: 1 });
     await v5.client.publishAsync(s.topics.request, JSON.stringify({ command: 'get_status' }), { qos: 1, properties: { responseTopic: `${s.topics.response}/me`, correlationData: corr } });
     expect((await v5.wait((m) => m.topic === `${s.topics.response}/me`, 5000, 'answer under the prefix')).json).toMatchObject({ ok: true });
+    // correlation data too long to echo: refused, on the requester's own valid topic, without the data
+    await v5.client.publishAsync(s.topics.request, JSON.stringify({ command: 'pause' }), { qos: 1, properties: { responseTopic: `${s.topics.response}/me`, correlationData: Buffer.alloc(1000, 7) } });
+    const long = await v5.wait((m) => m.topic === `${s.topics.response}/me` && m.json.ok === false, 5000, 'refusal of long correlation data on the requested topic');
+    expect((long.json.error as { detail: string }).detail).toMatch(/correlation data of 1000 bytes/);
+    expect(long.packet.properties?.correlationData).toBeUndefined();
+    expect(s.ctx.runtime.paused).toBe(false);
 
     // nothing but actions on the action topic, statuses on the status topic, nothing at all on the other scanner's topics
     expect(sub.on(s.topics.action).every((m) => m.json.schema === 'focusd/action/1')).toBe(true);
