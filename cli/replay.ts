@@ -20,7 +20,7 @@ options:
   --cols N             grid columns (default ceil(sqrt(tiles)))
   --pixel-size-um X    default 0.22      --objective TEXT   default "Plan-Apochromat 20x/0.8"
   --z-um X             stage z written into the headers (default 0)
-  --limit N            send only the first N tiles
+  --limit N            send only the first N tiles (0, the default: all)
   --json               print one JSON line per tile and for the summary
   --quiet              print only the summary
   -c, --config FILE    daemon configuration to take the endpoint and pattern from`;
