@@ -207,13 +207,7 @@ describe('embedded broker (aedes)', () => {
     const port = await freePort();
     const pwFile = join(tempDir(), 'control-pw');
     writeFileSync(pwFile, 'ctl-secret\n');
-    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.embedded.controlPasswordFile': pwFile, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': uniqueId('c') });
-    const broker = new EmbeddedBroker(ctx);
-    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
-    await broker.start(new AbortController().signal);
-    running.push(broker);
-    await adapter.start(new AbortController().signal);
-    running.push(adapter);
+    const { ctx, adapter, broker } = await embedded(port, { 'mqtt.embedded.controlPasswordFile': pwFile });
     expect(adapter.protocolVersion).toBe(4);
     // an external client over TCP, as mosquitto_sub or the scanner would connect
     const sub = await Collector.connect(`mqtt://127.0.0.1:${port}`, [`${adapter.topics.status}`, `${adapter.topics.tile}`, adapter.topics.response], { protocolVersion: 4 });
@@ -456,7 +450,7 @@ async function embedded(port: number, overrides: Record<string, unknown>) {
   running.push(broker);
   await adapter.start(new AbortController().signal);
   running.push(adapter);
-  return { ctx, adapter, url: `mqtt://127.0.0.1:${port}` };
+  return { ctx, adapter, broker, url: `mqtt://127.0.0.1:${port}` };
 }
 
 describe('embedded broker access control (aedes)', () => {
@@ -542,13 +536,7 @@ describe('embedded broker access control (aedes)', () => {
 
   it('mqtt.embedded.open lets anyone publish (loopback only: refused with another host)', async () => {
     const port = await freePort();
-    const ctx = makeCtx({ 'mqtt.url': 'embedded', 'mqtt.embedded.port': port, 'mqtt.embedded.open': true, 'mqtt.baseTopic': uniqueId('emb'), 'mqtt.clientId': uniqueId('c') });
-    const broker = new EmbeddedBroker(ctx);
-    const adapter = new MqttAdapter(ctx, { statusProvider, control: createControlApi(ctx, { slideSummary: () => null }), credentials: () => broker.daemonCredentials });
-    await broker.start(new AbortController().signal);
-    running.push(broker);
-    await adapter.start(new AbortController().signal);
-    running.push(adapter);
+    const { ctx, adapter } = await embedded(port, { 'mqtt.embedded.open': true });
     const anyone = await Collector.connect(`mqtt://127.0.0.1:${port}`, [adapter.topics.response], { protocolVersion: 4 });
     collectors.push(anyone);
     await anyone.client.publishAsync(adapter.topics.request, JSON.stringify({ command: 'pause' }), { qos: 1 });
