@@ -362,9 +362,12 @@ export class FocusController {
         // the other side of z0. A probe its sharpness shows blurrier is out of focus whatever the model reads
         // there (on optics it was not trained for it reads a probe 6 µm out as in focus)
         if (sign0 > 0 && (oof || cmp > 0)) {
-          this.reacquire(ctx, target, 'probe_result', false,
+          const sent = this.reacquire(ctx, target, 'probe_result', false,
             `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm scored ${r3(absD)} µm vs ${r3(probe.absD0)} µm before: stage was ${sign0 < 0 ? 'below' : 'above'} focus, re-acquire at best focus ${r3(target)} µm`,
             { effSign: sign0, modelSign: probe.conf !== null ? probe.modelSign : 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, conf: probe.conf, key: probe.key, sizedFrom: { z: probe.z0, d: d0 }, learnAbs: probe.absD0 });
+          // the probe spent the tile's last re-acquisition and left it blurrier: the scanner keeps the last image,
+          // so go back to the best z seen (virtual scanner: a bump moved from 2.9 to 1.6 µm, probed to 4.7 µm, kept there)
+          if (!sent && cmp > 0) this.restoreBest(ctx);
         } else if (cmp < 0 && oof && signKnown) {
           // the probe came back sharper but still out of focus (an over-read |d| overshot focus, an under-read one
           // fell short): where the landing's own sign is trusted, that is an ordinary retry from the landing,
@@ -550,7 +553,7 @@ export class FocusController {
       // both ways tried (or the first way was ambiguous) and this one is worse: the scanner keeps the last
       // image, so go back to the best z seen
       // (once per tile, beyond the per-tile limit: a limit must never leave a tile worse than it was)
-      this.restore(c, move);
+      this.restore(c, { z: move.bestZ, abs: move.baseAbs });
     }
   }
 
@@ -580,20 +583,27 @@ export class FocusController {
       // the probe went up and lost the tissue: the stage was above focus, focus is on the other side of z0
       st.probes.delete(h.tile.index);
       const target = probe.z0 - probe.step;
-      this.reacquire(c, target, 'probe_result', false,
+      const sent = this.reacquire(c, target, 'probe_result', false,
         `probe at z ${r3(probe.z0)} + ${r3(probe.step)} µm lost the tissue: stage was above focus, re-acquire at best focus ${r3(target)} µm`,
         { effSign: 1, modelSign: 0, corrective: true, baseAbs: probe.absD0, baseSharp: probe.sharp0, evidenceIfWorse: false, sizedFrom: { z: probe.z0, d: probe.absD0 } });
+      if (!sent) this.restoreBest(c);
     }
   }
 
-  private restore(c: DecideCtx, move: Move): void {
+  /** Re-acquire a tile at the z of its best acquisition so far (after a probe whose follow-up a limit refused). */
+  private restoreBest(c: DecideCtx): void {
+    const best = c.st.best.get(c.o.header.tile.index);
+    if (best && best.z !== c.o.header.stage_um.z) this.restore(c, { z: best.z, abs: best.abs });
+  }
+
+  private restore(c: DecideCtx, best: { z: number; abs: number }): void {
     const h = c.o.header;
     if (c.st.restored.has(h.tile.index) || c.rt.dryRun) return;
     c.st.restored.add(h.tile.index);
-    const target = move.bestZ;
+    const target = best.z;
     c.out.actions.push(
       this.action(c, 'reacquire', r3(target - h.stage_um.z), 'restore',
-        `re-acquisitions of tile ${h.tile.index} left it further from focus (${Number.isFinite(c.d) ? `${r3(Math.abs(c.d))} µm` : 'tissue lost'}) than at z ${r3(target)} (${r3(move.baseAbs)} µm): re-acquire there`,
+        `re-acquisitions of tile ${h.tile.index} left it further from focus (${Number.isFinite(c.d) ? `${r3(Math.abs(c.d))} µm` : 'tissue lost'}) than at z ${r3(target)} (${r3(best.abs)} µm): re-acquire there`,
         [whyTile(c.o)], { target_z_um: r3(target), probe: false, stage_um: { ...h.stage_um } }),
     );
   }

@@ -341,6 +341,25 @@ describe('judging moves by the tile\'s own sharpness', () => {
     expect(s.wrongWay).toBe(0);
   });
 
+  it('a probe that spends the last re-acquisition and comes back blurrier is followed by a restore to the best z', () => {
+    // virtual scanner, colour-reversed: a bump moved from 2.9 to 1.6 µm, the landing's sign unsure, probed to 4.7 µm,
+    // and the probe_result refused by the per-tile limit left the tile there: worse than without feedback
+    const run = (probeLost: boolean) => {
+      const ctl = new FocusController(settings({ priorCalibrated: 20 }));
+      const first = ctl.onTile(outcome({ slide: 'S-p', seq: 0, index: 7, z: 100, d: 2, conf: 0.99, sharp: 0.1 }), 1_000_000, live);
+      expect(first.actions.map((a) => [(a.why as { rule: string }).rule, a.target_z_um])).toEqual([['isolated', 98]]);
+      const landed = ctl.onTile(outcome({ slide: 'S-p', seq: 1, index: 7, attempt: 1, z: 98, d: -1.5, conf: 0.6, sharp: 0.3 }), 1_001_000, live);
+      expect(landed.actions.map((a) => [(a.why as { rule: string }).rule, a.probe, a.target_z_um])).toEqual([['probe', true, 99.5]]);
+      const probed = ctl.onTile(outcome({ slide: 'S-p', seq: 2, index: 7, attempt: 2, z: 99.5, ...(probeLost ? { d: null } : { d: 2.5, conf: 0.7, sharp: 0.05 }) }), 1_002_000, live);
+      return probed;
+    };
+    for (const lost of [false, true]) {
+      const probed = run(lost);
+      expect(probed.refused.map((r) => r.limit), `tissue lost: ${lost}`).toEqual(['max_reacquire_per_tile']);
+      expect(probed.actions.map((a) => [(a.why as { rule: string }).rule, a.target_z_um]), `tissue lost: ${lost}`).toEqual([['restore', 98]]);
+    }
+  });
+
   it('a move that finds no tissue on a tile that barely had any is not a wrong-way move; on a tile full of tissue it is', () => {
     // edge tiles of bare glass read 6-7 % tissue out of focus (the threshold is 5 %) and none nearer focus
     const run = (tissue: number) => {
