@@ -107,7 +107,9 @@ export class HttpStatus implements Component {
     const lbl = (l: (typeof loop.sign_learning)[number]) =>
       `scanner="${esc(l.scanner)}",objective="${esc(l.objective)}",model="${l.model_sha256.slice(0, 12)}",calibration="${l.calibration_sign}"`;
     metric('sign_direction', 'gauge', "Learned direction of the model's sign (1 as reported, -1 reversed, 0 not known yet: probing).", loop.sign_learning.map((l) => [`{${lbl(l)}}`, l.direction]));
-    metric('sign_p_right', 'gauge', "Posterior probability that the model's sign is right, per sign-confidence bin.", loop.sign_learning.flatMap((l) => l.bins.map((b) => [`{${lbl(l)},bin="${b.lo}-${b.hi}"}`, b.p_right] as [string, number])));
+    // one series per cell: sign-confidence bin × |defocus| range (the bin label alone named two series alike)
+    const cell = (b: (typeof loop.sign_learning)[number]['bins'][number]) => `bin="${b.lo}-${b.hi}",abs_um="${b.abs_lo_um}-${b.abs_hi_um ?? 'inf'}"`;
+    metric('sign_p_right', 'gauge', "Posterior probability that the model's sign is right, per cell (sign-confidence bin, |defocus| range).", loop.sign_learning.flatMap((l) => l.bins.map((b) => [`{${lbl(l)},${cell(b)}}`, b.p_right] as [string, number])));
     metric('sign_experiments_total', 'counter', "Experiments (probes, re-acquisitions, z_offsets) whose outcome agreed (right) or disagreed (wrong) with the model's sign.", loop.sign_learning.flatMap((l) => (['right', 'wrong'] as const).map((k) => [`{${lbl(l)},outcome="${k}"}`, l.bins.reduce((a, b) => a + b[k], 0)] as [string, number])));
     metric('magnitude_gain', 'gauge', "Gain that sizes re-acquisitions and probes: the model's |defocus| is divided by it (learned on this instrument, 1 before enough evidence).", loop.sign_learning.map((l) => [`{${lbl(l)}}`, l.magnitude.gain]));
     metric('wrong_way_moves_total', 'counter', 'Commanded moves that left a tile (or the tiles after a z_offset) further from focus.', [['', loop.wrong_way_moves]]);

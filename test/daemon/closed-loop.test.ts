@@ -115,6 +115,10 @@ describe('closed loop: forked focusd run + virtual scanner + Mosquitto', () => {
       expect(learned!.experiments).toBeGreaterThanOrEqual(3);
       const metrics = await (await fetch(`http://127.0.0.1:${again.httpPort}/metrics`)).text();
       expect(metrics).toMatch(new RegExp(`focusd_sign_direction\\{scanner="${id}",[^}]*\\} ${before!.direction}`));
+      // one p_right series per learning cell, each with its own labels (before, near and far cells shared them)
+      const series = metrics.split('\n').filter((l) => l.startsWith(`focusd_sign_p_right{scanner="${id}"`)).map((l) => l.slice(0, l.lastIndexOf(' ')));
+      expect(series.length).toBe(learned!.bins.length);
+      expect(new Set(series).size).toBe(series.length);
       // the learned magnitude gain (docs/controller.md) survives too (a retake landing in flight at the kill may
       // still have added an observation), and is exported
       const mag = (l: unknown) => (l as { magnitude: { gain: number; experiments: number } }).magnitude;
