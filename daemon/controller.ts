@@ -570,10 +570,12 @@ export class FocusController {
     const c: DecideCtx = { o, st, now, rt, out, pred: null, d: Number.NaN, lkey, modelSign: 1, gain: this.learner.gain(lkey) };
     if (move && h.attempt > move.attempt) {
       st.moves.delete(h.tile.index);
-      if (move.tissue0 < 2 * this.minTissueFraction) {
+      if (move.tissue0 < 2 * this.minTissueFraction && move.absD0 <= 2 * rt.toleranceUm) {
         // its no_tissue verdict stands (published like any tile's). Measured on the virtual scanner with real
         // held-out tissue: edge tiles of bare glass read 6-7 % tissue 1.5-2 µm out of focus and 3 % nearer focus;
-        // each such move was counted wrong-way, taught the learner a wrong sign and was retaken 3.5 µm out
+        // each such move was counted wrong-way, taught the learner a wrong sign and was retaken 3.5 µm out.
+        // Not beyond twice the tolerance: there a tile full of tissue reads little of it too (virtual scanner,
+        // colour-reversed: 84 % tissue read 3.6 µm out, moved the wrong way to 7.6 µm, and left there)
         return;
       }
       this.moveWorse(c, move, `re-acquisition of tile ${h.tile.index} at z ${r3(h.stage_um.z)} lost the tissue (blurred beyond detection; its best acquisition scored ${r3(move.baseAbs)} µm)`, `${r3(move.absD0)} µm → tissue lost`);

@@ -360,25 +360,28 @@ describe('judging moves by the tile\'s own sharpness', () => {
     }
   });
 
-  it('a move that finds no tissue on a tile that barely had any is not a wrong-way move; on a tile full of tissue it is', () => {
+  it('a move that finds no tissue on a tile that barely had any is not a wrong-way move; on a tile full of tissue, or read far out, it is', () => {
     // edge tiles of bare glass read 6-7 % tissue out of focus (the threshold is 5 %) and none nearer focus
-    const run = (tissue: number) => {
+    const run = (tissue: number, d = 1.9) => {
       const ctl = new FocusController(settings({ priorCalibrated: 20 }), undefined, undefined, 0.05);
-      const first = ctl.onTile(outcome({ slide: 'S-t', seq: 0, index: 7, z: 100, d: 1.9, conf: 0.99, tissue, sharp: 0.1 }), 1_000_000, live);
-      expect(first.actions.map((a) => a.target_z_um)).toEqual([98.1]);
-      const landed = ctl.onTile(outcome({ slide: 'S-t', seq: 1, index: 7, attempt: 1, z: 98.1, d: null }), 1_001_000, live);
-      const cell = ctl.learner.snapshot()[0]!.bins[binOf(0.99, 1.9)]!;
+      const first = ctl.onTile(outcome({ slide: 'S-t', seq: 0, index: 7, z: 100, d, conf: 0.99, tissue, sharp: 0.1 }), 1_000_000, live);
+      expect(first.actions.map((a) => a.target_z_um)).toEqual([100 - d]);
+      const landed = ctl.onTile(outcome({ slide: 'S-t', seq: 1, index: 7, attempt: 1, z: 100 - d, d: null }), 1_001_000, live);
+      const cell = ctl.learner.snapshot()[0]!.bins[binOf(0.99, d)]!;
       return { landed, wrong: cell.wrong };
     };
     const marginal = run(0.07);
     expect(marginal.landed.wrongWay).toBe(0);
     expect(marginal.landed.actions).toHaveLength(0);
     expect(marginal.wrong).toBe(0);
-    const full = run(0.6);
-    expect(full.landed.wrongWay).toBe(1);
-    expect(full.landed.actions.map((a) => (a.why as { rule: string }).rule)).toEqual(['wrong_way']);
-    expect(full.wrong).toBe(1);
+    for (const [what, r] of [['full', run(0.6)], ['read far out', run(0.07, 3.6)]] as const) {
+      // a tile full of tissue 3.6 µm out of focus reads little of it too (virtual scanner, colour-reversed: 84 %)
+      expect(r.landed.wrongWay, what).toBe(1);
+      expect(r.landed.actions.map((a) => (a.why as { rule: string }).rule), what).toEqual(['wrong_way']);
+      expect(r.wrong, what).toBe(1);
+    }
   });
+
 
   it('under the stop-loss the focus is still followed from probe-settled signs: a drift that grows with every acquisition does not run away', () => {
     const random = randomSigns(11);
