@@ -24,6 +24,12 @@ export interface RuntimeView {
 /** A wrong-way landing read this many times the |d| the move started from proves the sign wrong (moveWorse). */
 const PROOF_RATIO = 1.5;
 
+/**
+ * A move from a tile read within twice the tolerance: there an over-read |d| overshoots focus as a wrong sign would,
+ * and a glass edge tile reads a few % tissue; beyond it, neither excuses a move that went worse.
+ */
+const nearFocus = (move: { absD0: number }, rt: RuntimeView) => move.absD0 <= 2 * rt.toleranceUm;
+
 export type Rule = 'isolated' | 'probe' | 'probe_result' | 'retry' | 'wrong_way' | 'restore' | 'drift' | 'tilt' | 'revert' | 'audit';
 
 export interface WhyTile {
@@ -533,7 +539,7 @@ export class FocusController {
     // 1.1 µm read, moved the wrong way, landed read 2.5–2.9 µm; restored five times on one slide, never learned).
     const landing = c.o.score.defocus_um;
     const proven = landing === null || !Number.isFinite(landing) || Math.abs(landing) >= PROOF_RATIO * move.absD0;
-    const ambiguous = move.absD0 <= 2 * c.rt.toleranceUm && !proven;
+    const ambiguous = nearFocus(move, c.rt) && !proven;
     const evidence = move.evidenceIfWorse && !ambiguous;
     this.wrongWay(c, why, evidence);
     if (move.modelSign !== 0 && move.conf !== null && evidence) this.learn(c, move.key, move.conf, move.modelSign === -move.effSign, move.learnAbs ?? move.absD0);
@@ -570,7 +576,7 @@ export class FocusController {
     const c: DecideCtx = { o, st, now, rt, out, pred: null, d: Number.NaN, lkey, modelSign: 1, gain: this.learner.gain(lkey) };
     if (move && h.attempt > move.attempt) {
       st.moves.delete(h.tile.index);
-      if (move.tissue0 < 2 * this.minTissueFraction && move.absD0 <= 2 * rt.toleranceUm) {
+      if (move.tissue0 < 2 * this.minTissueFraction && nearFocus(move, rt)) {
         // its no_tissue verdict stands (published like any tile's). Measured on the virtual scanner with real
         // held-out tissue: edge tiles of bare glass read 6-7 % tissue 1.5-2 µm out of focus and 3 % nearer focus;
         // each such move was counted wrong-way, taught the learner a wrong sign and was retaken 3.5 µm out.

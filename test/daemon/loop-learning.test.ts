@@ -382,7 +382,6 @@ describe('judging moves by the tile\'s own sharpness', () => {
     }
   });
 
-
   it('under the stop-loss the focus is still followed from probe-settled signs: a drift that grows with every acquisition does not run away', () => {
     const random = randomSigns(11);
     const drift = 0.06;
