@@ -39,6 +39,8 @@ closed loop (--loop): the virtual scanner's instrument matrix, with and without 
   --loop-instruments all|NAME,... --loop-slides N (3) --loop-seed N|N,N,... (1) --loop-grid COLSxROWS (8x6)
   --loop-tile WxH (640x320) --loop-tissue procedural|heldout|PATHS --loop-calibrate --loop-merge A.json,B.json
   --scorer cnn|classical (cnn)
+comparing two loop runs (bench/loop-compare.ts): paired by instrument, seed and slide, better / worse / within noise
+  --loop-compare BEFORE[,...] --loop-compare-to AFTER[,...]   (loop-*.json results, focusd simulate --json files, or folders)
 `;
 
 let parsed;
@@ -72,6 +74,8 @@ function benchOptions() {
     'loop-grid': { type: 'string', default: '8x6' },
     'loop-tile': { type: 'string', default: '640x320' },
     'loop-merge': { type: 'string', default: '' },
+    'loop-compare': { type: 'string', default: '' },
+    'loop-compare-to': { type: 'string', default: '' },
     'loop-tissue': { type: 'string', default: 'procedural' },
     'loop-calibrate': { type: 'boolean', default: false },
     scorer: { type: 'string', default: 'cnn' },
@@ -344,6 +348,18 @@ async function bareClassical(tiles: BenchTile[], n: number) {
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<void> {
+  if (args['loop-compare'] || args['loop-compare-to']) {
+    const { compareLoopResults } = await import('./loop-compare.js');
+    try {
+      if (!args['loop-compare'] || !args['loop-compare-to']) throw new Error('--loop-compare BEFORE needs --loop-compare-to AFTER (and the other way round)');
+      compareLoopResults(args['loop-compare'].split(','), args['loop-compare-to'].split(','), args.out!);
+    } catch (err) {
+      // a usage error (a missing file, results of other slides): the message, not a stack
+      process.stderr.write(`bench: ${(err as Error).message}\n${BENCH_USAGE}`);
+      process.exit(64);
+    }
+    return;
+  }
   if (args.loop) {
     const [cols, rows] = args['loop-grid']!.split('x').map(Number);
     const [width, height] = args['loop-tile']!.split('x').map(Number);
