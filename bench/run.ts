@@ -354,7 +354,8 @@ async function main(): Promise<void> {
       if (!args['loop-compare'] || !args['loop-compare-to']) throw new Error('--loop-compare BEFORE needs --loop-compare-to AFTER (and the other way round)');
       compareLoopResults(args['loop-compare'].split(','), args['loop-compare-to'].split(','), args.out!);
     } catch (err) {
-      // a usage error (a missing file, results of other slides): the message, not a stack
+      // a usage error (a missing file, results of other slides): the message, not a stack; anything else is a crash
+      if (!(err as Error).message.startsWith('--loop-compare')) throw err;
       process.stderr.write(`bench: ${(err as Error).message}\n${BENCH_USAGE}`);
       process.exit(64);
     }
