@@ -738,9 +738,10 @@ export class FocusController {
       // always up: a probe toward the side the unsure model or the instrument's outcomes lean to was measured and
       // not kept (virtual scanner, held-out tissue, seeds 1-3: `none` optics 1.36 -> 1.51 acquisitions per tile on
       // slide 2, no yield gained), as the model's sign is structured by |d| there and the lean follows the wrong part.
-      // Toward the side the slide's two most recent settled tiles place focus: also measured, not kept (seeds 1-6,
-      // all instruments: probes the wrong way 144 -> 105 on slide 1, but slide-1 yield 98.1 -> 97.3 %, wrong-way moves
-      // 20 -> 24; slide 2 acquisitions/tile 1.333 -> 1.322, yield 97.6 -> 97.5 %, wrong-way moves 24 -> 20)
+      // Toward the side the slide's two most recent settled tiles place focus: also measured, not kept. Paired over
+      // seeds 1-12, all instruments (docs/controller.md, sign by probe): 1.5 fewer acquisitions per first slide, yield
+      // unchanged, but 0.2 more wrong-way moves per later slide (the directed probes' outcomes are tiles on one side of
+      // focus; not learning from them still left +0.13)
       const ok = this.reacquire(c, h.stage_um.z + step, 'probe', true,
         `|defocus| ${r3(absD)} µm beyond ±${c.rt.toleranceUm} µm with ${c.st.diverging ? 'the stop-loss active on this slide' : conf === null || conf < this.s.signConfidence ? `sign confidence ${conf} < ${this.s.signConfidence}` : `the model's sign not yet confirmed on this instrument`}: probe at z + |d|${sizedBy(c.gain.reacquire)} to learn the sign`);
       if (ok) c.st.probes.set(h.tile.index, { seq: h.seq, attempt: h.attempt, z0: h.stage_um.z, absD0: absD, unc0: c.o.score.uncertainty_um ?? 0, sharp0: c.o.score.sharpness ?? null, modelSign: c.modelSign, conf, key: c.lkey, step });
