@@ -40,7 +40,8 @@ export function verdictOf(p: PairedDiff, higherIsBetter: boolean): 'better' | 'w
   return p.mean > 0 === higherIsBetter ? 'better' : 'worse';
 }
 
-type SlideCounts = Pick<ScanCounts, 'tiles' | 'tissue_tiles' | 'in_tolerance' | 'acquisitions' | 'wrong_way_moves'>;
+const COUNTS = ['tiles', 'tissue_tiles', 'in_tolerance', 'acquisitions', 'wrong_way_moves'] as const;
+type SlideCounts = Pick<ScanCounts, (typeof COUNTS)[number]>;
 
 interface Pair {
   instrument: string;
@@ -153,6 +154,13 @@ export function loadLoopRuns(paths: string[]): SimulationReport[] {
       return !!x && typeof x.instrument === 'string' && Number.isFinite(x.seed) && (x.with_feedback === null || Array.isArray(x.with_feedback?.slides));
     };
     if (!Array.isArray(runs) || !runs.every(ok)) throw new Error(`--loop-compare: ${f}: not a loop benchmark result or focusd simulate --json report (no runs with instrument, seed and slides)`);
+    // a count that is not a number would come out of the table as NaN, looking like a result
+    for (const r of runs) {
+      (r.with_feedback?.slides ?? []).forEach((sl, i) => {
+        const bad = COUNTS.filter((k) => !(typeof sl[k] === 'number' && Number.isFinite(sl[k]) && sl[k] >= 0));
+        if (bad.length) throw new Error(`--loop-compare: ${f}: ${runKey(r)}, slide ${i + 1}: ${bad.join(', ')} not a count`);
+      });
+    }
     return runs;
   });
 }

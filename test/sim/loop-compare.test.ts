@@ -74,6 +74,8 @@ describe('paired comparison of loop runs', () => {
     const bad = join(dir, 'bad.json');
     writeFileSync(bad, '{"runs": [{"instrument": "mirrored"}]}');
     expect(() => loadLoopRuns([bad])).toThrow(/bad\.json: not a loop benchmark result or focusd simulate --json report/);
+    writeFileSync(bad, JSON.stringify({ runs: [run('mirrored', 1, [{ ...slide(40, 60), in_tolerance: 'forty' as unknown as number }])] }));
+    expect(() => loadLoopRuns([bad])).toThrow(/bad\.json: mirrored, seed 1, slide 1: in_tolerance not a count/);
     writeFileSync(bad, '{"runs": [');
     expect(() => loadLoopRuns([bad])).toThrow(/bad\.json: not JSON/);
     expect(() => loadLoopRuns([join(dir, 'missing.json')])).toThrow(/missing\.json: no such file or folder/);
