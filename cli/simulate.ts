@@ -5,7 +5,9 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type FocusdConfig } from '../config/load.js';
 import { createLogger } from '../core/logger.js';
 import { freePort } from '../core/net.js';
-import { Daemon } from '../daemon/daemon.js';
+import { Daemon, type DaemonOptions } from '../daemon/daemon.js';
+import { createScorer } from '../models/index.js';
+import { oracleLabel, oracleScorerFactory, parseOracleSpec, type OracleSpec } from '../sim/oracle.js';
 import { INSTRUMENTS, isInstrument, type InstrumentName } from '../sim/instruments.js';
 import { textTable, slideLine } from '../sim/report.js';
 import type { SceneSource } from '../sim/render.js';
@@ -46,6 +48,9 @@ without feedback for comparison. By default a daemon is started in-process (embe
                       data, ../shared/data/infocus); still blurred by the instrument's optics at the true defocus
   --endpoint URL      scan against a running daemon at this ZeroMQ endpoint instead (its MQTT url, base topic and
                       scanner id are read from --config / the environment / --mqtt-url, as the daemon reads them)
+  --oracle SPEC       score with an oracle instead of the model (in-process daemon only): the true defocus,
+                      distorted as SPEC says: perfect, or gain=G,sd=S,sign=true|none|P (sim/oracle.ts). What the
+                      loop would do with a model of that quality; tissue and sharpness still come from the scorer
   --verbose           one line per acquisition and per command
   --config FILE, --scorer, --model, --tolerance-um, --dry-run, ...  the daemon's configuration (focusd check-config --schema)`;
 
@@ -60,6 +65,8 @@ export interface InProcessOptions {
    * of the factory, e.g. across restarts between slides; default: a fresh temporary dir per daemon, removed at stop.
    */
   stateDir?: string;
+  /** the daemon's scorer instead of scoring.scorer's (the oracle). */
+  scorer?: DaemonOptions['scorer'];
 }
 
 /**
@@ -92,7 +99,11 @@ export function inProcessDaemons(o: InProcessOptions): DaemonFactory {
         ...(embedded ? { 'mqtt.embedded.port': mqttPort } : {}),
       };
       const config = loadConfig({ ...o.load, overrides: { ...o.load.overrides, ...overrides } });
-      const daemon = new Daemon(config, { logger: createLogger({ level, format: 'pretty', stream: process.stderr }), env: {} });
+      const daemon = new Daemon(config, {
+        logger: createLogger({ level, format: 'pretty', stream: process.stderr }),
+        env: {},
+        ...(o.scorer ? { scorer: o.scorer } : {}),
+      });
       try {
         await daemon.start();
       } catch (err) {
@@ -182,6 +193,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
         calibrate: { type: 'boolean', default: false },
         'calibration-fit-range': { type: 'string', default: String(DEFAULT_FIT_RANGE_UM) },
         'calibration-dir': { type: 'string' },
+        oracle: { type: 'string' },
         help: { type: 'boolean', default: false },
       },
     }));
@@ -211,6 +223,16 @@ export async function simulateMain(argv: string[]): Promise<number> {
   const fitRange = Number(values['calibration-fit-range']);
   if (!(fitRange > 0)) return bad(`--calibration-fit-range: "${values['calibration-fit-range']}" is not a positive number`);
   if (calibrateFirst && values.endpoint) return bad('--calibrate needs the in-process daemon (no --endpoint): it scans with the bundle it calibrated');
+  let oracle: OracleSpec | null = null;
+  if (values.oracle !== undefined) {
+    try {
+      oracle = parseOracleSpec(values.oracle);
+    } catch (err) {
+      return bad((err as Error).message);
+    }
+    if (values.endpoint) return bad('--oracle needs the in-process daemon (no --endpoint): it replaces its scorer');
+    if (calibrateFirst) return bad('--oracle and --calibrate exclude each other: the oracle has no bundle to calibrate');
+  }
   let config: FocusdConfig;
   const load = { file: split.configFile, args: split.configArgs, env: process.env };
   try {
@@ -238,6 +260,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
           pattern,
           ...(quietDaemon ? { logLevel: 'warn' } : {}),
           ...(stateDir ? { stateDir } : {}),
+          ...(oracle ? { scorer: oracleScorerFactory(oracle, createScorer) } : {}),
         });
   // the tissue images are checked before anything is written
   let scenes: SceneSource | undefined;
@@ -272,6 +295,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
       reports.push(
         await runSimulation({
           ...(calibration ? { calibration: calibration as unknown as Record<string, unknown> } : {}),
+          ...(oracle ? { oracle: oracleLabel(oracle) } : {}),
           instrument: name,
           slides: ints.slides!,
           seed: ints.seed!,

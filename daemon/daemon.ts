@@ -19,6 +19,8 @@ export interface DaemonOptions {
   logger?: Logger;
   /** process environment (NOTIFY_SOCKET, WATCHDOG_USEC); tests pass their own. */
   env?: NodeJS.ProcessEnv;
+  /** the scorer to run instead of the one scoring.scorer selects (the simulator's oracle, sim/oracle.ts). */
+  scorer?: (ctx: Context) => Scorer;
 }
 
 /**
@@ -98,7 +100,7 @@ export class Daemon {
     const { ctx } = this;
     const log = ctx.logger;
     this.sd = new SdNotify(ctx, this.opts.env ?? process.env);
-    this.scorer = createScorer(ctx);
+    this.scorer = (this.opts.scorer ?? createScorer)(ctx);
     this.pipeline = new Pipeline(ctx, { scorer: this.scorer, decode: decodeTile });
     this.ingest = new ZmqIngest(ctx, this.pipeline);
     this.mqttSide = buildMqttSide(ctx, { status: () => this.status() });

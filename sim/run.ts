@@ -58,6 +58,8 @@ export interface SimulationOptions {
   tissue?: string;
   /** the daemon scans with a bundle calibrated on this instrument: what the calibration decided (for the report). */
   calibration?: Record<string, unknown>;
+  /** the daemon scores with the oracle (sim/oracle.ts): the scanner sends the truth, the report names the oracle. */
+  oracle?: string;
 }
 
 export interface RunReport {
@@ -87,6 +89,8 @@ export interface SimulationReport {
   without_feedback: RunReport | null;
   /** set when the daemons scanned with a bundle calibrated on a focus stack of this instrument (focusd simulate --calibrate). */
   calibration?: Record<string, unknown>;
+  /** set when the daemons scored with the oracle (focusd simulate --oracle): its spec. */
+  oracle?: string;
 }
 
 /** Stops a run's scanner, feed and daemon (each even when another fails); returns the failures. */
@@ -139,6 +143,7 @@ export async function runSimulation(o: SimulationOptions): Promise<SimulationRep
     with_feedback: null,
     without_feedback: null,
     ...(o.calibration ? { calibration: o.calibration } : {}),
+    ...(o.oracle !== undefined ? { oracle: o.oracle } : {}),
   };
   interface Side {
     run: RunKind;
@@ -166,6 +171,7 @@ export async function runSimulation(o: SimulationOptions): Promise<SimulationRep
       feed: s.feed,
       renderer,
       toleranceUm: tol,
+      revealTruth: o.oracle !== undefined,
       onEvent: o.onEvent ? (e) => o.onEvent!(s.run, e) : undefined,
     });
     report.pattern = d.pattern;

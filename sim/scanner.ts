@@ -18,6 +18,7 @@ import type { ReceivedAction, TileVerdict, AcquisitionKey, ZPlane } from './feed
 import type { TileRenderer } from './render.js';
 import { TileSender } from './replay.js';
 import { isTissueKind, type SimTile, type SurfaceParams, type VirtualSlide } from './slide.js';
+import { ORACLE_TRUTH_FIELD } from './oracle.js';
 
 /** Where verdicts and commands come from (MqttFeed; tests may script their own). */
 export interface ActionFeed {
@@ -34,6 +35,8 @@ export interface ScannerOptions {
   pattern: 'router' | 'pull';
   scanner: string;
   objective?: string;
+  /** put each acquisition's true defocus in its header (`x_sim_defocus_um`) for the oracle scorer (sim/oracle.ts). */
+  revealTruth?: boolean;
   /** false: commands are received and counted but not executed. */
   feedback: boolean;
   feed: ActionFeed;
@@ -216,6 +219,7 @@ export class VirtualScanner {
         width: img.width,
         height: img.height,
         pixel_type: 'RGB24',
+        ...(o.revealTruth ? { [ORACLE_TRUTH_FIELD]: round3(d) } : {}),
       };
       const acq: Acquisition = {
         seq: header.seq,
