@@ -235,6 +235,9 @@ interface Correction {
   tilt: Tilt | null;
 }
 
+/** More tiles a z_offset is judged on when its first judging tiles disagree on "worse" (evalZ). */
+const EVAL_EXTRA_TILES = 2;
+
 /** Was first acquisition n taken while one of the corrections may still have been on its way to the stage? */
 function mayBeInFlight(cs: Correction[], n: number, settleTiles: number): boolean {
   return cs.some((k) => n > k.n && n - k.n <= settleTiles);
@@ -689,13 +692,19 @@ export class FocusController {
     ev.after.push([n, absD]);
     ev.unc = Math.max(ev.unc, unc);
     if (ev.after.length < this.s.learning.evalTiles) return;
-    c.st.zEval = null;
     const cf = trend(ev.old);
-    const excess = median(ev.after.map(([k, v]) => v - cf(k)));
+    const excesses = ev.after.map(([k, v]) => v - cf(k));
+    const excess = median(excesses);
     const after = median(ev.after.map(([, v]) => v));
     const m = Math.max(0.5 * c.rt.toleranceUm, ev.unc);
     const half = Math.abs(ev.correction) / 2;
-    if (excess > Math.max(m, half)) {
+    const worse = excess > Math.max(m, half);
+    // a wrong-way z_offset makes every tile after it worse; an isolated blur (a bump of the section) only its own
+    // tile. When the judging tiles disagree, two more decide (two bumps among three tiles once reverted a right
+    // tilt z_offset on a perfect scorer and put the slide under the stop-loss)
+    if (worse && Math.min(...excesses) <= Math.max(m, half) && ev.after.length < this.s.learning.evalTiles + EVAL_EXTRA_TILES) return;
+    c.st.zEval = null;
+    if (worse) {
       if (ev.modelSign !== 0 && ev.conf !== null) this.learn(c, ev.key, ev.conf, ev.modelSign === -ev.effSign, ev.beforeAbs);
       this.revert(c, ev, after);
       c.st.wrongWay++;

@@ -100,7 +100,7 @@ export const controller = {
         default: 2,
       },
       evalTiles: {
-        doc: 'A z_offset is judged on the median |defocus| of this many tissue tiles after the settling ones, against the run that triggered it.',
+        doc: 'A z_offset is judged on the median |defocus| of this many tissue tiles after the settling ones, against the run that triggered it (two more when they disagree on worse: an isolated blur is one tile, a wrong-way z_offset makes them all worse).',
         format: 'positive-int',
         default: 3,
       },

@@ -272,6 +272,27 @@ describe('stop-loss', () => {
     expect(ctl.cumulative('scanner-a', 'S-9')).toBeCloseTo(0, 6);
     expect(z.filter((a) => (a.why as { rule: string }).rule !== 'revert')).toHaveLength(1);
   });
+
+  it('isolated blurs among the tiles that judge a right z_offset do not take it back: when they disagree, two more tiles decide', () => {
+    // the focus steps 2 µm at tile 5; the z_offset after tiles 5-7 is right, and two of the three tiles that judge it
+    // (10 and 12; 8 and 9 are in flight) are bumps of the section, 3.5 µm out: worse than the 2 µm the
+    // step would have left without the z_offset (seen on a perfect scorer: it reverted
+    // a right z_offset and put the slide under the stop-loss)
+    const ctl = new FocusController(settings({ priorCalibrated: 20, zOffsetPriorDamping: 1 }));
+    const focal = (i: number) => (i < 5 ? 0 : 2) + (i === 10 || i === 12 ? 3.5 : 0);
+    const s = scanSlide(ctl, 'S-bumps', 30, focal, (t) => (t >= 0 ? 1 : -1), { sign: 'model', fitted: true }, 0.99, true);
+    const z = s.actions.filter((a) => a.type === 'z_offset');
+    expect(z[0]!.z_offset_um).toBeCloseTo(-2, 1);
+    expect(z.filter((a) => (a.why as { rule: string }).rule === 'revert')).toEqual([]);
+    expect(s.alerts.filter((a) => a.reason === 'loop_diverging')).toEqual([]);
+
+    // the same z_offset the wrong way (a model that reads the step backwards; the scanner applies z_offsets only,
+    // so that no retake catches the wrong sign first) is still taken back, bumps or not
+    const wrong = new FocusController(settings({ priorCalibrated: 20, zOffsetPriorDamping: 1 }));
+    const w = scanSlide(wrong, 'S-bumps-w', 30, focal, (t) => (t >= 0 ? -1 : 1), { sign: 'model', fitted: true }, 0.99, false);
+    expect(w.actions.some((a) => a.type === 'z_offset' && (a.why as { rule: string }).rule === 'revert')).toBe(true);
+    expect(w.alerts.some((a) => a.reason === 'loop_diverging' && /made the next tiles worse/.test(a.detail))).toBe(true);
+  });
 });
 
 describe('judging moves by the tile\'s own sharpness', () => {
