@@ -453,6 +453,8 @@ function rangeProblems(p: Props): string[] {
   if (p.mqtt.keepaliveS > 65535) out.push(`mqtt.keepaliveS: ${p.mqtt.keepaliveS} is above the MQTT maximum of 65535 s`);
   if (!(p.controller.limits.deadBandUm >= 0)) out.push(`controller.limits.deadBandUm: must be >= 0, got ${p.controller.limits.deadBandUm}`);
   if (!(p.controller.limits.maxTiltUmPerMm >= 0)) out.push(`controller.limits.maxTiltUmPerMm: must be >= 0, got ${p.controller.limits.maxTiltUmPerMm}`);
+  if (!(p.controller.drift.leadUm >= 0 && p.controller.drift.leadUm < p.decision.toleranceUm))
+    out.push(`controller.drift.leadUm: must be >= 0 and below decision.toleranceUm (${p.decision.toleranceUm}), got ${p.controller.drift.leadUm}`);
   if (!(p.controller.drift.hysteresisUm >= 0)) out.push(`controller.drift.hysteresisUm: must be >= 0, got ${p.controller.drift.hysteresisUm}`);
   return out;
 }

@@ -856,7 +856,11 @@ export class FocusController {
     const rule: Rule = explained ? 'tilt' : 'drift';
     // sized by the learned gain; before there is evidence, damped (an overestimated |d| would overshoot every
     // tile still to come, and a slide's last tiles cannot judge a z_offset any more)
-    let correction = (-sgn * mag) / c.gain.zOffset;
+    // a drift goes on while the correction is on its way: aim past focus the way it goes, but only from a run read
+    // beyond the tolerance by more than the lead (a run read just past it may be the model's noise near focus, and a
+    // lead would then push the next tiles the wrong way: measured, docs/controller.md)
+    const lead = rule === 'drift' && mag > tol + this.s.drift.leadUm ? this.s.drift.leadUm : 0;
+    let correction = (-sgn * mag) / c.gain.zOffset - sgn * lead;
     if (rule === 'tilt' && c.pred) correction = -c.pred.defocus_um;
     const tilt = rule === 'tilt' ? this.tiltOf(c) : null;
     // a z_offset moves every tile still to come: it needs the run beyond the tolerance itself, and a reversal more.
@@ -893,6 +897,7 @@ export class FocusController {
         `${how}, median |defocus| ${r3(mag)} µm > ±${tol} µm` +
         (rule === 'tilt' ? `; the focus surface (${c.pred?.model}) predicted it: slide tilt, correct to the surface${tilt ? ` with a tilt of ${r3(tilt.gx * 1000)}, ${r3(tilt.gy * 1000)} µm/mm` : ''}` : '; the focus surface did not predict it: focus drift') +
         (rule === 'drift' ? sizedBy(c.gain.zOffset, c.gain.learned === null) : '') +
+        (lead > 0 ? `; aimed ${lead} µm past focus the way the drift goes` : '') +
         (clamped ? `; clamped to ${r3(z)} µm by the limits` : ''),
     });
   }

@@ -45,6 +45,11 @@ export const controller = {
         format: 'unit-interval',
         default: 0.7,
       },
+      leadUm: {
+        doc: "A 'drift' z_offset aims this many µm past focus, the way the drift goes: the tiles that showed it were taken several acquisitions before the correction applies, and the drift went on. 0 aims at focus. Must be >= 0 and below the tolerance.",
+        format: Number,
+        default: 0,
+      },
       hysteresisUm: {
         doc: 'A correction opposite in sign to the previous one of the slide needs the drift to exceed the tolerance by this many µm more (no chattering around the tolerance). Must be >= 0.',
         format: Number,

@@ -115,6 +115,8 @@ describe('configuration', () => {
       [{ 'controller.limits.deadBandUm': -0.5 }, /^controller\.limits\.deadBandUm: must be >= 0, got -0\.5/],
       [{ 'controller.limits.maxTiltUmPerMm': -1 }, /^controller\.limits\.maxTiltUmPerMm: must be >= 0, got -1/],
       [{ 'controller.drift.hysteresisUm': -1 }, /^controller\.drift\.hysteresisUm: must be >= 0, got -1/],
+      [{ 'controller.drift.leadUm': 1 }, /^controller\.drift\.leadUm: must be >= 0 and below decision\.toleranceUm \(1\), got 1/],
+      [{ 'controller.drift.leadUm': -0.1 }, /^controller\.drift\.leadUm: must be >= 0/],
     ];
     for (const [overrides, re] of cases) {
       const p = problems(() => loadConfig({ env: {}, overrides }));

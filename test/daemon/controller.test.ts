@@ -109,6 +109,26 @@ describe('controller decisions (scripted tile streams)', () => {
     expect(ctl.cumulative('scanner-a', 'slide-1')).toBeCloseTo(z[0]!.z_offset_um, 6);
   });
 
+  it('drift.leadUm: a drift z_offset read well past the tolerance aims past focus the way the drift goes; one read just past it does not', () => {
+    const lead = 0.5;
+    const ctl = new FocusController(settings({ drift: { ...base.drift, leadUm: lead } }));
+    // the focus drifts 0.1 µm per tile from tile 10 on and is 1.8 µm out when the rule first sees it
+    const sc = new ScriptedScanner(ctl, live, (i) => (i >= 10 ? 1.8 + 0.1 * (i - 10) : 0) + noise(i, 0.05), { latency: 2 });
+    sc.run(16);
+    const z = sc.of('z_offset');
+    expect(z).toHaveLength(1);
+    const mag = (z[0]!.why as { tiles: { defocus_um: number }[] }).tiles.map((t) => t.defocus_um).sort((a, b) => a - b)[1]!;
+    expect(z[0]!.z_offset_um).toBeCloseTo(-mag - lead, 6);
+    expect(z[0]!.reason).toMatch(/aimed 0.5 µm past focus the way the drift goes/);
+    expect(sc.actions.filter((a) => (a.why as { rule: string }).rule === 'revert')).toEqual([]);
+    // read 1.3 µm: within tolerance + lead, aimed at focus
+    const ctl2 = new FocusController(settings({ drift: { ...base.drift, leadUm: lead } }));
+    const sc2 = new ScriptedScanner(ctl2, live, (i) => (i >= 10 ? 1.3 : 0), { latency: 2 });
+    sc2.run(16);
+    expect(sc2.of('z_offset')[0]!.z_offset_um).toBeCloseTo(-1.3, 6);
+    expect(sc2.of('z_offset')[0]!.reason).not.toMatch(/past focus/);
+  });
+
   it('with a calibrated guard band a drift just inside the tolerance re-acquires its tiles but moves no plan, and says why', () => {
     const ctl = new FocusController(settings());
     // focus steps 0.9 µm at tile 10: out of focus under a 0.2 µm guard band (in focus only up to 0.8 µm)
