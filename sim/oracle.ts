@@ -61,7 +61,7 @@ export function oracleLabel(s: OracleSpec): string {
   return `gain=${s.gain},sd=${s.sdUm},sign=${s.signRight === null ? 'none' : s.signRight === 1 ? 'true' : s.signRight}`;
 }
 
-/** Two independent uniforms in (0, 1) from a string key (deterministic). */
+/** Three independent uniforms in (0, 1) from a string key (deterministic). */
 function uniforms(key: string): [number, number, number] {
   const h = createHash('sha256').update(key).digest();
   const u = (i: number) => (h.readUInt32BE(i) + 0.5) / 2 ** 32;
