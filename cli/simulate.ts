@@ -278,6 +278,7 @@ export async function simulateMain(argv: string[]): Promise<number> {
   const reports: SimulationReport[] = [];
   for (const name of instruments) {
     out(`instrument ${name}: ${ints.slides} slides of ${ints.cols}x${ints.rows} tiles (${ints.width}x${ints.height} px), seed ${ints.seed}, ${pattern}`);
+    if (oracle) out(`  scored by the oracle (${oracleLabel(oracle)}), not by the model: the true defocus, distorted as --oracle says`);
     try {
       let calibration: SimCalibration | undefined;
       if (calRoot) {

@@ -131,6 +131,7 @@ describe('focusd simulate --oracle', () => {
     const out = join(mkdtempSync(join(tmpdir(), 'focusd-oracle-')), 'r.json');
     const r = await runFocusd(['simulate', '--oracle', 'perfect', '--instrument', 'mirrored', '--slides', '1', '--cols', '4', '--rows', '3', '--json', out]);
     expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/scored by the oracle \(gain=1,sd=0,sign=true\), not by the model/);
     const rep = JSON.parse(readFileSync(out, 'utf8')).runs[0];
     expect(rep.oracle).toBe('gain=1,sd=0,sign=true');
     const acqs = rep.with_feedback.slides[0].acquisitions_detail as Array<{ defocus_um: number; scored_defocus_um: number | null }>;
