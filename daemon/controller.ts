@@ -698,11 +698,12 @@ export class FocusController {
     const after = median(ev.after.map(([, v]) => v));
     const m = Math.max(0.5 * c.rt.toleranceUm, ev.unc);
     const half = Math.abs(ev.correction) / 2;
-    const worse = excess > Math.max(m, half);
+    const threshold = Math.max(m, half);
+    const worse = excess > threshold;
     // a wrong-way z_offset makes every tile after it worse; an isolated blur (a bump of the section) only its own
     // tile. When the judging tiles disagree, two more decide (two bumps among three tiles once reverted a right
     // tilt z_offset on a perfect scorer and put the slide under the stop-loss)
-    if (worse && Math.min(...excesses) <= Math.max(m, half) && ev.after.length < this.s.learning.evalTiles + EVAL_EXTRA_TILES) return;
+    if (worse && Math.min(...excesses) <= threshold && ev.after.length < this.s.learning.evalTiles + EVAL_EXTRA_TILES) return;
     c.st.zEval = null;
     if (worse) {
       if (ev.modelSign !== 0 && ev.conf !== null) this.learn(c, ev.key, ev.conf, ev.modelSign === -ev.effSign, ev.beforeAbs);
@@ -711,7 +712,7 @@ export class FocusController {
       c.out.wrongWay++;
       if (c.st.diverging) c.st.zFrozen = true;
       this.diverge(c, `the z_offset of ${r3(ev.correction)} µm made the next tiles worse (median |defocus| ${r3(after)} µm, ${r3(excess)} µm more than without it)`);
-    } else if (excess < -Math.max(m, half) && ev.modelSign !== 0 && ev.conf !== null) {
+    } else if (excess < -threshold && ev.modelSign !== 0 && ev.conf !== null) {
       this.learn(c, ev.key, ev.conf, ev.modelSign === ev.effSign, ev.beforeAbs);
     }
   }
