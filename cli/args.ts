@@ -1,3 +1,5 @@
+import { accessSync, constants, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { ConfigError, describeSchema, loadConfig, type FocusdConfig } from '../config/load.js';
 
 export interface SplitArgs {
@@ -37,5 +39,34 @@ export function loadCommandConfig(command: string, split: SplitArgs): FocusdConf
       return 78;
     }
     throw err;
+  }
+}
+
+/**
+ * Why a file a command will write at its end cannot be written there, or null. Checked before the work starts: a
+ * simulation of many minutes must not end in a stack trace and lose its results to a missing folder.
+ */
+export function outputFileProblem(path: string): string | null {
+  if (!path.trim()) return 'needs a file name';
+  const full = resolve(path);
+  const existing = statOrNull(full);
+  if (existing?.isDirectory()) return `"${path}" is a directory, not a file`;
+  const dir = dirname(full);
+  const parent = statOrNull(dir);
+  if (!parent) return `folder "${dir}" does not exist`;
+  if (!parent.isDirectory()) return `"${dir}" is not a folder`;
+  try {
+    accessSync(existing ? full : dir, constants.W_OK);
+  } catch {
+    return `"${existing ? full : dir}" is not writable`;
+  }
+  return null;
+}
+
+function statOrNull(path: string): ReturnType<typeof statSync> | null {
+  try {
+    return statSync(path);
+  } catch {
+    return null;
   }
 }

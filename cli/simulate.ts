@@ -14,7 +14,7 @@ import type { SceneSource } from '../sim/render.js';
 import { imageSceneSource, loadTissueImages, resolveTissueSpec, stackSceneSource, type TissueImage } from '../sim/tissue-images.js';
 import { runSimulation, type DaemonFactory, type DaemonHandle, type SimulationReport } from '../sim/run.js';
 import type { ScanEvent } from '../sim/scanner.js';
-import { splitConfigArgs } from './args.js';
+import { outputFileProblem, splitConfigArgs } from './args.js';
 import { DEFAULT_FIT_RANGE_UM } from '../models/calibrate-stack.js';
 import { calibrateOnSimulatedStack, calibrationLines, type SimCalibration } from './sim-calibrate.js';
 
@@ -219,6 +219,10 @@ export async function simulateMain(argv: string[]): Promise<number> {
     ints[k] = n;
   }
   if (values['no-feedback'] && values['feedback-only']) return bad('--no-feedback and --feedback-only exclude each other');
+  if (values.json !== undefined) {
+    const problem = outputFileProblem(values.json);
+    if (problem) return bad(`--json: ${problem}`);
+  }
   const calibrateFirst = values.calibrate!;
   const fitRange = Number(values['calibration-fit-range']);
   if (!(fitRange > 0)) return bad(`--calibration-fit-range: "${values['calibration-fit-range']}" is not a positive number`);
@@ -330,7 +334,13 @@ export async function simulateMain(argv: string[]): Promise<number> {
   if (dry > 0)
     process.stderr.write(`focusd simulate: the daemon is in dry-run mode (controller.dryRun or set_dry_run): its ${dry} commands were not executed, so "with feedback" is the scan without it\n`);
   if (values.json) {
-    writeFileSync(values.json, JSON.stringify({ schema: 'focusd/simulation-runs/1', argv, runs: reports }, null, 2) + '\n');
+    try {
+      writeFileSync(values.json, JSON.stringify({ schema: 'focusd/simulation-runs/1', argv, runs: reports }, null, 2) + '\n');
+    } catch (err) {
+      // checked at the start; what can still fail here (the disk filled, the folder went) is said, not thrown
+      process.stderr.write(`focusd simulate: --json: could not write ${values.json}: ${(err as Error).message}\n`);
+      return 74;
+    }
     out(`\nwrote ${values.json}`);
   }
   return 0;

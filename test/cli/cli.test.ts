@@ -1,5 +1,5 @@
 // The `focusd` executable's offline commands, run as a user would.
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -97,6 +97,22 @@ describe('focusd simulate', () => {
     expect(slides.code).toBe(64);
     expect(slides.stderr).toMatch(/--slides: "0" is not a positive integer/);
     expect((await runFocusd(['simulate', '--pattern', 'pub'])).code).toBe(64);
+  });
+
+  it('refuses a --json file it could not write before it simulates anything', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'focusd-sim-json-'));
+    try {
+      const missing = await runFocusd(['simulate', '--json', join(dir, 'no', 'such', 'run.json')]);
+      expect(missing.code).toBe(64);
+      expect(missing.stderr).toMatch(/--json: folder ".*no\/such" does not exist/);
+      expect(missing.stdout).not.toMatch(/instrument matching/); // nothing was run
+      const isDir = await runFocusd(['simulate', '--json', dir]);
+      expect(isDir.code).toBe(64);
+      expect(isDir.stderr).toMatch(/--json: ".*" is a directory, not a file/);
+      expect((await runFocusd(['simulate', '--json', ' '])).stderr).toMatch(/--json: needs a file name/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
