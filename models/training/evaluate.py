@@ -161,7 +161,7 @@ def bench(model, device, batch=64, iters=20, amp=False):
 
 
 def load_checkpoint(path):
-    ck = torch.load(path, map_location="cpu")
+    ck = nets.load_file(path)
     m = nets.build(ck["arch"], **ck["kw"])
     m.load_state_dict(ck["state_dict"])
     return m.eval(), ck

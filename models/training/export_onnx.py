@@ -119,7 +119,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
     if a.checkpoint:
-        ck = torch.load(a.checkpoint, map_location="cpu")
+        ck = nets.load_file(a.checkpoint)
         model = nets.build(ck["arch"], **ck["kw"])
         model.load_state_dict(ck["state_dict"])
         arch, kw, z_max = ck["arch"], ck["kw"], ck.get("z_max", 8.0)

@@ -109,7 +109,7 @@ def mag_report(pred: torch.Tensor, feats: dict, mask: torch.Tensor, tol: float =
 
 def load_features(paths: list[str]) -> dict:
     """Concatenate feature files made from the same checkpoint and sources (different seeds)."""
-    parts = [torch.load(p) for p in paths]
+    parts = [nets.load_file(p) for p in paths]
     meta = parts[0]["meta"]
     for q in parts[1:]:
         assert q["meta"]["sources"] == meta["sources"], "feature files from different source lists"
@@ -162,7 +162,7 @@ def main(argv=None):
             | {"antithetic_sa": True, "patch_px": S.PATCH},
             "patches": meta["patches"], "feature_seconds": meta["seconds"], "feature_cpu_seconds": meta["cpu_seconds"],
             "epochs": a.epochs, "args": {k: v for k, v in vars(a).items() if k not in ("features", "out", "report")}}
-    base_ck = torch.load(a.checkpoint, map_location="cpu")
+    base_ck = nets.load_file(a.checkpoint)
     ck = build_checkpoint(base_ck, head, a.hidden, info)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, a.out)

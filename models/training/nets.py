@@ -176,6 +176,14 @@ class InceptionFC(nn.Module):
         return self.heads(self.fc(torch.flatten(h, 1)))
 
 
+def load_file(path, map_location="cpu"):
+    """A checkpoint or feature file this code wrote. Every load goes through here: torch >= 2.6 loads with
+    weights_only=True by default and refuses the checkpoints' metadata (argument dicts, optics ranges, lineage); the
+    GPU machine's image has torch 2.11, Debian's is 1.13. Only files of our own (the repository's checkpoints, a
+    run's output) are loaded, so the full unpickler is what is wanted."""
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
 def build(arch: str, **kw) -> nn.Module:
     if arch == "focusnet":
         net = FocusNet(width=kw.get("width", 16), depth=kw.get("depth", 1))

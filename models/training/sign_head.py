@@ -341,7 +341,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.cmd == "fit":
-        feats = torch.load(a.features)
+        feats = nets.load_file(a.features)
         configs = [(c.split(":")[0], int(c.split(":")[1])) for c in a.configs.split(",")]
         res, base = fit_candidates(feats, lo=a.cue_lo, hi=a.cue_hi, configs=configs, epochs=a.epochs, seed=a.seed,
                                    no_cue_weight=a.no_cue_weight,
@@ -356,7 +356,7 @@ def main(argv=None):
                 "label": f"cue_absent_target lo {a.cue_lo} hi {a.cue_hi} µm (chroma_R - chroma_B), sample_weight (near focus, "
                          f"no-cue x{a.no_cue_weight})",
                 "args": {k: v for k, v in vars(a).items() if k not in ("features", "out", "report")}}
-        base_ck = torch.load(a.checkpoint, map_location="cpu")
+        base_ck = nets.load_file(a.checkpoint)
         ck = build_checkpoint(base_ck, head, fk, hidden, info)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(ck, a.out)

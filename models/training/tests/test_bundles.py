@@ -49,7 +49,7 @@ class TestShippedBundles(unittest.TestCase):
             with self.subTest(bundle=b.name):
                 ckp = checkpoint_of(b)
                 self.assertTrue(ckp.exists(), ckp)
-                ck = torch.load(ckp, map_location="cpu")
+                ck = nets.load_file(ckp)
                 model = nets.build(ck["arch"], **ck["kw"])
                 model.load_state_dict(ck["state_dict"])
                 with tempfile.TemporaryDirectory() as d:
@@ -64,6 +64,28 @@ class TestShippedBundles(unittest.TestCase):
                     np.testing.assert_allclose(w_shp[k], v, rtol=1e-5, atol=1e-6, err_msg=f"{b.name}: {k}")
                 man = json.loads((b / "manifest.json").read_text())
                 self.assertEqual(man["architecture"], nets.describe(ck["arch"], **ck["kw"]))
+
+
+class TestCheckpointLoading(unittest.TestCase):
+    """torch >= 2.6 (the GPU machine's image has 2.11) loads with weights_only=True by default and refuses our
+    checkpoints' metadata: `--init` and every evaluation would fail there at once, while torch 1.13 here passes."""
+
+    def test_every_load_goes_through_nets_load_file(self):
+        import re
+        offenders = []
+        for f in sorted(list((REPO / "models" / "training").rglob("*.py")) + list((REPO / "test").rglob("*.py"))):
+            for i, line in enumerate(f.read_text().splitlines(), 1):
+                if re.search(r"\btorch\.load\(", line) and f.name != "nets.py":
+                    offenders.append(f"{f.relative_to(REPO)}:{i}")
+        self.assertEqual(offenders, [])
+
+    def test_load_file_reads_the_committed_checkpoint_with_its_metadata(self):
+        import nets
+
+        ck = nets.load_file(REPO / "models/training/checkpoints/focusnet-w32d2-0.2.0.pt")
+        self.assertEqual(ck["arch"], "focusnet")
+        self.assertIn("lineage", ck)
+        self.assertIsInstance(ck["args"], dict)
 
 
 if __name__ == "__main__":
