@@ -83,6 +83,27 @@ def sign_at_confidence(p_pos, z, thr: float = 0.8, min_abs_z: float = 1.0, max_a
     return float(sel.mean()), float(((p[sel] >= 0.5) == (zz[sel] > 0)).mean())
 
 
+def boundary_metrics(z, abs_pred, tol: float = 1.0, band: tuple = S.BOUNDARY_UM):
+    """|d| where the daemon's in/out verdict is decided (|z| within `band` around the tolerance `tol`): bias and sd of
+    |d| - |z| (the closed-loop oracle puts the loop's targets at about <= 0.1 µm unbiased error here,
+    docs/simulator.md), the share of patches beyond the tolerance read within it (tiles the loop would leave out of
+    focus), the share within it read beyond (needless re-acquisitions), and the bias at each |z| of the grid in the
+    band. Per patch: the daemon's median over a tile's patches narrows the sd, not the bias. None without patches."""
+    z, a = np.abs(np.asarray(z, float)), np.asarray(abs_pred, float)
+    m = (z >= band[0]) & (z <= band[1])
+    if not m.any():
+        return None
+    r = a[m] - z[m]
+    beyond, within = m & (z > tol), m & (z < tol)
+    return {
+        "band_um": list(band), "tolerance_um": tol, "n": int(m.sum()),
+        "bias": float(r.mean()), "sd": float(r.std()),
+        "read_in_beyond": float(np.mean(a[beyond] <= tol)) if beyond.any() else None,
+        "read_out_within": float(np.mean(a[within] > tol)) if within.any() else None,
+        "bias_by_abs_z": {f"{v:g}": float(np.mean(a[m & (z == v)] - v)) for v in np.unique(z[m])},
+    }
+
+
 def grid_metrics(z, signed, abs_pred, p_pos) -> dict:
     z, signed, abs_pred, p_pos = (np.asarray(v, float) for v in (z, signed, abs_pred, p_pos))
     m4 = np.abs(z) <= 4.0
@@ -102,6 +123,7 @@ def grid_metrics(z, signed, abs_pred, p_pos) -> dict:
         "ece": e, "conf80_share": share, "conf80_acc": acc80,
         "conf80_wrong": share * (1 - acc80) if acc80 is not None else 0.0,
         "abs_mae": float(np.mean(np.abs(abs_pred[m4] - np.abs(zz)))),
+        "boundary": boundary_metrics(z, abs_pred),
         "reliability": rel,
     }
 
@@ -176,10 +198,30 @@ def table_markdown(res: dict, when: str) -> str:
     return "\n".join(lines)
 
 
+def boundary_text(b) -> str:
+    """`bias ± sd / beyond read in / within read out` of boundary_metrics, or — (grids written before it)."""
+    if not b:
+        return "—"
+    pct = lambda v: "—" if v is None else f"{100 * v:.0f} %"
+    return f"{b['bias']:+.2f} ± {b['sd']:.2f} / {pct(b['read_in_beyond'])} / {pct(b['read_out_within'])}"
+
+
+def boundary_markdown(res: dict) -> str:
+    """Rows = variants, |d| at the tolerance before calibration, after, after with the true in-focus slice."""
+    whens = [w for w in ("before", "after", "after_true_focus") if all(w in v for v in res["variants"].values())]
+    head = "| variant | " + " | ".join(whens) + " |"
+    lines = [head, "|---|" + "---|" * len(whens)]
+    for name, v in res["variants"].items():
+        lines.append(f"| {name} | " + " | ".join(boundary_text(v[w].get("boundary")) for w in whens) + " |")
+    return "\n".join(lines)
+
+
 def markdown(res: dict) -> str:
     out = f"before calibration\n\n{table_markdown(res, 'before')}\n\nafter calibration (in-focus slice by nvl, as focusd calibrate)\n\n{table_markdown(res, 'after')}\n"
     if all("after_true_focus" in v for v in res["variants"].values()):
         out += f"\nafter calibration with the stacks' true in-focus slice (sign test + line only)\n\n{table_markdown(res, 'after_true_focus')}\n"
+    out += (f"\n\\|d\\| at the tolerance (\\|z\\| {S.BOUNDARY_UM[0]}–{S.BOUNDARY_UM[1]} µm, per patch): bias ± sd of \\|d\\| − \\|z\\| µm / "
+            f"beyond ±1 µm read within / within read beyond\n\n{boundary_markdown(res)}\n")
     return out
 
 
@@ -189,9 +231,10 @@ def compare_markdown(a: dict, b: dict, label_a: str, label_b: str) -> str:
     out = [f"each cell: {label_a} → {label_b}", ""]
     for when, title in (("before", "before calibration"), ("after", "after calibration (in-focus slice by nvl, as focusd calibrate)"),
                         ("after_true_focus", "after calibration with the stacks' true in-focus slice")):
-        out += [f"**{title}**", "", "| variant | sign \\|z\\|≥1 | ECE | conf ≥ 0.8 and wrong | conf ≥ 0.8: share / right | \\|d\\| MAE µm |"
+        out += [f"**{title}**", "", "| variant | sign \\|z\\|≥1 | ECE | conf ≥ 0.8 and wrong | conf ≥ 0.8: share / right | \\|d\\| MAE µm "
+                "| \\|d\\| at ±0.5–1.5 µm: bias ± sd / beyond read in / within read out |"
                 + (" calibrate sign (5 stacks) |" if when != "before" else ""),
-                "|---|---|---|---|---|---|" + ("---|" if when != "before" else "")]
+                "|---|---|---|---|---|---|---|" + ("---|" if when != "before" else "")]
         for name in a["variants"]:
             if name not in b["variants"]:
                 continue
@@ -199,7 +242,7 @@ def compare_markdown(a: dict, b: dict, label_a: str, label_b: str) -> str:
             c80 = lambda m: f"{100 * m['conf80_share']:.0f} % / " + ("—" if m["conf80_acc"] is None else f"{100 * m['conf80_acc']:.1f} %")
             row = (f"| {name} | {100 * ma['sign_acc']:.1f} → {100 * mb['sign_acc']:.1f} % | {ma['ece']:.3f} → {mb['ece']:.3f} | "
                    f"{100 * ma['conf80_wrong']:.1f} → {100 * mb['conf80_wrong']:.1f} % | {c80(ma)} → {c80(mb)} | "
-                   f"{ma['abs_mae']:.3f} → {mb['abs_mae']:.3f} |")
+                   f"{ma['abs_mae']:.3f} → {mb['abs_mae']:.3f} | {boundary_text(ma.get('boundary'))} → {boundary_text(mb.get('boundary'))} |")
             if when != "before":
                 key = "calibrations_true_focus" if when == "after_true_focus" else "calibrations"
                 code = lambda v: "".join(c["sign"][0].upper() for c in v[key])
@@ -333,6 +376,39 @@ def _variant_result(ev, stacks, held, optics, t, name, log):
     return res
 
 
+def merge_grids(parts: list, names: list) -> dict:
+    """Grid runs split by --variants (the same checkpoints, seed and patches) as one: a single checkpoint's grids, or
+    paired runs ({"checkpoints": {path: grid}}) checkpoint by checkpoint."""
+    order = list({**I.VARIANTS, **I.EXTRA_VARIANTS})
+
+    def one(ps):
+        res = {**ps[0], "variants": {k: v for p in ps for k, v in p["variants"].items()},
+               "seconds": sum(p["seconds"] for p in ps), "merged_from": names}
+        res["variants"] = {k: res["variants"][k] for k in order if k in res["variants"]}
+        return res
+
+    paired = ["checkpoints" in p for p in parts]
+    if any(paired) and not all(paired):
+        raise SystemExit("eval_grid --merge: paired and single-checkpoint grids cannot be merged together")
+    if not all(paired):
+        return one(parts)
+    cks = list(parts[0]["checkpoints"])
+    if any(list(p["checkpoints"]) != cks for p in parts):
+        raise SystemExit("eval_grid --merge: the paired grids name different checkpoints")
+    return {"checkpoints": {c: one([p["checkpoints"][c] for p in parts]) for c in cks}, "paired": True}
+
+
+def grids_markdown(res: dict) -> str:
+    """One grid's tables, or for paired grids each checkpoint's and a comparison of the first with each other."""
+    if "checkpoints" not in res:
+        return markdown(res)
+    grids = res["checkpoints"]
+    first, *rest = list(grids)
+    return "\n\n".join([f"## {c}\n\n{markdown(r)}" for c, r in grids.items()] +
+                        [f"## {Path(first).name} vs {Path(c).name}\n\n{compare_markdown(grids[first], grids[c], Path(first).name, Path(c).name)}"
+                         for c in rest])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", nargs="+", help="one checkpoint, or several evaluated on the very same patches")
@@ -348,12 +424,9 @@ def main(argv=None):
     ap.add_argument("--data-root", default=None)
     a = ap.parse_args(argv)
     if a.merge:
-        parts = [json.loads(Path(p).read_text()) for p in a.merge]
-        res = {**parts[0], "variants": {k: v for p in parts for k, v in p["variants"].items()},
-               "seconds": sum(p["seconds"] for p in parts), "merged_from": a.merge}
-        res["variants"] = {k: res["variants"][k] for k in {**I.VARIANTS, **I.EXTRA_VARIANTS} if k in res["variants"]}
+        res = merge_grids([json.loads(Path(p).read_text()) for p in a.merge], a.merge)
         Path(a.out).write_text(json.dumps(res, indent=1))
-        md = markdown(res)
+        md = grids_markdown(res)
         if a.md:
             Path(a.md).write_text(md)
         print(md)
@@ -374,16 +447,10 @@ def main(argv=None):
         res["checkpoint"] = c
         res["seconds"] = time.time() - t  # all checkpoints together (they share the rendering)
         res["machine"] = machine
-    if len(grids) == 1:
-        res = grids[a.checkpoint[0]]
-        Path(a.out).write_text(json.dumps(res, indent=1))
-        md = markdown(res)
-    else:  # several checkpoints, the same patches: {"checkpoints": {path: grid}} and a comparison of the first with each
-        Path(a.out).write_text(json.dumps({"checkpoints": grids, "paired": True}, indent=1))
-        first = a.checkpoint[0]
-        md = "\n\n".join([f"## {c}\n\n{markdown(r)}" for c, r in grids.items()] +
-                          [f"## {Path(first).name} vs {Path(c).name}\n\n{compare_markdown(grids[first], grids[c], Path(first).name, Path(c).name)}"
-                           for c in a.checkpoint[1:]])
+    # several checkpoints, the same patches: {"checkpoints": {path: grid}}
+    res = grids[a.checkpoint[0]] if len(grids) == 1 else {"checkpoints": grids, "paired": True}
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    md = grids_markdown(res)
     if a.md:
         Path(a.md).write_text(md)
     print(md, flush=True)

@@ -90,10 +90,10 @@ class PsfBank:
             self.next_replace = (self.next_replace + 1) % len(self.draws)
 
 
-def bank_batch(bank: PsfBank, sources, b, gen, z_max, var, sparse_frac=0.0, patch_px: int = S.PATCH):
+def bank_batch(bank: PsfBank, sources, b, gen, z_max, var, sparse_frac=0.0, patch_px: int = S.PATCH, boundary_frac: float = 0.0):
     """Like train.make_batch, with PSFs from the bank: (uint8-valued float [B,3,patch_px,patch_px], z [B], optics).
     patch_px < PATCH: smaller training patches (the network pools globally), cheaper to render and to train on."""
-    z = S.sample_z(b, gen, z_max)
+    z = S.sample_z(b, gen, z_max, boundary_frac=boundary_frac)
     which = torch.randint(0, len(bank.draws), (b,), generator=gen)
     od = S.random_crops(sources, b, gen, var, "cpu", size=patch_px + 2 * S.MARGIN, od=True)  # sources from S.with_od
     if sparse_frac > 0:

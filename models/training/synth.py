@@ -234,12 +234,26 @@ def stain_matrices(b: int, gen: torch.Generator, var: Variation) -> torch.Tensor
     return m / m.sum(dim=2, keepdim=True)
 
 
-def sample_z(b: int, gen: torch.Generator, z_max: float, near_frac: float = 0.5, near: float = 4.0) -> torch.Tensor:
-    """Continuous z: a mix of uniform over [-z_max, z_max] and uniform over [-near, near] (more samples near focus)."""
+# |z| band around the daemon's default tolerance (±1 µm) where the in/out verdict is decided. The closed-loop oracle
+# (docs/simulator.md, `focusd simulate --oracle`) puts the loop's targets at about <= 0.1 µm unbiased |d| error here.
+BOUNDARY_UM = (0.5, 1.5)
+
+
+def sample_z(b: int, gen: torch.Generator, z_max: float, near_frac: float = 0.5, near: float = 4.0,
+             boundary_frac: float = 0.0, boundary: tuple = BOUNDARY_UM) -> torch.Tensor:
+    """Continuous z: a mix of uniform over [-z_max, z_max] and uniform over [-near, near] (more samples near focus);
+    with boundary_frac > 0 that share is replaced by |z| uniform over `boundary` with a random sign (draws for it are
+    taken only then, so boundary_frac = 0 gives exactly the z of the 0.1/0.2 generator)."""
     zf = (torch.rand(b, generator=gen) * 2 - 1) * z_max
     zn = (torch.rand(b, generator=gen) * 2 - 1) * near
     pick = torch.rand(b, generator=gen) < near_frac
-    return torch.where(pick, zn, zf)
+    z = torch.where(pick, zn, zf)
+    if boundary_frac > 0:
+        lo, hi = boundary
+        mag = lo + torch.rand(b, generator=gen) * (hi - lo)
+        sgn = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+        z = torch.where(torch.rand(b, generator=gen) < boundary_frac, sgn * mag, z)
+    return z
 
 
 def glass_patches(b: int, gen: torch.Generator, device, dust: bool = True) -> torch.Tensor:

@@ -24,10 +24,14 @@ import optics as O  # noqa: E402
 import synth as S  # noqa: E402
 
 
-def loss_fn(out, z):
+def loss_fn(out, z, boundary_weight: float = 0.0):
     abs_p, sign_logit, log_var = out
     abs_t = z.abs()[:, None]
-    l_abs = F.smooth_l1_loss(abs_p, abs_t, beta=0.5)
+    l_abs = F.smooth_l1_loss(abs_p, abs_t, beta=0.5, reduction="none")
+    # --boundary-weight: |d| errors where the in/out verdict is decided (synth.BOUNDARY_UM) count 1 + W times
+    lo, hi = S.BOUNDARY_UM
+    w_abs = 1.0 + boundary_weight * ((abs_t >= lo) & (abs_t <= hi)).float()
+    l_abs = (w_abs * l_abs).sum() / w_abs.sum()
     # the sign is undefined at focus: weight the sign loss up from 0 at z=0 to 1 at |z| >= 0.5 µm
     w = (abs_t / 0.5).clamp(max=1.0)
     l_sign = (w * F.binary_cross_entropy_with_logits(sign_logit, (z > 0).float()[:, None], reduction="none")).mean()
@@ -35,10 +39,10 @@ def loss_fn(out, z):
     return l_abs + 0.5 * l_sign + 0.1 * l_nll, {"abs": l_abs.item(), "sign": l_sign.item(), "nll": l_nll.item()}
 
 
-def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample=3, sparse_frac=0.0):
+def make_batch(sources, b, gen, device, z_max, ranges=None, var=None, oversample=3, sparse_frac=0.0, boundary_frac=0.0):
     var = var or S.Variation()
     ranges = ranges or O.OpticsRanges()
-    z = S.sample_z(b, gen, z_max)
+    z = S.sample_z(b, gen, z_max, boundary_frac=boundary_frac)
     ob = O.OpticsBatch.sample(ranges, b, gen, device)
     crops = S.random_crops(sources, b, gen, var, device)
     if sparse_frac > 0:  # tissue-rim patches: part of the specimen is bare glass (white before the optics)
@@ -55,8 +59,8 @@ class BatchStream:
     (one torch thread each) feeding a queue, so generation and training overlap."""
 
     def __init__(self, sources, batch, seed, z_max, ranges, var, sparse_frac=0.0, psf_bank=0, bank_refresh=2, workers=0,
-                 oversample=3, patch_px=S.PATCH):
-        self.args = (sources, batch, seed, z_max, ranges, var, sparse_frac, psf_bank, bank_refresh, oversample, patch_px)
+                 oversample=3, patch_px=S.PATCH, boundary_frac=0.0):
+        self.args = (sources, batch, seed, z_max, ranges, var, sparse_frac, psf_bank, bank_refresh, oversample, patch_px, boundary_frac)
         self.procs = []
         if workers > 0:
             import multiprocessing as mp
@@ -93,7 +97,8 @@ class BatchStream:
             p.join(5)
 
 
-def _batches(wid, sources, batch, seed, z_max, ranges, var, sparse_frac, psf_bank, bank_refresh, oversample, patch_px=S.PATCH):
+def _batches(wid, sources, batch, seed, z_max, ranges, var, sparse_frac, psf_bank, bank_refresh, oversample, patch_px=S.PATCH,
+             boundary_frac=0.0):
     import psf_bank as PB
     gen = torch.Generator().manual_seed(seed + 7919 * wid)
     if psf_bank > 0:
@@ -101,9 +106,9 @@ def _batches(wid, sources, batch, seed, z_max, ranges, var, sparse_frac, psf_ban
     bank = PB.PsfBank(ranges, psf_bank, gen, z_max, bank_refresh, oversample) if psf_bank > 0 else None
     while True:
         if bank is not None:
-            x8, z, _ = PB.bank_batch(bank, sources, batch, gen, z_max, var, sparse_frac, patch_px)
+            x8, z, _ = PB.bank_batch(bank, sources, batch, gen, z_max, var, sparse_frac, patch_px, boundary_frac)
         else:
-            z = S.sample_z(batch, gen, z_max)
+            z = S.sample_z(batch, gen, z_max, boundary_frac=boundary_frac)
             ob = O.OpticsBatch.sample(ranges, batch, gen)
             crops = S.random_crops(sources, batch, gen, var, "cpu")
             if sparse_frac > 0:
@@ -130,7 +135,7 @@ def frozen_modules(model, freeze: int) -> list:
 
 def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=None, fixed_batch=False,
           log_every=50, amp=False, oversample=3, log=print, var=None, on_checkpoint=None, checkpoint_every_s=60.0,
-          sparse_frac=0.0, warmup=200, ranges=None, stream=None, freeze=0, max_echo=0):
+          sparse_frac=0.0, warmup=200, ranges=None, stream=None, freeze=0, max_echo=0, boundary_frac=0.0, boundary_weight=0.0):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
@@ -142,7 +147,8 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     t0 = time.time()
     hist = []
-    fixed = make_batch(sources, batch, gen, device, z_max, ranges=ranges, var=var, oversample=oversample, sparse_frac=sparse_frac) if fixed_batch else None
+    fixed = make_batch(sources, batch, gen, device, z_max, ranges=ranges, var=var, oversample=oversample, sparse_frac=sparse_frac,
+                       boundary_frac=boundary_frac) if fixed_batch else None
     last_ck = t0
     step = 0
     seen = 0
@@ -178,14 +184,15 @@ def train(model, sources, *, steps, batch, lr, device, seed, z_max=8.0, minutes=
             x, z = S.normalise(x8.to(device), S.NORMALISATION), z.to(device)
             fresh = got is not None
         else:
-            x, z = make_batch(sources, batch, gen, device, z_max, ranges=ranges, var=var, oversample=oversample, sparse_frac=sparse_frac)
+            x, z = make_batch(sources, batch, gen, device, z_max, ranges=ranges, var=var, oversample=oversample, sparse_frac=sparse_frac,
+                              boundary_frac=boundary_frac)
         if amp and str(device).startswith("cuda"):
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 out = model(x)
         else:
             out = model(x)
         out = tuple(o.float() for o in out)
-        loss, parts = loss_fn(out, z)
+        loss, parts = loss_fn(out, z, boundary_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -232,8 +239,14 @@ def main(argv=None):
     ap.add_argument("--max-echo", type=int, default=0, help="reuse a batch up to N times while workers have none ready")
     ap.add_argument("--freeze", type=int, default=0, help="keep the stem and the first N body blocks fixed (focusnet)")
     ap.add_argument("--train-px", type=int, default=S.PATCH, help="training patch size with --psf-bank (network pools globally)")
+    ap.add_argument("--boundary-frac", type=float, default=0.0,
+                    help="share of patches with |z| uniform over synth.BOUNDARY_UM (where the in/out verdict is decided)")
+    ap.add_argument("--boundary-weight", type=float, default=0.0,
+                    help="|d| loss weight 1 + W for |z| within synth.BOUNDARY_UM")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if not 0 <= a.boundary_frac <= 1 or not 0 <= a.boundary_weight <= 100:
+        ap.error("--boundary-frac must be within 0..1 and --boundary-weight within 0..100")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.backends.cudnn.benchmark = True
@@ -243,7 +256,7 @@ def main(argv=None):
     model = nets.build(a.arch, **kw)
     lineage = []  # earlier runs this one continues (--init), oldest first, so a bundle can say all it was trained on
     if a.init:
-        init = torch.load(a.init, map_location="cpu")
+        init = nets.load_file(a.init)
         model.load_state_dict(init["state_dict"])
         lineage = init.get("lineage", []) + [{k: init.get(k) for k in ("steps", "patches", "device_name", "variation")} |
                                              {"args": init.get("args")}]
@@ -272,12 +285,13 @@ def main(argv=None):
         if str(a.device) != "cpu":
             sources = [S.Source(s.path, s.source, s.stain, s.split, s.img.cpu()) for s in sources]
         stream = BatchStream(sources, a.batch, a.seed, a.z_max, ranges, var, a.sparse_frac, a.psf_bank, a.bank_refresh, a.workers,
-                             patch_px=a.train_px)
+                             patch_px=a.train_px, boundary_frac=a.boundary_frac)
     t0 = time.time()
     try:
         res = train(model, sources, steps=a.steps, batch=a.batch, lr=a.lr, device=a.device, seed=a.seed, z_max=a.z_max,
                     minutes=a.minutes, amp=a.amp, log=lambda s: print(s, flush=True), var=var, sparse_frac=a.sparse_frac,
                     warmup=a.warmup, ranges=ranges, stream=stream, log_every=a.log_every, freeze=a.freeze, max_echo=a.max_echo,
+                    boundary_frac=a.boundary_frac, boundary_weight=a.boundary_weight,
                     on_checkpoint=lambda st, seen: save(st, seen, time.time() - t0))
     finally:
         if stream is not None:

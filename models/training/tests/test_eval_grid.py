@@ -74,6 +74,74 @@ class TestSignMetrics(unittest.TestCase):
         self.assertIn("MI → MI", md)
 
 
+class TestBoundary(unittest.TestCase):
+    """|d| at the tolerance: what the closed loop needs from a model (docs/simulator.md, the oracle)."""
+
+    def test_an_under_read_near_the_tolerance_is_a_negative_bias_and_missed_tiles(self):
+        z = np.round(np.arange(-6, 6.01, 0.5), 3)
+        exact = G.boundary_metrics(z, np.abs(z))
+        self.assertAlmostEqual(exact["bias"], 0.0)
+        self.assertAlmostEqual(exact["sd"], 0.0)
+        self.assertEqual(exact["read_in_beyond"], 0.0)
+        self.assertEqual(exact["read_out_within"], 0.0)
+        self.assertEqual(exact["n"], 6)  # ±0.5, ±1.0, ±1.5
+        under = G.boundary_metrics(z, 0.6 * np.abs(z))  # 1.5 µm read 0.9: in focus
+        self.assertAlmostEqual(under["bias_by_abs_z"]["1.5"], -0.6)
+        self.assertAlmostEqual(under["bias"], np.mean([-0.2, -0.4, -0.6]))
+        self.assertEqual(under["read_in_beyond"], 1.0)
+        over = G.boundary_metrics(z, np.abs(z) + 0.6)  # 0.5 µm read 1.1: retaken for nothing
+        self.assertEqual(over["read_out_within"], 1.0)
+        self.assertEqual(over["read_in_beyond"], 0.0)
+        self.assertIsNone(G.boundary_metrics(np.array([3.0, -4.0]), np.array([3.0, 4.0])))
+
+    def test_grid_metrics_carry_it_and_the_tables_show_it(self):
+        z = np.round(np.arange(-6, 6.01, 0.5), 3)
+        good = G.grid_metrics(z, z, np.abs(z), np.where(z > 0, 0.999, 0.001))
+        under = G.grid_metrics(z, 0.6 * z, 0.6 * np.abs(z), np.where(z > 0, 0.999, 0.001))
+        self.assertEqual(good["boundary"]["read_in_beyond"], 0.0)
+        cal = [{"sign": "model"}]
+        grid = lambda m: {"variants": {"none": {"before": m, "after": m, "after_true_focus": m, "calibrations": cal,
+                                                "calibrations_true_focus": cal}}}
+        self.assertIn("-0.40 ± 0.16 / 100 % / 0 % → +0.00 ± 0.00 / 0 % / 0 %", G.compare_markdown(grid(under), grid(good), "a", "b"))
+        md = G.markdown(grid(under))
+        self.assertIn("| none | -0.40 ± 0.16 / 100 % / 0 % | -0.40 ± 0.16 / 100 % / 0 % | -0.40 ± 0.16 / 100 % / 0 % |", md)
+        old = {**under}
+        old.pop("boundary")  # a grid written before the metric existed still renders
+        self.assertIn("| none | — |", G.markdown(grid(old)))
+
+
+class TestMerge(unittest.TestCase):
+    """Grid runs split by --variants over processes come back as one grid, paired runs checkpoint by checkpoint."""
+
+    def grid(self, names, bias):
+        z = np.round(np.arange(-6, 6.01, 0.5), 3)
+        m = G.grid_metrics(z, z, np.abs(z) + bias, np.where(z > 0, 0.999, 0.001))
+        cal = [{"sign": "model"}]
+        return {"seconds": 10.0, "variants": {n: {"before": m, "after": m, "after_true_focus": m, "calibrations": cal,
+                                                  "calibrations_true_focus": cal} for n in names}}
+
+    def test_paired_parts_merge_per_checkpoint_in_the_variants_order(self):
+        a = {"checkpoints": {"base.pt": self.grid(["no_colour"], -0.3), "new.pt": self.grid(["no_colour"], 0.0)}, "paired": True}
+        b = {"checkpoints": {"base.pt": self.grid(["matching"], -0.3), "new.pt": self.grid(["matching"], 0.0)}, "paired": True}
+        res = G.merge_grids([a, b], ["a.json", "b.json"])
+        self.assertTrue(res["paired"])
+        self.assertEqual(list(res["checkpoints"]["new.pt"]["variants"]), ["matching", "no_colour"])
+        self.assertEqual(res["checkpoints"]["base.pt"]["seconds"], 20.0)
+        md = G.grids_markdown(res)
+        self.assertIn("## base.pt vs new.pt", md)
+        self.assertEqual(md.count("-0.30 ± 0.00 / 0 % / 0 % → +0.00 ± 0.00 / 0 % / 0 %"), 6)  # 2 variants × 3 tables
+
+    def test_parts_that_do_not_belong_together_are_refused(self):
+        single = self.grid(["no_colour"], 0.0)
+        paired = {"checkpoints": {"x.pt": self.grid(["matching"], 0.0)}, "paired": True}
+        other = {"checkpoints": {"y.pt": self.grid(["mirrored"], 0.0)}, "paired": True}
+        with self.assertRaises(SystemExit):
+            G.merge_grids([single, paired], ["a", "b"])
+        with self.assertRaises(SystemExit):
+            G.merge_grids([paired, other], ["a", "b"])
+        self.assertEqual(list(G.merge_grids([single, self.grid(["mirrored"], 0.0)], ["a", "b"])["variants"]), ["mirrored", "no_colour"])
+
+
 class TestCalibrateEmulation(unittest.TestCase):
     def test_binomial_tail_matches_calibration_ts(self):
         self.assertAlmostEqual(G.binomial_tail_half(11, 12), 13 / 4096)

@@ -34,3 +34,24 @@ class TestStainMatrices(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestBoundarySampling(unittest.TestCase):
+    """--boundary-frac: a share of z where the daemon's in/out verdict is decided, the rest as before."""
+
+    def test_without_it_the_draws_are_those_of_the_0_2_generator(self):
+        a = S.sample_z(4096, torch.Generator().manual_seed(5), 8.0)
+        b = S.sample_z(4096, torch.Generator().manual_seed(5), 8.0, boundary_frac=0.0)
+        self.assertTrue(torch.equal(a, b))
+
+    def test_the_share_lands_in_the_band_with_both_signs(self):
+        lo, hi = S.BOUNDARY_UM
+        z = S.sample_z(20000, torch.Generator().manual_seed(5), 8.0, boundary_frac=0.5)
+        base = S.sample_z(20000, torch.Generator().manual_seed(5), 8.0)
+        inband = ((z.abs() >= lo) & (z.abs() <= hi)).float().mean().item()
+        inband0 = ((base.abs() >= lo) & (base.abs() <= hi)).float().mean().item()
+        # half the draws in the band plus the band's share of the other half
+        self.assertAlmostEqual(inband, 0.5 + 0.5 * inband0, delta=0.02)
+        band = z[(z.abs() >= lo) & (z.abs() <= hi)]
+        self.assertAlmostEqual((band > 0).float().mean().item(), 0.5, delta=0.03)
+        self.assertLessEqual(z.abs().max().item(), 8.0)

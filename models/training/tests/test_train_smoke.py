@@ -56,3 +56,25 @@ class TestTrainSmoke(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestBoundaryWeight(unittest.TestCase):
+    def test_weight_counts_errors_in_the_band_more_and_zero_is_the_old_loss(self):
+        z = torch.tensor([0.2, 1.0, -1.2, 5.0])
+        # the same |d| error (0.3 µm) everywhere except a large one on the tile at 1.0 µm (in the band)
+        abs_p = (z.abs() + torch.tensor([0.3, 0.9, 0.3, 0.3]))[:, None]
+        out = (abs_p, torch.zeros(4, 1), torch.zeros(4, 1))
+        l0, p0 = T.loss_fn(out, z)
+        l_same, p_same = T.loss_fn(out, z, 0.0)
+        self.assertEqual(p0["abs"], p_same["abs"])
+        old = torch.nn.functional.smooth_l1_loss(abs_p, z.abs()[:, None], beta=0.5).item()
+        self.assertAlmostEqual(p0["abs"], old, places=6)
+        _, p4 = T.loss_fn(out, z, 4.0)
+        self.assertGreater(p4["abs"], p0["abs"])  # the in-band error weighs more
+
+    def test_cli_refuses_out_of_range_values(self):
+        for bad in (["--boundary-frac", "1.5"], ["--boundary-weight=-1"]):
+            r = subprocess.run([sys.executable, os.path.join(HERE, "..", "train.py"), *bad, "--out", "/nonexistent/x"],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("must be within", r.stderr)
