@@ -133,6 +133,7 @@ def main(argv=None):
                 "variation": ck.get("variation"), "steps": ck.get("steps"), "patches": ck.get("patches"),
                 "trained_on": ck.get("device_name"), "seed": ck.get("args", {}).get("seed"),
                 "train_args": _portable(ck.get("args")), "continued_from": ck.get("lineage", []),
+                **({"interpolation": ck["interpolation"]} if ck.get("interpolation") else {}),
                 "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     elif a.random_init:
         arch, kw, z_max = a.arch, {"width": a.width, "depth": a.depth}, 8.0
