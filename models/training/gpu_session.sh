@@ -37,6 +37,7 @@ DEFAULT_VARIANTS="inst:$COMMON;inst-boundary:$COMMON --boundary-frac 0.2 --bound
 
 case "$mode" in
 stage)
+  git check-ignore -q .devdata || { echo ".devdata is not git-ignored: refusing to put data where it could be committed"; exit 1; }
   src=${FOCUSD_INFOCUS_DIR:-../shared/data/infocus}
   /usr/bin/python3 - "$src" .devdata/infocus <<'EOF' || exit 1
 import shutil, sys
@@ -51,7 +52,6 @@ for rel, *_ in S.SOURCES:
     n += (dst / rel).stat().st_size
 print(f"staged {len(S.SOURCES)} images, {n / 2**20:.1f} MiB, in {dst} (git-ignored: carry it, never commit it)")
 EOF
-  git check-ignore -q .devdata || { echo ".devdata is not git-ignored: refusing to leave data where it could be committed"; exit 1; }
   ;;
 device | dry)
   work=${WORK:-/tmp/gpu-session}
@@ -122,7 +122,7 @@ after)
   cks=$(ls "$dst"/*/checkpoint.pt | grep -v base-0.2.0 | tr '\n' ' ')
   cat <<EOF
 exported: $(ls "$dst/bundles" | tr '\n' ' ')
-acceptance (CPU; run them here, ~1 h each on 2 cores):
+acceptance (CPU, here; on 2 cores the grid takes ~5 min, the closed loop ~20 min per bundle):
   # the instrument grid on the very same patches, 0.2.0 first (two processes, variants split, then merged)
   for v in matching,mirrored,sa_reversed,colour_reversed no_colour,strong_sa,lower_na,no_aberration; do
     OMP_NUM_THREADS=1 nice -n 10 /usr/bin/python3 $T/eval_grid.py --checkpoint $BASE $cks --variants \$v --out $dst/grid-\${v%%,*}.json &
