@@ -13,10 +13,10 @@
 #        renders on the CPU, and its patches depend only on its seed, so it is as paired when run here afterwards.
 #   3. here (CPU):  bash models/training/gpu_session.sh after FILES_AT/session.tgz
 #        unpacks into models/training/runs/gpu-session (git-ignored), exports each checkpoint as a bundle
-#        (models/training/runs/gpu-session/bundles/NAME), and prints the commands of the acceptance runs: the
-#        instrument grid on the very same patches as 0.2.0 (eval_grid.py, \|d\| at the tolerance included) and the
-#        closed loop on all five virtual instruments (focusd simulate --model, paired with 0.2.0 by
-#        `npm run bench -- --loop-compare`).
+#        (models/training/runs/gpu-session/bundles/NAME), runs the instrument grid on the very same patches as
+#        0.2.0 and prints its \|d\| at the tolerance (the screen, ~5 min), then prints the commands of the closed
+#        loop on all five virtual instruments (focusd simulate --model, paired with 0.2.0 by
+#        `npm run bench -- --loop-compare`: the judge, ~25 min per bundle).
 #
 #   bash models/training/gpu_session.sh dry      the device step on this CPU with tiny budgets (PY=/usr/bin/python3,
 #                                                MINUTES=0.3, PER_Z=1): every command of step 2 runs once
@@ -119,19 +119,35 @@ after)
     /usr/bin/python3 $T/export_onnx.py --checkpoint "$ck" --eval "$(dirname "$ck")/eval.json" --version "0.3.0-$name" \
       --out "$dst/bundles/$name" || exit 1
   done
-  cks=$(ls "$dst"/*/checkpoint.pt | grep -v base-0.2.0 | tr '\n' ' ')
-  cat <<EOF
-exported: $(ls "$dst/bundles" | tr '\n' ' ')
-acceptance (CPU, here; on 2 cores the grid takes ~5 min, the closed loop ~20 min per bundle):
-  # the instrument grid on the very same patches, 0.2.0 first (two processes, variants split, then merged)
+  # the instrument grid on the very same patches as 0.2.0 (its patches depend only on the seed): two processes, the
+  # variants split between them, merged; ~5 min on 2 cores. Its |d| at the tolerance is the screen
+  # shellcheck disable=SC2046  # one path per word
+  set -- $BASE $(ls "$dst"/*/checkpoint.pt | grep -v base-0.2.0)
   for v in matching,mirrored,sa_reversed,colour_reversed no_colour,strong_sa,lower_na,no_aberration; do
-    OMP_NUM_THREADS=1 nice -n 10 /usr/bin/python3 $T/eval_grid.py --checkpoint $BASE $cks --variants \$v --out $dst/grid-\${v%%,*}.json &
-  done; wait
-  /usr/bin/python3 $T/eval_grid.py --merge $dst/grid-matching.json $dst/grid-no_colour.json --out $dst/grid.json --md $dst/grid.md
-  # the closed loop, all five instruments, seeds 1-12, 2 slides, held-out tissue, one candidate at a time
-  mkdir -p $dst/loop-NAME; for s in \$(seq 1 12); do for i in matching mirrored sa-reversed colour-reversed none; do echo \$i \$s; done; done | xargs -P 2 -n 2 sh -c \\
-    'node bin/focusd.js simulate --model $dst/bundles/NAME --tissue heldout --instrument \$0 --slides 2 --seed \$1 --feedback-only --json $dst/loop-NAME/\$0-\$1.json'
-  # (the same without --model into $dst/loop-0.2.0), then: npm run bench -- --loop-compare $dst/loop-0.2.0 --loop-compare-to $dst/loop-NAME
+    OMP_NUM_THREADS=1 nice -n 10 /usr/bin/python3 $T/eval_grid.py --checkpoint "$@" --variants "$v" \
+      --out "$dst/grid-${v%%,*}.json" >"$dst/grid-${v%%,*}.log" 2>&1 &
+  done
+  wait
+  /usr/bin/python3 $T/eval_grid.py --merge "$dst/grid-matching.json" "$dst/grid-no_colour.json" --out "$dst/grid.json" \
+    --md "$dst/grid.md" >/dev/null || { tail -n 5 "$dst"/grid-*.log; exit 1; }
+  /usr/bin/python3 - "$dst/grid.json" <<'PYEOF'
+import json, sys
+sys.path.insert(0, "models/training")
+import eval_grid as G
+g = json.load(open(sys.argv[1]))["checkpoints"]
+cks = list(g)
+print("|d| at the tolerance, before calibration (bias ± sd / beyond ±1 µm read within / within read beyond):")
+print("| variant | " + " | ".join(c.split("/")[-2] if c.endswith("checkpoint.pt") else c.split("/")[-1] for c in cks) + " |")
+for v in g[cks[0]]["variants"]:
+    print(f"| {v} | " + " | ".join(G.boundary_text(g[c]["variants"][v]["before"].get("boundary")) for c in cks) + " |")
+PYEOF
+  cat <<EOF
+exported: $(ls "$dst/bundles" | tr '\n' ' ')   grid: $dst/grid.md
+the closed loop (CPU, ~25 min per bundle on 2 cores), all five instruments, seeds 1-12, 2 slides, held-out tissue:
+  for m in 0.2.0 $(ls "$dst/bundles" | tr '\n' ' '); do mkdir -p $dst/loop-\$m; done
+  for m in 0.2.0 $(ls "$dst/bundles" | tr '\n' ' '); do for s in \$(seq 1 12); do for i in matching mirrored sa-reversed colour-reversed none; do echo \$m \$i \$s; done; done; done | \\
+    xargs -P 2 -n 3 sh -c 'node bin/focusd.js simulate \$([ \$0 = 0.2.0 ] || echo --model $dst/bundles/\$0) --tissue heldout --instrument \$1 --slides 2 --seed \$2 --feedback-only --json $dst/loop-\$0/\$1-\$2.json >/dev/null'
+  npm run bench -- --loop-compare $dst/loop-0.2.0 --loop-compare-to $dst/loop-NAME    # per bundle: better, worse, within noise
 EOF
   ;;
 *)
