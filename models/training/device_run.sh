@@ -46,20 +46,24 @@ if [ "$INCEPTION" = 1 ]; then
 fi
 (sleep 90; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv > "$OUT/gpu_util.txt") &
 for p in "${pids[@]}"; do wait "$p"; echo "train pid $p rc $?"; done
+# AFTER_TRAIN: a command run once the models are trained, before they are evaluated (gpu_session.sh packs them, so a
+# call cut off at its limit during evaluation still brings the models back); EVAL_TIMEOUT: seconds per evaluation
+[ -n "${AFTER_TRAIN:-}" ] && bash -c "$AFTER_TRAIN"
+EVAL=${EVAL_TIMEOUT:+timeout $EVAL_TIMEOUT}
 pids=()
 for name in "${names[@]}"; do
-  $PY $T/evaluate.py --checkpoint "$OUT/$name/checkpoint.pt" --out "$OUT/$name/eval.json" --per-z "$PER_Z" --bench > "$OUT/$name/eval.out" 2>&1 &
+  $EVAL $PY $T/evaluate.py --checkpoint "$OUT/$name/checkpoint.pt" --out "$OUT/$name/eval.json" --per-z "$PER_Z" --bench > "$OUT/$name/eval.out" 2>&1 &
   pids+=($!)
 done
 if [ "$INCEPTION" = 1 ]; then
   cp /tmp/incv3/train_log.json "$OUT/incv3/" || true
-  $PY $T/evaluate.py --checkpoint /tmp/incv3/checkpoint.pt --out "$OUT/incv3/eval.json" --per-z "$PER_Z" --bench > "$OUT/incv3/eval.out" 2>&1 &
+  $EVAL $PY $T/evaluate.py --checkpoint /tmp/incv3/checkpoint.pt --out "$OUT/incv3/eval.json" --per-z "$PER_Z" --bench > "$OUT/incv3/eval.out" 2>&1 &
   pids+=($!)
 fi
 for item in ${EXTRA_EVAL:-}; do  # "name:checkpoint ..." evaluated beside the new ones (e.g. the model they replace)
   name=${item%%:*}; ck=${item#*:}
   mkdir -p "$OUT/$name"
-  $PY $T/evaluate.py --checkpoint "$ck" --out "$OUT/$name/eval.json" --per-z "$PER_Z" > "$OUT/$name/eval.out" 2>&1 &
+  $EVAL $PY $T/evaluate.py --checkpoint "$ck" --out "$OUT/$name/eval.json" --per-z "$PER_Z" > "$OUT/$name/eval.out" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; echo "eval pid $p rc $?"; done

@@ -21,6 +21,10 @@
 #   bash models/training/gpu_session.sh dry      the device step on this CPU with tiny budgets (PY=/usr/bin/python3,
 #                                                MINUTES=0.3, PER_Z=1): every command of step 2 runs once
 #
+# The device step packs twice: when the models are trained (so a call cut off at its limit still brings them back)
+# and after the evaluations, which get what is left of CALL_LIMIT_S (570, under the call's 600) and are otherwise
+# run by `after` on this CPU. Environment: VARIANTS ("name:train.py args;..."), MINUTES, PER_Z, CALL_LIMIT_S, PY.
+#
 # Why these variants: the closed-loop oracle (docs/simulator.md) says what the loop needs from a model, \|d\| within
 # about 0.1 µm unbiased near the ±1 µm tolerance on every instrument and no confident wrong signs, and 0.2.0
 # under-reads there on the foreign optics (read/true 0.83-0.92 below 2.5 µm). `inst` continues 0.2.0 over
@@ -85,11 +89,18 @@ device | dry)
   fi
   echo "smoke test passed in $(( $(date +%s) - t0 )) s"
   rm -rf "$work/smoke"
-  OUT=$work MINUTES=${MINUTES:-7.5} PER_Z=${PER_Z:-8} VARIANTS=$variants EXTRA_EVAL="base-0.2.0:$BASE" \
-    bash $T/device_run.sh 2>&1 | tee "$work/device_run.log"
+  # packed twice: once the models are trained (a call cut off at its limit still brings back what is under $OUT),
+  # and again with the evaluations, which have what is left of the call's 600 s less a margin
+  pack="cd '$work' && find . -name '*.tmp' -delete; tar czf '$out/session.tgz.tmp' --exclude=./out . && mv '$out/session.tgz.tmp' '$out/session.tgz'"
+  minutes=${MINUTES:-7.5}
+  left=$(( ${CALL_LIMIT_S:-570} - ($(date +%s) - t0) - $(awk "BEGIN { print int($minutes * 60) }") - 30 ))
+  [ "$left" -lt 1 ] && left=1  # no time left: the evaluations stop at once, `after` runs them here
+  [ "$mode" = dry ] && left=  # on a CPU they take minutes; nothing waits on a dry run
+  OUT=$work MINUTES=$minutes PER_Z=${PER_Z:-8} VARIANTS=$variants EXTRA_EVAL="base-0.2.0:$BASE" AFTER_TRAIN="$pack" \
+    EVAL_TIMEOUT=$left bash $T/device_run.sh 2>&1 | tee "$work/device_run.log"
   rc=${PIPESTATUS[0]}
   echo "device_run.sh rc $rc after $(( $(date +%s) - t0 )) s"
-  (cd "$work" && find . -name '*.tmp' -delete; tar czf "$out/session.tgz" --exclude=./out .)
+  bash -c "$pack"
   ls -la "$out"
   # the evaluations side by side (evaluate.py's summary lines), so the call's output tail already says how it went
   for f in "$work"/*/eval.json; do
@@ -116,8 +127,14 @@ after)
   for ck in "$dst"/*/checkpoint.pt; do
     name=$(basename "$(dirname "$ck")")
     [ "$name" = base-0.2.0 ] && continue
-    /usr/bin/python3 $T/export_onnx.py --checkpoint "$ck" --eval "$(dirname "$ck")/eval.json" --version "0.3.0-$name" \
-      --out "$dst/bundles/$name" || exit 1
+    ev="$(dirname "$ck")/eval.json"
+    # an evaluation cut off by the call's limit is run here instead, smaller (per-z 8 takes over 15 min per checkpoint
+    # on 2 cores, per-z 2 about a quarter of that); the grid below is the screen either way
+    if [ ! -s "$ev" ]; then
+      echo "$name: no evaluation from the device; evaluate.py --per-z 2 here"
+      /usr/bin/python3 $T/evaluate.py --checkpoint "$ck" --out "$ev" --device cpu --per-z 2 >"$(dirname "$ck")/eval-here.out" 2>&1 || exit 1
+    fi
+    /usr/bin/python3 $T/export_onnx.py --checkpoint "$ck" --eval "$ev" --version "0.3.0-$name" --out "$dst/bundles/$name" || exit 1
   done
   # the instrument grid on the very same patches as 0.2.0 (its patches depend only on the seed): two processes, the
   # variants split between them, merged; ~5 min on 2 cores. Its |d| at the tolerance is the screen
