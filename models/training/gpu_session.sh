@@ -100,6 +100,12 @@ device | dry)
     EVAL_TIMEOUT=$left bash $T/device_run.sh 2>&1 | tee "$work/device_run.log"
   rc=${PIPESTATUS[0]}
   echo "device_run.sh rc $rc after $(( $(date +%s) - t0 )) s"
+  # device_run.sh reports each training's exit status but ends 0: a variant without a checkpoint fails the step here
+  IFS=';' read -ra items <<< "$variants"
+  for line in "${items[@]}"; do
+    [ -z "$line" ] && continue
+    [ -s "$work/${line%%:*}/checkpoint.pt" ] || { echo "variant ${line%%:*}: no checkpoint (see $work/${line%%:*}/train.out in the pack)"; rc=7; }
+  done
   bash -c "$pack"
   ls -la "$out"
   # the evaluations side by side (evaluate.py's summary lines), so the call's output tail already says how it went
