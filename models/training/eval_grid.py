@@ -409,6 +409,17 @@ def grids_markdown(res: dict) -> str:
                          for c in rest])
 
 
+def grid_images(root: Path, which: str) -> list:
+    """The images a grid is rendered from: the held-out ones, or the training images held back for calibration."""
+    if which == "heldout":
+        return S.load_sources(root, set(HELD_OUT))
+    from sign_head import CALIBRATION_IMAGES
+    srcs = [s for s in S.load_sources(root, {"train"}) if s.path in CALIBRATION_IMAGES]
+    if len(srcs) != len(CALIBRATION_IMAGES):
+        raise SystemExit(f"eval_grid --images calibration: found {len(srcs)} of {len(CALIBRATION_IMAGES)} images under {root}")
+    return srcs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", nargs="+", help="one checkpoint, or several evaluated on the very same patches")
@@ -422,6 +433,10 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(I.VARIANTS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--images", choices=("heldout", "calibration"), default="heldout",
+                    help="heldout: the 5 held-out images (the grid's test data); calibration: the 3 training images "
+                         "held back from the heads' fits (sign_head.CALIBRATION_IMAGES), to choose a setting without "
+                         "looking at the held-out tissue")
     a = ap.parse_args(argv)
     if a.merge:
         res = merge_grids([json.loads(Path(p).read_text()) for p in a.merge], a.merge)
@@ -438,7 +453,7 @@ def main(argv=None):
     from evaluate import load_checkpoint
     models = {c: load_checkpoint(c)[0] for c in a.checkpoint}
     root = Path(a.data_root) if a.data_root else S.default_data_root()
-    held = S.with_od(S.load_sources(root, set(HELD_OUT)))
+    held = S.with_od(grid_images(root, a.images))
     t = time.time()
     grids = evaluate_grid(models, held, {k: {**I.VARIANTS, **I.EXTRA_VARIANTS}[k] for k in a.variants.split(",")}, a.per_z, 0.5, a.stack_step,
                           a.stack_patches, a.seed, log=lambda s: print(s, flush=True))

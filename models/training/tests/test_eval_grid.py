@@ -142,6 +142,43 @@ class TestMerge(unittest.TestCase):
         self.assertEqual(list(G.merge_grids([single, self.grid(["mirrored"], 0.0)], ["a", "b"])["variants"]), ["mirrored", "no_colour"])
 
 
+class TestImages(unittest.TestCase):
+    """--images: the held-out images (the grid's test data) or the training images held back for calibration."""
+
+    def fake_root(self, d):
+        from pathlib import Path
+        from PIL import Image
+        import synth as S
+        for rel, *_ in S.SOURCES:
+            p = Path(d) / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (200, 150, 180)).save(p)
+        return Path(d)
+
+    def test_heldout_and_calibration_images_are_disjoint_and_named(self):
+        import tempfile
+        import synth as S
+        from sign_head import CALIBRATION_IMAGES
+        with tempfile.TemporaryDirectory() as d:
+            root = self.fake_root(d)
+            held = G.grid_images(root, "heldout")
+            cal = G.grid_images(root, "calibration")
+        self.assertEqual(sorted(s.path for s in cal), sorted(CALIBRATION_IMAGES))
+        self.assertTrue(all(s.split == "train" for s in cal))
+        self.assertTrue(all(s.split in G.HELD_OUT for s in held))
+        self.assertEqual(len(held), sum(1 for *_, split in S.SOURCES if split in G.HELD_OUT))
+        self.assertFalse({s.path for s in held} & {s.path for s in cal})
+
+    def test_a_missing_calibration_image_is_refused(self):
+        import tempfile
+        from sign_head import CALIBRATION_IMAGES
+        with tempfile.TemporaryDirectory() as d:
+            root = self.fake_root(d)
+            (root / CALIBRATION_IMAGES[0]).unlink()
+            with self.assertRaises((SystemExit, FileNotFoundError)):
+                G.grid_images(root, "calibration")
+
+
 class TestCalibrateEmulation(unittest.TestCase):
     def test_binomial_tail_matches_calibration_ts(self):
         self.assertAlmostEqual(G.binomial_tail_half(11, 12), 13 / 4096)
